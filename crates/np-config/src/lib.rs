@@ -1,0 +1,1 @@
+//! Typed `nodepool.yaml` configuration (work in progress).
