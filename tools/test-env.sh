@@ -186,16 +186,11 @@ fail_with_log() {
     exit 1
 }
 
-do_start() {
-    command -v java >/dev/null 2>&1 || die "java not found (run tools/setup.sh)"
-    command -v nc >/dev/null 2>&1 || die "nc not found (run tools/setup.sh)"
-    command -v openssl >/dev/null 2>&1 || die "openssl not found (run tools/setup.sh)"
-    mkdir -p "$DIR"
-    do_stop >/dev/null
-    make_tls
-    mkdir -p "$DATA"
-
-    local ports plain tls
+# Writes zoo.cfg for two new free ports, starts the JVM and waits until it
+# answers `ruok`. Sets plain, tls and pid. Returns 1 when the JVM died because
+# a port was taken (worth another try); fails outright otherwise.
+launch() {
+    local cp="$1" deadline="$2" ports
     ports="$(free_ports)"
     plain="${ports% *}"
     tls="${ports#* }"
@@ -226,8 +221,6 @@ forceSync=no
 autopurge.purgeInterval=0
 EOF
 
-    local cp
-    cp="$(zk_classpath)"
     : >"$LOG"
     # setsid + nohup: ZooKeeper outlives the shell that started it. With job
     # control off, the background job is no process group leader, so setsid
@@ -242,21 +235,47 @@ EOF
         -Dorg.slf4j.simpleLogger.showDateTime=true \
         -Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS \
         -cp "$cp" "$MAIN_CLASS" "$CFG" </dev/null >>"$LOG" 2>&1 &
-    local pid=$!
+    pid=$!
     printf '%s\n' "$pid" >"$PIDFILE"
 
-    # Wait for `ruok` on the plain port.
-    local deadline=$((SECONDS + START_TIMEOUT)) answer=""
+    local answer=""
     while :; do
         if ! running_pid >/dev/null; then
+            if grep -q 'Address already in use' "$LOG"; then
+                return 1
+            fi
             fail_with_log "ZooKeeper exited during start"
         fi
         answer="$(echo ruok | nc -w 2 127.0.0.1 "$plain" 2>/dev/null || true)"
-        [ "$answer" = imok ] && break
+        [ "$answer" = imok ] && return 0
         if [ "$SECONDS" -ge "$deadline" ]; then
             fail_with_log "ZooKeeper did not answer ruok on 127.0.0.1:$plain within ${START_TIMEOUT}s"
         fi
         sleep 0.2
+    done
+}
+
+do_start() {
+    command -v java >/dev/null 2>&1 || die "java not found (run tools/setup.sh)"
+    command -v nc >/dev/null 2>&1 || die "nc not found (run tools/setup.sh)"
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (run tools/setup.sh)"
+    mkdir -p "$DIR"
+    do_stop >/dev/null
+    make_tls
+    mkdir -p "$DATA"
+
+    local cp
+    cp="$(zk_classpath)"
+    local deadline=$((SECONDS + START_TIMEOUT)) attempt plain="" tls="" pid=""
+    for attempt in 1 2 3; do
+        # Another process may take a port between free_ports and the JVM's
+        # bind: then try again with new ones.
+        if launch "$cp" "$deadline"; then
+            break
+        fi
+        [ "$attempt" = 3 ] && fail_with_log "ZooKeeper could not bind its ports (3 tries)"
+        do_stop >/dev/null
+        mkdir -p "$DATA"
     done
 
     # The TLS port must complete a handshake with our client certificate.

@@ -21,6 +21,8 @@ tools/setup.sh
 # shellcheck disable=SC2317 # invoked by the trap
 cleanup() { tools/test-env.sh stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
+trap "exit 130" INT
+trap "exit 143" TERM
 tools/test-env.sh start
 # shellcheck source=/dev/null
 source .test-env/env.sh
