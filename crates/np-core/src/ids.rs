@@ -52,7 +52,8 @@ impl RequestId {
     /// and relative priority: by priority prefix, then sequence, both as strings
     /// (as Python Nodepool sorts).
     pub fn precedence_cmp(&self, other: &RequestId) -> Ordering {
-        (self.priority.as_str(), self.sequence.as_str()).cmp(&(other.priority.as_str(), other.sequence.as_str()))
+        (self.priority.as_str(), self.sequence.as_str())
+            .cmp(&(other.priority.as_str(), other.sequence.as_str()))
     }
 }
 

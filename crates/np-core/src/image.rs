@@ -107,8 +107,11 @@ impl ImageBuild {
             .map(|s| s.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
         let username = if f.contains("username") { f.take_str("username")? } else { Some("zuul".into()) };
-        let python_path =
-            if f.contains("python_path") { f.take_str("python_path")? } else { Some(DEFAULT_PYTHON_PATH.into()) };
+        let python_path = if f.contains("python_path") {
+            f.take_str("python_path")?
+        } else {
+            Some(DEFAULT_PYTHON_PATH.into())
+        };
         let shell_type = f.take_str("shell_type")?;
         Ok(ImageBuild {
             state,
@@ -201,8 +204,11 @@ impl ImageUpload {
         let external_name = f.take_str("external_name")?;
         let format = f.take_str("format")?;
         let username = if f.contains("username") { f.take_str("username")? } else { Some("zuul".into()) };
-        let python_path =
-            if f.contains("python_path") { f.take_str("python_path")? } else { Some(DEFAULT_PYTHON_PATH.into()) };
+        let python_path = if f.contains("python_path") {
+            f.take_str("python_path")?
+        } else {
+            Some(DEFAULT_PYTHON_PATH.into())
+        };
         let shell_type = f.take_str("shell_type")?;
         Ok(ImageUpload {
             state,

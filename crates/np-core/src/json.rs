@@ -71,7 +71,11 @@ impl Formatter for PythonFormatter {
         writer.write_all(python_float_repr(f64::from(value)).as_bytes())
     }
 
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, writer: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         // ensure_ascii: everything outside printable ASCII becomes \uXXXX
         // (UTF-16 code units, so astral characters become surrogate pairs).
         let mut start = 0;
@@ -296,7 +300,9 @@ pub(crate) fn float(v: f64) -> Value {
     if !v.is_finite() {
         return Value::Null;
     }
-    serde_json::from_str::<serde_json::Number>(&python_float_repr(v)).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::from_str::<serde_json::Number>(&python_float_repr(v))
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 pub(crate) fn opt_float(v: Option<f64>) -> Value {

@@ -31,8 +31,5 @@ pub use request::{NodeRequest, RequestState};
 
 /// The current time as float seconds since the Unix epoch, like Python's `time.time()`.
 pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

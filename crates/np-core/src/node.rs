@@ -362,7 +362,9 @@ impl Node {
 fn parse_hold_expiration(value: Option<Value>) -> Option<i64> {
     let value = value?;
     let parsed = match &value {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.trunc() as i64)),
+        Value::Number(n) => {
+            n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.trunc() as i64))
+        }
         Value::String(s) => s.trim().parse::<i64>().ok(),
         Value::Bool(b) => Some(i64::from(*b)),
         _ => None,
@@ -409,7 +411,9 @@ mod tests {
         assert_eq!(node.state_time, 1726600100.0);
         let out = String::from_utf8(node.to_json()).unwrap();
         assert!(out.contains(r#""n": 215112374629468731405815305233457823345"#), "{out}");
-        assert!(out.contains(r#""ssh_port": {"name": "x", "namespace": "ns", "skiptls": true, "token": "tok"}"#));
+        assert!(
+            out.contains(r#""ssh_port": {"name": "x", "namespace": "ns", "skiptls": true, "token": "tok"}"#)
+        );
         assert!(out.ends_with(r#""id": "0000004711", "future_key": [1, 2]}"#), "{out}");
         let again = Node::from_json("0000004711", out.as_bytes()).unwrap();
         assert_eq!(again, node);

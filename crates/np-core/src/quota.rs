@@ -165,7 +165,8 @@ mod tests {
 
     #[test]
     fn resources_round_trip() {
-        let r: Value = serde_json::from_str(r#"{"cores": 8, "instances": 1, "ram": 8192, "L-1216C47A": 8}"#).unwrap();
+        let r: Value =
+            serde_json::from_str(r#"{"cores": 8, "instances": 1, "ram": 8192, "L-1216C47A": 8}"#).unwrap();
         let q = Quota::from_resources(&r);
         assert_eq!(q.get("ram"), 8192.0);
         assert_eq!(q.get("disk"), 0.0);

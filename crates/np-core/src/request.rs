@@ -188,7 +188,8 @@ mod tests {
     fn fulfilment_of_a_zuul_request_matches_python_bytes() {
         let mut req = NodeRequest::from_json("200-0000012345", ZUUL_SUBMIT.as_bytes()).unwrap();
         assert!(req.reuse && req.declined_by.is_empty() && req.nodes.is_empty());
-        req.declined_by.push("nl01.example.com-PoolWorker.rax-dfw-main-4f1e2d3c4b5a69788796a5b4c3d2e1f0".into());
+        req.declined_by
+            .push("nl01.example.com-PoolWorker.rax-dfw-main-4f1e2d3c4b5a69788796a5b4c3d2e1f0".into());
         req.nodes = vec!["0000004711".into(), "0000004712".into()];
         req.state = RequestState::Fulfilled;
         req.state_time = 1726600042.987654;
@@ -197,11 +198,14 @@ mod tests {
 
     #[test]
     fn every_key_is_written_and_unknown_keys_kept() {
-        let req = NodeRequest::from_json("100-0000000001", br#"{"state": "requested", "x-zuul": {"a": 1}}"#).unwrap();
+        let req = NodeRequest::from_json("100-0000000001", br#"{"state": "requested", "x-zuul": {"a": 1}}"#)
+            .unwrap();
         let v = req.to_value();
         let m = v.as_object().unwrap();
         assert_eq!(m.len(), 14);
-        for key in ["state", "state_time", "event_id", "requestor_data", "requestor", "node_types", "provider"] {
+        for key in
+            ["state", "state_time", "event_id", "requestor_data", "requestor", "node_types", "provider"]
+        {
             assert!(m.contains_key(key), "{key}");
         }
         assert_eq!(m["x-zuul"], serde_json::json!({"a": 1}));

@@ -1,0 +1,459 @@
+//! Tree caches over one persistent recursive watch (spec zk-protocol §7.1).
+//!
+//! A [`TreeCache`] mirrors the records directly under a root
+//! (`/nodepool/nodes/<id>`, `/nodepool/requests/<id>`) and, for nodes, the
+//! kazoo lock contenders under `<id>/lock/`. It is fed by a single
+//! `addWatch(root, PERSISTENT_RECURSIVE)`: every create, change or delete below
+//! the root arrives as one event; the cache fetches the data for record events
+//! with requests issued in event order (ZooKeeper answers a session's requests
+//! in order), so updates are applied in order without a lock step.
+//!
+//! Consumers get a snapshot API ([`TreeCache::get`], [`TreeCache::values`]) and a
+//! change stream ([`TreeCache::subscribe`]), which is how the launcher's workers
+//! wake up on a new request or a freed node instead of polling.
+//!
+//! Rules, as in Python Nodepool's cache:
+//! * an update replaces a cached entry only if its `mzxid` is newer;
+//! * a record that fails to parse is logged and left out (the cache never
+//!   writes anything back);
+//! * after a reconnect (events may have been lost, ZOOKEEPER-4698) or a new
+//!   session, the tree is walked again and the cache converges; a
+//!   [`CacheEventKind::Resynced`] event tells subscribers to re-scan.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
+use np_core::{ModelError, Node, NodeRequest};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use zookeeper_client::{AddWatchMode, EventType, SessionState};
+
+use crate::client::Zk;
+use crate::error::ZkError;
+use crate::lock::contender_sequence;
+use crate::paths;
+
+/// A record kind that can be cached.
+pub trait Cached: Clone + Send + Sync + 'static {
+    /// The root whose direct children are the records.
+    const ROOT: &'static str;
+    /// Whether to track `<id>/lock/` contenders.
+    const TRACK_LOCKS: bool;
+    /// Parses a record.
+    fn parse(id: &str, data: &[u8]) -> Result<Self, ModelError>;
+}
+
+impl Cached for Node {
+    const ROOT: &'static str = paths::NODES;
+    const TRACK_LOCKS: bool = true;
+    fn parse(id: &str, data: &[u8]) -> Result<Self, ModelError> {
+        Node::from_json(id, data)
+    }
+}
+
+impl Cached for NodeRequest {
+    const ROOT: &'static str = paths::REQUESTS;
+    const TRACK_LOCKS: bool = false;
+    fn parse(id: &str, data: &[u8]) -> Result<Self, ModelError> {
+        NodeRequest::from_json(id, data)
+    }
+}
+
+/// The node cache.
+pub type NodeCache = TreeCache<Node>;
+/// The request cache.
+pub type RequestCache = TreeCache<NodeRequest>;
+
+/// One cached record.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    /// The parsed record (shared, cheap to clone).
+    pub value: Arc<T>,
+    /// The znode's `mzxid`, for staleness checks.
+    pub mzxid: i64,
+    /// The znode's data version.
+    pub version: i32,
+    /// Names of kazoo lock contenders under `<id>/lock/` (nodes only).
+    pub lock_contenders: BTreeSet<String>,
+}
+
+impl<T> Entry<T> {
+    /// Whether anyone holds or waits for the record's lock.
+    pub fn is_locked(&self) -> bool {
+        !self.lock_contenders.is_empty()
+    }
+}
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEventKind {
+    /// Added or updated.
+    Upserted,
+    /// Deleted.
+    Removed,
+    /// A lock contender appeared or went away.
+    LockChanged,
+    /// The whole tree was re-read (after a reconnect); re-scan everything.
+    Resynced,
+}
+
+/// A change notification; `id` is empty for `Resynced`.
+#[derive(Debug, Clone)]
+pub struct CacheEvent {
+    pub id: String,
+    pub kind: CacheEventKind,
+}
+
+struct Shared<T> {
+    entries: RwLock<HashMap<String, Entry<T>>>,
+    events: broadcast::Sender<CacheEvent>,
+    ready: watch::Sender<bool>,
+    cancel: CancellationToken,
+}
+
+/// A self-updating cache of the records under `T::ROOT`.
+pub struct TreeCache<T: Cached> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Cached> Clone for TreeCache<T> {
+    fn clone(&self) -> Self {
+        TreeCache { shared: self.shared.clone() }
+    }
+}
+
+enum Update<T> {
+    Fetched { id: String, result: Result<Option<(Vec<u8>, zookeeper_client::Stat)>, zookeeper_client::Error> },
+    Deleted { id: String },
+    Contender { id: String, name: String, present: bool },
+    Ignore(std::marker::PhantomData<T>),
+}
+
+impl<T: Cached> TreeCache<T> {
+    /// Starts the cache on `zk`. It stops when [`TreeCache::stop`] is called or
+    /// the session handle is closed.
+    pub fn start(zk: &Zk) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let (ready, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            entries: RwLock::new(HashMap::new()),
+            events,
+            ready,
+            cancel: CancellationToken::new(),
+        });
+        tokio::spawn(run(zk.clone(), shared.clone()));
+        TreeCache { shared }
+    }
+
+    /// Stops the background task.
+    pub fn stop(&self) {
+        self.shared.cancel.cancel();
+    }
+
+    /// Waits until the initial walk is done.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.ready.subscribe();
+        let ready = tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await;
+        matches!(ready, Ok(Ok(_)))
+    }
+
+    /// Change notifications. A lagging receiver should treat
+    /// `RecvError::Lagged` like `Resynced`.
+    pub fn subscribe(&self) -> broadcast::Receiver<CacheEvent> {
+        self.shared.events.subscribe()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry<T>>> {
+        self.shared.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One entry.
+    pub fn get(&self, id: &str) -> Option<Entry<T>> {
+        self.read().get(id).cloned()
+    }
+
+    /// All records (unordered).
+    pub fn values(&self) -> Vec<Arc<T>> {
+        self.read().values().map(|e| e.value.clone()).collect()
+    }
+
+    /// All entries (unordered).
+    pub fn entries(&self) -> Vec<Entry<T>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Number of cached records.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records a value this process just wrote (read-your-writes); ignored
+    /// if the cache already has a newer `mzxid`.
+    pub fn note_write(&self, id: &str, value: T, stat: &zookeeper_client::Stat) {
+        let mut map = self.shared.entries.write().unwrap_or_else(|p| p.into_inner());
+        apply_value(&mut map, &self.shared.events, id, value, stat);
+    }
+}
+
+fn apply_value<T: Cached>(
+    map: &mut HashMap<String, Entry<T>>,
+    events: &broadcast::Sender<CacheEvent>,
+    id: &str,
+    value: T,
+    stat: &zookeeper_client::Stat,
+) {
+    match map.get_mut(id) {
+        Some(entry) if entry.mzxid >= stat.mzxid => {}
+        Some(entry) => {
+            entry.value = Arc::new(value);
+            entry.mzxid = stat.mzxid;
+            entry.version = stat.version;
+            let _ = events.send(CacheEvent { id: id.to_owned(), kind: CacheEventKind::Upserted });
+        }
+        None => {
+            map.insert(
+                id.to_owned(),
+                Entry {
+                    value: Arc::new(value),
+                    mzxid: stat.mzxid,
+                    version: stat.version,
+                    lock_contenders: BTreeSet::new(),
+                },
+            );
+            let _ = events.send(CacheEvent { id: id.to_owned(), kind: CacheEventKind::Upserted });
+        }
+    }
+}
+
+/// Walks the tree: returns every record with its lock contenders.
+async fn walk<T: Cached>(
+    zk: &Zk,
+) -> Result<Vec<(String, Vec<u8>, zookeeper_client::Stat, BTreeSet<String>)>, ZkError> {
+    let client = zk.client();
+    let ids = zk.children(T::ROOT).await?.unwrap_or_default();
+    // Issue every read before awaiting any: one flight for the whole tree.
+    let data: Vec<_> = ids.iter().map(|id| client.get_data(&format!("{}/{id}", T::ROOT))).collect();
+    let locks: Vec<_> = if T::TRACK_LOCKS {
+        ids.iter().map(|id| Some(client.list_children(&format!("{}/{id}/lock", T::ROOT)))).collect()
+    } else {
+        ids.iter().map(|_| None).collect()
+    };
+    let data = futures::future::join_all(data).await;
+    let locks = futures::future::join_all(locks.into_iter().map(|f| async move {
+        match f {
+            Some(f) => f.await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }))
+    .await;
+    let mut out = Vec::with_capacity(ids.len());
+    for ((id, data), lock_children) in ids.into_iter().zip(data).zip(locks) {
+        match data {
+            Ok((bytes, stat)) => {
+                let contenders =
+                    lock_children.into_iter().filter(|c| contender_sequence(c).is_some()).collect();
+                out.push((id, bytes, stat, contenders));
+            }
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => return Err(ZkError::op("get", &format!("{}/{id}", T::ROOT), e)),
+        }
+    }
+    Ok(out)
+}
+
+fn resync<T: Cached>(
+    shared: &Shared<T>,
+    walked: Vec<(String, Vec<u8>, zookeeper_client::Stat, BTreeSet<String>)>,
+) {
+    let mut map = shared.entries.write().unwrap_or_else(|p| p.into_inner());
+    let seen: HashSet<&str> = walked.iter().map(|(id, ..)| id.as_str()).collect();
+    map.retain(|id, _| seen.contains(id.as_str()));
+    for (id, bytes, stat, contenders) in &walked {
+        if bytes.is_empty() {
+            continue;
+        }
+        match T::parse(id, bytes) {
+            Ok(value) => {
+                let entry = map.entry(id.clone()).or_insert_with(|| Entry {
+                    value: Arc::new(value.clone()),
+                    mzxid: stat.mzxid,
+                    version: stat.version,
+                    lock_contenders: BTreeSet::new(),
+                });
+                if entry.mzxid < stat.mzxid {
+                    entry.value = Arc::new(value);
+                    entry.mzxid = stat.mzxid;
+                    entry.version = stat.version;
+                }
+                entry.lock_contenders = contenders.clone();
+            }
+            Err(e) => {
+                warn!(root = T::ROOT, id, error = %e, "skipping malformed record");
+                map.remove(id);
+            }
+        }
+    }
+    drop(map);
+    let _ = shared.events.send(CacheEvent { id: String::new(), kind: CacheEventKind::Resynced });
+    shared.ready.send_replace(true);
+}
+
+async fn run<T: Cached>(zk: Zk, shared: Arc<Shared<T>>) {
+    let mut status = zk.subscribe();
+    'session: loop {
+        if shared.cancel.is_cancelled() || zk.status().closed {
+            return;
+        }
+        if zk.wait_connected(Duration::from_secs(3600)).await.is_err() {
+            continue;
+        }
+        let generation = zk.status().generation;
+        let client = zk.client();
+        if let Err(e) = zk.ensure_path(T::ROOT).await {
+            warn!(root = T::ROOT, error = %e, "cache cannot create its root; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let mut watcher = match client.watch(T::ROOT, AddWatchMode::PersistentRecursive).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(root = T::ROOT, error = %e, "cannot add persistent watch; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        'walk: loop {
+            match walk::<T>(&zk).await {
+                Ok(walked) => resync(&shared, walked),
+                Err(e) => {
+                    warn!(root = T::ROOT, error = %e, "cache walk failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if zk.status().generation != generation {
+                        continue 'session;
+                    }
+                    continue 'walk;
+                }
+            }
+            let mut pending: FuturesOrdered<futures::future::BoxFuture<'static, Update<T>>> =
+                FuturesOrdered::new();
+            let root_prefix = format!("{}/", T::ROOT);
+            loop {
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => return,
+                    changed = status.changed() => {
+                        if changed.is_err() { return; }
+                        let s = *status.borrow_and_update();
+                        if s.closed { return; }
+                        if s.generation != generation { continue 'session; }
+                    }
+                    Some(update) = pending.next(), if !pending.is_empty() => {
+                        apply(&shared, update);
+                    }
+                    event = watcher.changed() => {
+                        if event.event_type == EventType::Session {
+                            match event.session_state {
+                                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                                    // Events may have been lost while disconnected.
+                                    debug!(root = T::ROOT, "reconnected; re-walking cache");
+                                    while let Some(update) = pending.next().await { apply(&shared, update); }
+                                    continue 'walk;
+                                }
+                                s if s.is_terminated() => {
+                                    // The watcher panics if polled after a terminal event:
+                                    // wait for the supervisor's new session instead.
+                                    let _ = status.wait_for(|st| st.generation != generation || st.closed).await;
+                                    continue 'session;
+                                }
+                                _ => continue,
+                            }
+                        }
+                        let Some(rel) = event.path.strip_prefix(&root_prefix) else { continue };
+                        let parts: Vec<&str> = rel.split('/').collect();
+                        match (parts.as_slice(), event.event_type) {
+                            ([id], EventType::NodeDeleted) => {
+                                let id = (*id).to_owned();
+                                pending.push_back(async move { Update::Deleted { id } }.boxed());
+                            }
+                            ([id], EventType::NodeCreated | EventType::NodeDataChanged) => {
+                                let id = (*id).to_owned();
+                                let fetch = client.get_data(&event.path);
+                                pending.push_back(async move {
+                                    let result = match fetch.await {
+                                        Ok(v) => Ok(Some(v)),
+                                        Err(zookeeper_client::Error::NoNode) => Ok(None),
+                                        Err(e) => Err(e),
+                                    };
+                                    Update::Fetched { id, result }
+                                }.boxed());
+                            }
+                            ([id, "lock", name], kind) if T::TRACK_LOCKS && contender_sequence(name).is_some() => {
+                                let present = kind == EventType::NodeCreated;
+                                if present || kind == EventType::NodeDeleted {
+                                    let (id, name) = ((*id).to_owned(), (*name).to_owned());
+                                    pending.push_back(async move { Update::Contender { id, name, present } }.boxed());
+                                }
+                            }
+                            _ => pending.push_back(async { Update::Ignore(std::marker::PhantomData) }.boxed()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn apply<T: Cached>(shared: &Shared<T>, update: Update<T>) {
+    let mut map = shared.entries.write().unwrap_or_else(|p| p.into_inner());
+    match update {
+        Update::Deleted { id } => {
+            if map.remove(&id).is_some() {
+                let _ = shared.events.send(CacheEvent { id, kind: CacheEventKind::Removed });
+            }
+        }
+        Update::Fetched { id, result } => match result {
+            Ok(Some((bytes, stat))) => {
+                if bytes.is_empty() {
+                    // An empty (e.g. resurrected) znode is not a record.
+                    return;
+                }
+                match T::parse(&id, &bytes) {
+                    Ok(value) => apply_value(&mut map, &shared.events, &id, value, &stat),
+                    Err(e) => {
+                        warn!(root = T::ROOT, id, error = %e, "skipping malformed record");
+                        if map.remove(&id).is_some() {
+                            let _ = shared.events.send(CacheEvent { id, kind: CacheEventKind::Removed });
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                if map.remove(&id).is_some() {
+                    let _ = shared.events.send(CacheEvent { id, kind: CacheEventKind::Removed });
+                }
+            }
+            Err(e) => debug!(root = T::ROOT, id, error = %e, "cache fetch failed; a resync will follow"),
+        },
+        Update::Contender { id, name, present } => {
+            if let Some(entry) = map.get_mut(&id) {
+                let changed = if present {
+                    entry.lock_contenders.insert(name)
+                } else {
+                    entry.lock_contenders.remove(&name)
+                };
+                if changed {
+                    let _ = shared.events.send(CacheEvent { id, kind: CacheEventKind::LockChanged });
+                }
+            }
+        }
+        Update::Ignore(_) => {}
+    }
+}

@@ -1,0 +1,268 @@
+//! Reading and writing Nodepool's records (spec zk-protocol §1, §7.3).
+//!
+//! Writes are unconditional `set`s, like Python Nodepool's: correctness rests
+//! on the locks, not on znode versions. New nodes and requests are created
+//! with their JSON in the same `create` call (never an empty node znode).
+
+use np_core::{ImageBuild, ImageUpload, Node, NodeRequest, NodeState};
+use zookeeper_client::{CreateMode, Stat};
+
+use crate::client::Zk;
+use crate::error::ZkError;
+use crate::lock::{LockGuard, LockOptions};
+use crate::paths;
+
+fn last_component(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+fn malformed(path: String, source: np_core::ModelError) -> ZkError {
+    ZkError::Malformed { path, source }
+}
+
+impl Zk {
+    // === nodes ===
+
+    /// Creates a new node znode (persistent sequential) and sets `node.id`.
+    /// `created_time` defaults to `state_time`, as upstream does.
+    pub async fn create_node(&self, node: &mut Node) -> Result<Stat, ZkError> {
+        if node.created_time.is_none() {
+            node.created_time = Some(node.state_time);
+        }
+        let prefix = format!("{}/", paths::NODES);
+        let (path, stat) =
+            self.create(&prefix, &node.to_json(), CreateMode::PersistentSequential, true).await?;
+        node.id = last_component(&path);
+        Ok(stat)
+    }
+
+    /// Reads a node; `Ok(None)` if it does not exist.
+    pub async fn get_node(&self, id: &str) -> Result<Option<(Node, Stat)>, ZkError> {
+        let path = paths::node(id);
+        match self.get(&path).await? {
+            None => Ok(None),
+            Some((data, stat)) => {
+                Node::from_json(id, &data).map(|n| Some((n, stat))).map_err(|e| malformed(path, e))
+            }
+        }
+    }
+
+    /// Writes an existing node (unconditionally). Fails with `NoNode` if it was deleted.
+    pub async fn update_node(&self, node: &Node) -> Result<Stat, ZkError> {
+        self.set(&paths::node(&node.id), &node.to_json(), None).await
+    }
+
+    /// Deletes a node the way upstream does: write `state: deleted`, then
+    /// remove the znode with its lock directory.
+    pub async fn delete_node(&self, node: &mut Node) -> Result<(), ZkError> {
+        node.set_state(NodeState::Deleted);
+        match self.update_node(node).await {
+            Ok(_) => {}
+            Err(e) if e.is_no_node() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.delete_recursive(&paths::node(&node.id)).await
+    }
+
+    /// The ids of all nodes.
+    pub async fn node_ids(&self) -> Result<Vec<String>, ZkError> {
+        Ok(self.children(paths::NODES).await?.unwrap_or_default())
+    }
+
+    /// Locks a node. Never resurrects a deleted node: if the node znode is
+    /// gone this fails with `NoNode`.
+    pub async fn lock_node(&self, id: &str, options: LockOptions) -> Result<Option<LockGuard>, ZkError> {
+        self.lock(&paths::node_lock(id), &options.no_parents()).await
+    }
+
+    // === requests ===
+
+    /// Creates a request under `/nodepool/requests/<priority>-` and sets `request.id`.
+    /// Nodepool's own requests are ephemeral; Zuul's are persistent.
+    /// Like upstream, a missing `event_id` gets a fresh uuid.
+    pub async fn create_request(
+        &self,
+        request: &mut NodeRequest,
+        priority: u32,
+        ephemeral: bool,
+    ) -> Result<Stat, ZkError> {
+        if request.event_id.is_none() {
+            request.event_id = Some(uuid::Uuid::new_v4().simple().to_string());
+        }
+        let prefix = format!("{}/{priority:0>3}-", paths::REQUESTS);
+        let mode = if ephemeral { CreateMode::EphemeralSequential } else { CreateMode::PersistentSequential };
+        let (path, stat) = self.create(&prefix, &request.to_json(), mode, true).await?;
+        request.id = last_component(&path);
+        Ok(stat)
+    }
+
+    /// Reads a request; `Ok(None)` if it does not exist.
+    pub async fn get_request(&self, id: &str) -> Result<Option<(NodeRequest, Stat)>, ZkError> {
+        let path = paths::request(id);
+        match self.get(&path).await? {
+            None => Ok(None),
+            Some((data, stat)) => {
+                NodeRequest::from_json(id, &data).map(|r| Some((r, stat))).map_err(|e| malformed(path, e))
+            }
+        }
+    }
+
+    /// Writes an existing request (unconditionally). `NoNode` if Zuul deleted it.
+    pub async fn update_request(&self, request: &NodeRequest) -> Result<Stat, ZkError> {
+        self.set(&paths::request(&request.id), &request.to_json(), None).await
+    }
+
+    /// Deletes a request. Only for requests this process created (never Zuul's).
+    pub async fn delete_request(&self, id: &str) -> Result<(), ZkError> {
+        self.delete(&paths::request(id)).await
+    }
+
+    /// The ids of all requests.
+    pub async fn request_ids(&self) -> Result<Vec<String>, ZkError> {
+        Ok(self.children(paths::REQUESTS).await?.unwrap_or_default())
+    }
+
+    /// Locks a request (`/nodepool/requests-lock/<id>`).
+    pub async fn lock_request(&self, id: &str, options: LockOptions) -> Result<Option<LockGuard>, ZkError> {
+        self.lock(&paths::request_lock(id), &options).await
+    }
+
+    // === images ===
+
+    /// Image names.
+    pub async fn image_names(&self) -> Result<Vec<String>, ZkError> {
+        Ok(self.children(paths::IMAGES).await?.unwrap_or_default())
+    }
+
+    /// Build ids of an image (the `lock` child excluded).
+    pub async fn build_ids(&self, image: &str) -> Result<Vec<String>, ZkError> {
+        let mut ids = self.children(&paths::builds(image)).await?.unwrap_or_default();
+        ids.retain(|id| np_core::is_build_id(id));
+        Ok(ids)
+    }
+
+    /// Reads a build.
+    pub async fn get_build(&self, image: &str, build: &str) -> Result<Option<(ImageBuild, Stat)>, ZkError> {
+        let path = paths::build(image, build);
+        match self.get(&path).await? {
+            None => Ok(None),
+            Some((data, stat)) => {
+                ImageBuild::from_json(&data).map(|b| Some((b, stat))).map_err(|e| malformed(path, e))
+            }
+        }
+    }
+
+    /// Stores a build; with `build_id: None` a new uuid-hex id is made and the
+    /// znode created. Returns the build id.
+    pub async fn store_build(
+        &self,
+        image: &str,
+        build_id: Option<&str>,
+        build: &ImageBuild,
+    ) -> Result<String, ZkError> {
+        match build_id {
+            Some(id) => {
+                self.set(&paths::build(image, id), &build.to_json(), None).await?;
+                Ok(id.to_owned())
+            }
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                self.create(&paths::build(image, &id), &build.to_json(), CreateMode::Persistent, true)
+                    .await?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// Providers that have uploads of a build.
+    pub async fn build_providers(&self, image: &str, build: &str) -> Result<Vec<String>, ZkError> {
+        Ok(self.children(&format!("{}/providers", paths::build(image, build))).await?.unwrap_or_default())
+    }
+
+    /// Upload ids of a build in a provider.
+    pub async fn upload_ids(&self, image: &str, build: &str, provider: &str) -> Result<Vec<String>, ZkError> {
+        let mut ids = self.children(&paths::uploads(image, build, provider)).await?.unwrap_or_default();
+        ids.retain(|id| np_core::is_node_id(id));
+        Ok(ids)
+    }
+
+    /// Reads an upload.
+    pub async fn get_upload(
+        &self,
+        image: &str,
+        build: &str,
+        provider: &str,
+        upload: &str,
+    ) -> Result<Option<(ImageUpload, Stat)>, ZkError> {
+        let path = paths::upload(image, build, provider, upload);
+        match self.get(&path).await? {
+            None => Ok(None),
+            Some((data, stat)) => {
+                ImageUpload::from_json(&data).map(|u| Some((u, stat))).map_err(|e| malformed(path, e))
+            }
+        }
+    }
+
+    /// Stores an upload; `upload_id: None` creates a new sequential znode.
+    pub async fn store_upload(
+        &self,
+        image: &str,
+        build: &str,
+        provider: &str,
+        upload_id: Option<&str>,
+        upload: &ImageUpload,
+    ) -> Result<String, ZkError> {
+        match upload_id {
+            Some(id) => {
+                self.set(&paths::upload(image, build, provider, id), &upload.to_json(), None).await?;
+                Ok(id.to_owned())
+            }
+            None => {
+                let prefix = format!("{}/", paths::uploads(image, build, provider));
+                let (path, _) =
+                    self.create(&prefix, &upload.to_json(), CreateMode::PersistentSequential, true).await?;
+                Ok(last_component(&path))
+            }
+        }
+    }
+
+    /// Deletes an upload record with its lock directory.
+    pub async fn delete_upload(
+        &self,
+        image: &str,
+        build: &str,
+        provider: &str,
+        upload: &str,
+    ) -> Result<(), ZkError> {
+        self.delete_recursive(&paths::upload(image, build, provider, upload)).await
+    }
+
+    /// Deletes a build record and everything below it.
+    pub async fn delete_build(&self, image: &str, build: &str) -> Result<(), ZkError> {
+        self.delete_recursive(&paths::build(image, build)).await
+    }
+
+    /// Whether `image-pause` is set for an image.
+    pub async fn is_image_paused(&self, image: &str) -> Result<bool, ZkError> {
+        Ok(self.exists(&paths::image_pause(image)).await?.is_some())
+    }
+
+    /// Sets or clears the pause flag.
+    pub async fn set_image_paused(&self, image: &str, paused: bool) -> Result<(), ZkError> {
+        let path = paths::image_pause(image);
+        if paused {
+            match self.create(&path, &[], CreateMode::Persistent, true).await {
+                Ok(_) => Ok(()),
+                Err(ZkError::Op { source: zookeeper_client::Error::NodeExists, .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.delete(&path).await
+        }
+    }
+
+    /// Asks the builders for a build of `image` (`request-build`).
+    pub async fn request_image_build(&self, image: &str) -> Result<(), ZkError> {
+        self.ensure_path(&paths::image_build_request(image)).await
+    }
+}

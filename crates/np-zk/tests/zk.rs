@@ -1,0 +1,416 @@
+//! Integration tests of the ZooKeeper layer against a real ZooKeeper 3.8 and
+//! the real Python Nodepool 11 / kazoo peer (`tests/python/np_interop.py`).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use np_core::{
+    ComponentKind, ComponentRecord, ComponentState, Node, NodeRequest, NodeState, PoolInfo, RequestState,
+};
+use np_testing::{eventually, TestZk};
+use np_zk::{
+    CacheEventKind, ComponentRegistration, LockOptions, NodeCache, PoolComponentCache, RequestCache,
+};
+use serde_json::{json, Value};
+
+const TRACE_ID: &str = "215112374629468731405815305233457823345";
+
+fn sample_node() -> Node {
+    let mut node = Node::new(NodeState::Ready);
+    node.provider = Some("fake-provider".into());
+    node.pool = Some("main".into());
+    node.cloud = Some("fake".into());
+    node.node_type = vec!["ubuntu-jammy".into()];
+    node.interface_ip = Some("127.0.0.5".into());
+    node.public_ipv4 = Some("127.0.0.5".into());
+    node.host_keys = vec!["ssh-ed25519 AAAAC3Nza".into()];
+    node.connection_type = Some("ssh".into());
+    node.python_path = Some("auto".into());
+    node.attributes = Some(json!({"executor-zone": "east"}));
+    node.resources = Some(json!({"cores": 2, "instances": 1, "ram": 2048}));
+    node.external_id = Some(json!({"instance": "i-0123", "host": null}));
+    node.launcher = Some("host-PoolWorker.fake-provider-main-abc".into());
+    node.tenant_name = Some("tenant-one".into());
+    node
+}
+
+fn zuul_request_json() -> String {
+    format!(
+        r#"{{"requestor_data": {{"build_set_uuid": "a3f0", "tenant_name": "t", "pipeline_name": "check", "job_uuid": "j1", "job_name": "tox", "span_info": {{"name": "RequestNodes", "trace_id": {TRACE_ID}, "span_id": 13451738231587532214, "trace_flags": 1, "start_time": 1726600000123456000, "parent": null}}}}, "node_types": ["ubuntu-jammy", "ubuntu-jammy"], "requestor": "6d1f3c0a", "created_time": 1726600000.123456, "provider": null, "state": "requested", "state_time": 1726600000.1234, "relative_priority": 0, "event_id": "5f2e8c1d", "tenant_name": "t"}}"#
+    )
+}
+
+#[tokio::test]
+async fn python_nodepool_reads_our_node_with_every_field() {
+    let t = TestZk::new().await;
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    assert!(np_core::is_node_id(&node.id), "{}", node.id);
+
+    let py = t.python().run(&["read-node", &node.id], "").await;
+    let ours = node.to_value();
+    for (key, value) in ours.as_object().unwrap() {
+        assert_eq!(&py[key], value, "field {key} as Python Nodepool reads it");
+    }
+    assert_eq!(py["id"], Value::from(node.id.clone()));
+}
+
+#[tokio::test]
+async fn we_read_python_written_nodes_and_python_reads_our_rewrite() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let input = json!({"state": "ready", "provider": "p", "pool": "main", "type": ["label-a"],
+        "connection_port": {"name": "n", "namespace": "ns", "token": "tok", "skiptls": true},
+        "user_data": {"zuul_system": "sys", "big": 340282366920938463463374607431768211455u128},
+        "hold_expiration": 3600, "slot": 2, "host_keys": ["ssh-rsa AAAA"]});
+    let created = py.run(&["write-node"], &input.to_string()).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let (mut node, _) = t.zk.get_node(&id).await.unwrap().unwrap();
+    assert_eq!(node.state, NodeState::Ready);
+    assert_eq!(node.node_type, vec!["label-a".to_owned()]);
+    assert_eq!(node.hold_expiration, Some(3600));
+    assert_eq!(node.slot, Some(2));
+    assert_eq!(node.connection_port["namespace"], json!("ns"));
+    let big = node.user_data.as_ref().unwrap()["big"].to_string();
+    assert_eq!(big, "340282366920938463463374607431768211455");
+
+    node.set_state(NodeState::InUse);
+    node.allocated_to = Some("100-0000000001".into());
+    t.zk.update_node(&node).await.unwrap();
+    let back = py.run(&["read-node", &id], "").await;
+    assert_eq!(back["state"], json!("in-use"));
+    assert_eq!(back["allocated_to"], json!("100-0000000001"));
+    assert_eq!(back["ssh_port"]["token"], json!("tok"));
+    assert_eq!(back["user_data"]["big"].to_string(), "340282366920938463463374607431768211455");
+}
+
+#[tokio::test]
+async fn zuul_request_survives_python_and_rust_rewrites_losslessly() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    // Zuul's request, as Zuul writes it (persistent sequential, priority 200).
+    let created = py.run(&["write-request", "--priority", "200"], &zuul_request_json()).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("200-"), "{id}");
+
+    // We accept it: pending, write back.
+    let (mut req, _) = t.zk.get_request(&id).await.unwrap().unwrap();
+    assert_eq!(req.node_types, vec!["ubuntu-jammy", "ubuntu-jammy"]);
+    req.set_state(RequestState::Pending);
+    req.declined_by.push("other-pool".into());
+    t.zk.update_request(&req).await.unwrap();
+
+    // Python Nodepool rewrites it (fulfils it).
+    py.run(&["update-request", &id], r#"{"state": "fulfilled", "nodes": ["0000000001", "0000000002"]}"#)
+        .await;
+    let (req, _) = t.zk.get_request(&id).await.unwrap().unwrap();
+    assert_eq!(req.state, RequestState::Fulfilled);
+    assert_eq!(req.declined_by, vec!["other-pool"]);
+    assert_eq!(req.nodes, vec!["0000000001", "0000000002"]);
+    let span = &req.requestor_data.as_ref().unwrap()["span_info"];
+    assert_eq!(span["trace_id"].to_string(), TRACE_ID);
+    assert_eq!(span["span_id"].to_string(), "13451738231587532214");
+
+    // And what we write, Python reads with the 128-bit id intact.
+    t.zk.update_request(&req).await.unwrap();
+    let py_view = py.run(&["read-request", &id], "").await;
+    assert_eq!(py_view["requestor_data"]["span_info"]["trace_id"].to_string(), TRACE_ID);
+    assert_eq!(py_view["state"], json!("fulfilled"));
+}
+
+#[tokio::test]
+async fn our_requests_have_the_priority_prefix_and_every_key() {
+    let t = TestZk::new().await;
+    let mut req = NodeRequest::new(vec!["small".into()]);
+    req.requestor = Some("NodePool:min-ready".into());
+    req.reuse = false;
+    t.zk.create_request(&mut req, 900, false).await.unwrap();
+    assert!(req.id.starts_with("900-") && req.id.len() == 14, "{}", req.id);
+    let raw = t.python().run(&["raw-get", &format!("/nodepool/requests/{}", req.id)], "").await;
+    let data: Value = serde_json::from_str(raw["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data.as_object().unwrap().len(), 13);
+    assert_eq!(data["reuse"], json!(false));
+    assert!(data["event_id"].is_string());
+    let py = t.python().run(&["read-request", &req.id], "").await;
+    assert_eq!(py["requestor"], json!("NodePool:min-ready"));
+}
+
+#[tokio::test]
+async fn malformed_znodes_are_errors_and_skipped_by_the_cache() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let cache = NodeCache::start(&t.zk);
+    assert!(cache.wait_ready(Duration::from_secs(10)).await);
+    for bad in ["{not json", r#"{"state": "exploded"}"#, r#"{"state": "ready", "type": 5}"#] {
+        py.run(&["raw-create", "/nodepool/nodes/", "--sequence", "--data", bad], "").await;
+    }
+    let mut good = sample_node();
+    t.zk.create_node(&mut good).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { cache.get(&good.id).is_some() }).await);
+    assert_eq!(cache.len(), 1, "malformed nodes must not be cached");
+    let mut errors = 0;
+    for id in t.zk.node_ids().await.unwrap() {
+        match t.zk.get_node(&id).await {
+            Ok(_) => {}
+            Err(np_zk::ZkError::Malformed { .. }) => errors += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(errors, 3);
+    // Nothing was overwritten.
+    let raw = py.run(&["raw-children", "/nodepool/nodes"], "").await;
+    assert_eq!(raw.as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn kazoo_lock_excludes_ours_and_hands_over() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let path = "/nodepool/requests-lock/200-0000000001";
+
+    // kazoo holds: our non-blocking attempt fails and leaves no contender.
+    let (held, first) = py.hold(&["hold-lock", path]).await;
+    assert_eq!(first, json!({"acquired": true}));
+    assert!(t.zk.lock(path, &LockOptions::try_once()).await.unwrap().is_none());
+    let contenders = py.run(&["lock-contenders", path], "").await;
+    assert_eq!(contenders.as_array().unwrap().len(), 1, "our failed attempt must delete its contender");
+
+    // Our blocking waiter gets it when kazoo releases.
+    let zk = t.zk.clone();
+    let waiter =
+        tokio::spawn(
+            async move { zk.lock(path, &LockOptions::blocking(Some(Duration::from_secs(20)))).await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    assert_eq!(held.release().await, json!({"released": true}));
+    let guard = waiter.await.unwrap().unwrap().expect("acquired after kazoo released");
+
+    // Now we hold: kazoo cannot take it; a blocking kazoo waiter gets it on our release.
+    assert_eq!(py.run(&["try-lock", path], "").await, json!({"acquired": false}));
+    let py2 = py.clone();
+    let waiting = tokio::spawn(async move { py2.hold(&["hold-lock", path, "--timeout", "20"]).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "kazoo must wait while we hold the lock");
+    guard.release().await.unwrap();
+    let (waiting, acquired) = waiting.await.unwrap();
+    assert_eq!(acquired, json!({"acquired": true}));
+    assert_eq!(waiting.release().await, json!({"released": true}));
+}
+
+#[tokio::test]
+async fn blocking_lock_times_out_and_cleans_up() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let path = "/nodepool/nodes-lock-test/lock";
+    let (held, _) = py.hold(&["hold-lock", path]).await;
+    let started = std::time::Instant::now();
+    let got = t.zk.lock(path, &LockOptions::blocking(Some(Duration::from_millis(500)))).await.unwrap();
+    assert!(got.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert_eq!(py.run(&["lock-contenders", path], "").await.as_array().unwrap().len(), 1);
+    held.release().await;
+}
+
+#[tokio::test]
+async fn python_node_lock_and_ours_exclude_each_other() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+
+    let guard = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    let attempt = py.run(&["lock-node", &node.id], "").await;
+    assert_eq!(attempt["acquired"], json!(false), "{attempt}");
+    guard.release().await.unwrap();
+
+    let (held, first) = py.hold(&["lock-node", &node.id]).await;
+    assert_eq!(first["acquired"], json!(true));
+    assert!(t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().is_none());
+    held.release().await;
+    assert!(t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn locking_a_deleted_node_does_not_resurrect_it() {
+    let t = TestZk::new().await;
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    t.zk.delete_node(&mut node).await.unwrap();
+    let err = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap_err();
+    assert!(err.is_no_node(), "{err}");
+    assert!(t.zk.exists(&format!("/nodepool/nodes/{}", node.id)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn waiter_gets_the_lock_when_the_holders_session_dies() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let path = "/locks/session-death";
+    let (held, _) = py.hold(&["hold-lock", path]).await;
+    let zk = t.zk.clone();
+    let waiter =
+        tokio::spawn(
+            async move { zk.lock(path, &LockOptions::blocking(Some(Duration::from_secs(30)))).await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.kill(); // the kazoo session closes with the process
+    let guard = waiter.await.unwrap().unwrap();
+    assert!(guard.is_some());
+}
+
+#[tokio::test]
+async fn session_expiry_drops_our_locks_tells_the_holder_and_recovers() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let path = "/locks/expiry";
+    let guard = t.zk.lock(path, &LockOptions::try_once()).await.unwrap().unwrap();
+    assert!(guard.is_valid());
+    let g0 = t.zk.status().generation;
+
+    t.zk.expire_session().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), guard.lost()).await.expect("holder is told");
+    assert!(!guard.is_valid());
+    assert!(t.zk.wait_connected(Duration::from_secs(20)).await.unwrap().generation > g0);
+
+    // The ephemeral contender is gone: kazoo can take the lock now.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            py.run(&["try-lock", path], "").await == json!({"acquired": true})
+        })
+        .await
+    );
+    // And the new session works.
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn caches_follow_changes_and_converge_after_session_expiry() {
+    let t = TestZk::new().await;
+    let nodes = NodeCache::start(&t.zk);
+    let requests = RequestCache::start(&t.zk);
+    assert!(nodes.wait_ready(Duration::from_secs(10)).await);
+    assert!(requests.wait_ready(Duration::from_secs(10)).await);
+    let mut events = nodes.subscribe();
+
+    let other = t.second().await;
+    let mut node = sample_node();
+    other.zk.create_node(&mut node).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == node.id {
+                return ev;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ev.kind, CacheEventKind::Upserted);
+
+    // Lock contenders are tracked.
+    let guard = other.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { nodes.get(&node.id).unwrap().is_locked() }).await);
+    guard.release().await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { !nodes.get(&node.id).unwrap().is_locked() }).await);
+
+    // Updates are applied in order.
+    for state in [NodeState::InUse, NodeState::Used, NodeState::Hold] {
+        node.set_state(state);
+        other.zk.update_node(&node).await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            nodes.get(&node.id).unwrap().value.state == NodeState::Hold
+        })
+        .await
+    );
+
+    // Changes made while our session is being replaced still show up.
+    t.zk.expire_session().await.unwrap();
+    let mut req = NodeRequest::new(vec!["x".into()]);
+    other.zk.create_request(&mut req, 100, false).await.unwrap();
+    let mut n2 = sample_node();
+    other.zk.create_node(&mut n2).await.unwrap();
+    other.zk.delete_node(&mut node).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            requests.get(&req.id).is_some() && nodes.get(&n2.id).is_some() && nodes.get(&node.id).is_none()
+        })
+        .await,
+        "caches converge after a new session"
+    );
+}
+
+#[tokio::test]
+async fn component_registration_is_python_compatible_and_survives_expiry() {
+    let t = TestZk::new().await;
+    let mut record = ComponentRecord::new(ComponentKind::Pool, "testhost", "11.0.0", ComponentState::Running);
+    record.pool = Some(PoolInfo {
+        id: "testhost-PoolWorker.p-main-abc".into(),
+        name: "main".into(),
+        provider_name: "p".into(),
+        supported_labels: vec!["a".into(), "b".into()],
+        priority: 100,
+        paused: false,
+    });
+    let reg = ComponentRegistration::register(&t.zk, record).await.unwrap();
+    let path = reg.path().await.unwrap();
+    assert!(path.starts_with("/nodepool/components/pool/testhost0"), "{path}");
+    let raw = t.python().run(&["raw-get", &path], "").await;
+    assert_eq!(
+        raw["data"],
+        json!(
+            r#"{"hostname": "testhost", "id": "testhost-PoolWorker.p-main-abc", "kind": "pool", "model_api": 0, "name": "main", "paused": false, "priority": 100, "provider_name": "p", "state": "running", "supported_labels": ["a", "b"], "version": "11.0.0"}"#
+        )
+    );
+    let cache = PoolComponentCache::start(&t.zk);
+    assert!(cache.wait_ready(Duration::from_secs(10)).await);
+    reg.update(|r| r.pool.as_mut().unwrap().paused = true).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            cache.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
+        })
+        .await
+    );
+
+    t.zk.expire_session().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let p = reg.path().await.unwrap();
+            p != path && t.zk.exists(&p).await.ok().flatten().is_some()
+        })
+        .await,
+        "re-registered under a new sequence"
+    );
+    let all = t.zk.components(ComponentKind::Pool).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].1.pool.as_ref().unwrap().paused);
+    reg.unregister().await.unwrap();
+    assert!(t.zk.components(ComponentKind::Pool).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn tls_connection_reads_and_writes_and_python_agrees() {
+    let t = TestZk::new_tls().await;
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    let py = t.python().run(&["read-node", &node.id], "").await;
+    assert_eq!(py["provider"], json!("fake-provider"));
+    let guard = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    assert_eq!(t.python().run(&["lock-node", &node.id], "").await["acquired"], json!(false));
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn connecting_to_a_dead_server_fails_with_the_address_in_time() {
+    let mut config = np_zk::ZkConfig::new("127.0.0.1:1");
+    config.connect_timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let err = np_zk::Zk::connect(config).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}
