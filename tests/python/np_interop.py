@@ -22,9 +22,9 @@ fresh chroot and go.
 
 The connection is made the way Nodepool 11 makes it: its ZooKeeperClient
 (vendored ZuulKazooClient, PoolSequentialThreadingHandler) and its ZooKeeper
-API object, with the caches off. The ZooKeeper object is built before the
-connection is up, so it registers no component watches and creates nothing
-(no /nodepool/components) of its own.
+API object, with the caches off. The on-connect hooks are skipped, so the
+component registry creates nothing (no /nodepool/components) and sets no
+watches: a subcommand creates only the znodes it names.
 
 Subcommands:
 
@@ -235,8 +235,11 @@ class InteropZooKeeperClient(ZooKeeperClient):
                 pass
             raise Fail("cannot connect to ZooKeeper at %s: %s" % (self.hosts, e))
         self.client = client
-        for listener in self.on_connect_listeners:
-            listener()
+        # Unlike ZooKeeperClient.connect(), the on-connect listeners are not
+        # called: the only one with an effect is Nodepool's component
+        # registry, which would create /nodepool/components/{pool,launcher,
+        # builder} and watch them. A test peer should create only what its
+        # subcommand creates.
 
     def ensure_chroot(self):
         """Create the chroot znode (and its parents) if it is missing."""
@@ -279,8 +282,8 @@ class Peer:
                 hosts, timeout=o.session_timeout, connect_timeout=o.connect_timeout, **tls)
         except OSError as e:
             raise Fail("cannot read a TLS file: %s" % e)
-        # Built before connecting: no component registry watches, no
-        # /nodepool/components paths (see the module doc).
+        # Built before connecting, so that its (and the component registry's)
+        # on-connect hooks are what connect() skips (see the module doc).
         self.zk = ZooKeeper(self.zk_client, enable_cache=False)
         self.zk_client.connect()
         self.zk_client.ensure_chroot()
