@@ -355,6 +355,11 @@ pub(crate) fn load(
     finish_tls(&mut cx, &mut parsed);
     errors.append(&mut cx.errors);
     errors.append(&mut parsed.zk_deferred);
+    // Main file first, then the secure file; within a file, in text order.
+    errors.sort_by_key(|e| {
+        let loc = e.location.map_or((usize::MAX, usize::MAX), |l| (l.line, l.column));
+        (e.file != file_name, loc)
+    });
     if errors.is_empty() {
         Ok(parsed.config)
     } else {

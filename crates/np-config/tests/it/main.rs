@@ -1,5 +1,9 @@
 //! Integration tests of np-config: the upstream fixture corpus, error snapshots,
-//! hand-written cases and diffing.
+//! hand-written cases, the secure file, diffing and (optionally) drift against Python.
 
+mod cases;
+mod diffing;
+mod python_drift;
+mod snapshots;
 mod support;
 mod upstream;
