@@ -136,7 +136,11 @@ fn pool_views(p: &Provider) -> Vec<PoolView> {
             .map(|pool| PoolView {
                 name: pool.name.clone(),
                 settings: PoolSettings::Aws(AwsPool { labels: Vec::new(), ..pool.clone() }),
-                labels: pool.labels.iter().map(|l| (l.name.clone(), LabelSettings::Aws(Box::new(l.clone())))).collect(),
+                labels: pool
+                    .labels
+                    .iter()
+                    .map(|l| (l.name.clone(), LabelSettings::Aws(Box::new(l.clone()))))
+                    .collect(),
             })
             .collect(),
         ProviderDriver::Static(s) => s
