@@ -1,0 +1,155 @@
+//! The boundary between the launcher and cloud drivers.
+//!
+//! One [`Provider`] exists per configured provider and is rebuilt when its
+//! configuration changes. Creating and deleting an instance are **state
+//! machines**: [`CreateMachine::step`] does one bounded unit of work and says
+//! when to come back. The launcher owns everything that is not cloud-specific:
+//! timeouts, retries, writing `external_id` to ZooKeeper as soon as it is
+//! known (so a crash never leaks an instance), the quota → `aborted` path,
+//! host-key scanning, metrics and logging.
+//!
+//! # Guarantees expected from drivers
+//! * Every instance a driver creates carries the metadata of
+//!   [`LaunchRequest::metadata`] (`nodepool_provider_name`, `nodepool_pool_name`,
+//!   `nodepool_node_id`), so leaked instances can be found by
+//!   [`Provider::list_instances`].
+//! * `step` and `delete` are idempotent: the launcher may call a delete for an
+//!   instance that is already gone, and must get `Ok`.
+//! * Errors are classified ([`ProviderError`]) so the launcher can act without
+//!   parsing messages.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use np_core::Quota;
+use serde_json::Value;
+
+/// Metadata key naming the provider that owns an instance.
+pub const META_PROVIDER: &str = "nodepool_provider_name";
+/// Metadata key naming the pool.
+pub const META_POOL: &str = "nodepool_pool_name";
+/// Metadata key naming the node id.
+pub const META_NODE_ID: &str = "nodepool_node_id";
+
+/// A classified cloud error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The cloud refused for quota: the node is aborted and relaunched later,
+    /// the pool pauses until quota frees.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    /// No capacity of this kind right now: counts as a launch failure (retried).
+    #[error("insufficient capacity: {0}")]
+    Capacity(String),
+    /// A temporary failure (throttling, timeouts): retry after backing off.
+    #[error("transient cloud error: {0}")]
+    Transient(String),
+    /// The resource does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A permanent failure for this request (bad image, invalid flavor).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    /// Server name, `np<node id>`.
+    pub hostname: String,
+    /// The ZooKeeper node id.
+    pub node_id: String,
+    /// Provider name.
+    pub provider: String,
+    /// Pool name.
+    pub pool: String,
+    /// Label name.
+    pub label: String,
+    /// Metadata/tags to put on every resource.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl LaunchRequest {
+    /// A request with the standard metadata filled in.
+    pub fn new(node_id: &str, provider: &str, pool: &str, label: &str) -> Self {
+        let mut metadata = BTreeMap::new();
+        metadata.insert(META_PROVIDER.to_owned(), provider.to_owned());
+        metadata.insert(META_POOL.to_owned(), pool.to_owned());
+        metadata.insert(META_NODE_ID.to_owned(), node_id.to_owned());
+        LaunchRequest {
+            hostname: format!("np{node_id}"),
+            node_id: node_id.to_owned(),
+            provider: provider.to_owned(),
+            pool: pool.to_owned(),
+            label: label.to_owned(),
+            metadata,
+        }
+    }
+}
+
+/// A running (or listed) instance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Instance {
+    /// The cloud's id (a string, or an object for AWS).
+    pub external_id: Value,
+    pub interface_ip: Option<String>,
+    pub public_ipv4: Option<String>,
+    pub private_ipv4: Option<String>,
+    pub public_ipv6: Option<String>,
+    pub az: Option<String>,
+    pub region: Option<String>,
+    pub host_id: Option<String>,
+    pub cloud: Option<String>,
+    /// SSH host keys, when the driver knows them without a scan.
+    pub host_keys: Vec<String>,
+    /// The instance's metadata (for leak detection).
+    pub metadata: BTreeMap<String, String>,
+    /// Driver-specific node properties (Nodepool 11 `node_properties`).
+    pub node_properties: Option<Value>,
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step<T> {
+    /// Not done; call `step` again after this long.
+    Pending(Duration),
+    /// Done.
+    Done(T),
+}
+
+/// A create in progress.
+#[async_trait]
+pub trait CreateMachine: Send {
+    /// Advances by one bounded unit of work.
+    async fn step(&mut self) -> Result<Step<Instance>, ProviderError>;
+    /// The cloud id, as soon as it is known.
+    fn external_id(&self) -> Option<Value>;
+    /// A short state name for logs and metrics.
+    fn state(&self) -> &'static str;
+}
+
+/// A delete in progress.
+#[async_trait]
+pub trait DeleteMachine: Send {
+    /// Advances; `Done(())` once the instance is gone.
+    async fn step(&mut self) -> Result<Step<()>, ProviderError>;
+}
+
+/// One configured provider.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider name.
+    fn name(&self) -> &str;
+    /// Starts creating an instance.
+    fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine>;
+    /// Starts deleting an instance.
+    fn delete(&self, external_id: &Value) -> Box<dyn DeleteMachine>;
+    /// Instances that carry this provider's metadata (for leak cleanup).
+    async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError>;
+    /// The cloud's limits for this provider (∞ where unknown).
+    async fn quota_limits(&self) -> Result<Quota, ProviderError>;
+    /// What one node of `label` consumes.
+    fn quota_for_label(&self, label: &str) -> Quota;
+}
