@@ -1,0 +1,346 @@
+//! `driver: fake`: an in-process simulated cloud.
+//!
+//! It takes the same provider configuration as Python Nodepool's fake driver
+//! (the OpenStack schema: `cloud`, `cloud-images`, `flavor-name`, labels) and
+//! behaves like a small cloud: instances take [`FakeSettings::launch_delay`]
+//! to become active, consume quota (4 cores, 8192 MiB per instance, as the
+//! upstream fake flavor), and carry the Nodepool metadata so leak cleanup can
+//! find them. A shared [`FakeCloud`] handle lets tests and benchmarks inject
+//! failures (launch errors, quota errors, stuck deletes) and plant leaked
+//! instances. Addresses handed out are loopback addresses only.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use np_core::Quota;
+use np_provider::{CreateMachine, DeleteMachine, Instance, LaunchRequest, Provider, ProviderError, Step};
+use serde_json::Value;
+
+/// Cores per fake instance (upstream's "Fake Flavor").
+pub const FAKE_CORES: f64 = 4.0;
+/// RAM (MiB) per fake instance.
+pub const FAKE_RAM: f64 = 8192.0;
+
+/// Behaviour knobs.
+#[derive(Debug, Clone)]
+pub struct FakeSettings {
+    /// Time from create to active.
+    pub launch_delay: Duration,
+    /// Cloud limits; `None` = unlimited.
+    pub max_instances: Option<u64>,
+    pub max_cores: Option<u64>,
+    pub max_ram: Option<u64>,
+}
+
+impl Default for FakeSettings {
+    fn default() -> Self {
+        FakeSettings { launch_delay: Duration::ZERO, max_instances: None, max_cores: None, max_ram: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FakeServer {
+    id: String,
+    ready_at: Instant,
+    metadata: BTreeMap<String, String>,
+    ip: String,
+}
+
+#[derive(Debug, Default)]
+struct CloudState {
+    servers: BTreeMap<String, FakeServer>,
+    fail_launches: u32,
+    quota_errors: u32,
+    stuck_deletes: bool,
+    creates: u64,
+    deletes: u64,
+}
+
+/// The simulated cloud, shared by providers and test code.
+#[derive(Debug, Clone)]
+pub struct FakeCloud {
+    name: String,
+    settings: Arc<Mutex<FakeSettings>>,
+    state: Arc<Mutex<CloudState>>,
+    counter: Arc<AtomicU64>,
+}
+
+impl FakeCloud {
+    /// A new, empty cloud.
+    pub fn new(name: &str, settings: FakeSettings) -> Self {
+        FakeCloud {
+            name: name.to_owned(),
+            settings: Arc::new(Mutex::new(settings)),
+            state: Arc::new(Mutex::new(CloudState::default())),
+            counter: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, CloudState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn settings(&self) -> FakeSettings {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the settings.
+    pub fn set_settings(&self, settings: FakeSettings) {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    /// The next `n` creates fail with a fatal error.
+    pub fn fail_next_launches(&self, n: u32) {
+        self.state().fail_launches = n;
+    }
+
+    /// The next `n` creates fail with a quota error.
+    pub fn quota_error_next_launches(&self, n: u32) {
+        self.state().quota_errors = n;
+    }
+
+    /// Deletes never finish while set.
+    pub fn set_stuck_deletes(&self, stuck: bool) {
+        self.state().stuck_deletes = stuck;
+    }
+
+    /// Plants an instance that no ZooKeeper node knows about.
+    pub fn plant_instance(&self, metadata: BTreeMap<String, String>) -> String {
+        let id = self.next_id();
+        let server =
+            FakeServer { id: id.clone(), ready_at: Instant::now(), metadata, ip: "127.0.0.1".into() };
+        self.state().servers.insert(id.clone(), server);
+        id
+    }
+
+    /// Ids of the instances that exist.
+    pub fn server_ids(&self) -> Vec<String> {
+        self.state().servers.keys().cloned().collect()
+    }
+
+    /// (creates, deletes) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let s = self.state();
+        (s.creates, s.deletes)
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("fake-{:08x}-{n:06}", std::process::id())
+    }
+
+    fn usage(&self) -> (u64, f64, f64) {
+        let n = self.state().servers.len() as u64;
+        (n, n as f64 * FAKE_CORES, n as f64 * FAKE_RAM)
+    }
+}
+
+/// A provider on a [`FakeCloud`].
+#[derive(Debug, Clone)]
+pub struct FakeProvider {
+    cloud: FakeCloud,
+    region: Option<String>,
+}
+
+impl FakeProvider {
+    /// A provider named after the cloud.
+    pub fn new(cloud: FakeCloud, region: Option<String>) -> Self {
+        FakeProvider { cloud, region }
+    }
+
+    /// The underlying cloud.
+    pub fn cloud(&self) -> &FakeCloud {
+        &self.cloud
+    }
+}
+
+struct FakeCreate {
+    cloud: FakeCloud,
+    request: LaunchRequest,
+    region: Option<String>,
+    server: Option<String>,
+}
+
+#[async_trait]
+impl CreateMachine for FakeCreate {
+    async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
+        let settings = self.cloud.settings();
+        let Some(id) = self.server.clone() else {
+            let (count, cores, ram) = self.cloud.usage();
+            {
+                let mut state = self.cloud.state();
+                if state.quota_errors > 0 {
+                    state.quota_errors -= 1;
+                    return Err(ProviderError::Quota("injected quota error".into()));
+                }
+                if state.fail_launches > 0 {
+                    state.fail_launches -= 1;
+                    return Err(ProviderError::Fatal("injected launch failure".into()));
+                }
+            }
+            let over = settings.max_instances.is_some_and(|m| count + 1 > m)
+                || settings.max_cores.is_some_and(|m| cores + FAKE_CORES > m as f64)
+                || settings.max_ram.is_some_and(|m| ram + FAKE_RAM > m as f64);
+            if over {
+                return Err(ProviderError::Quota("fake cloud quota exceeded".into()));
+            }
+            let id = self.cloud.next_id();
+            let n = self.cloud.counter.load(Ordering::Relaxed);
+            let ip = format!("127.0.{}.{}", (n / 250) % 250, n % 250 + 1);
+            let server = FakeServer {
+                id: id.clone(),
+                ready_at: Instant::now() + settings.launch_delay,
+                metadata: self.request.metadata.clone(),
+                ip,
+            };
+            let mut state = self.cloud.state();
+            state.creates += 1;
+            state.servers.insert(id.clone(), server);
+            self.server = Some(id);
+            return Ok(Step::Pending(Duration::ZERO));
+        };
+        let server = self.cloud.state().servers.get(&id).cloned();
+        let Some(server) = server else {
+            return Err(ProviderError::Fatal(format!("server {id} disappeared")));
+        };
+        let now = Instant::now();
+        if server.ready_at > now {
+            return Ok(Step::Pending(server.ready_at - now));
+        }
+        Ok(Step::Done(Instance {
+            external_id: Value::from(server.id.clone()),
+            interface_ip: Some(server.ip.clone()),
+            public_ipv4: Some(server.ip.clone()),
+            private_ipv4: Some(server.ip),
+            public_ipv6: None,
+            az: Some("az1".into()),
+            region: self.region.clone(),
+            host_id: Some("fake-host".into()),
+            cloud: Some(self.cloud.name.clone()),
+            host_keys: vec!["ssh-rsa FAKEKEY".into()],
+            metadata: server.metadata,
+            node_properties: None,
+        }))
+    }
+
+    fn external_id(&self) -> Option<Value> {
+        self.server.clone().map(Value::from)
+    }
+
+    fn state(&self) -> &'static str {
+        if self.server.is_some() {
+            "building"
+        } else {
+            "start"
+        }
+    }
+}
+
+struct FakeDelete {
+    cloud: FakeCloud,
+    id: Option<String>,
+}
+
+#[async_trait]
+impl DeleteMachine for FakeDelete {
+    async fn step(&mut self) -> Result<Step<()>, ProviderError> {
+        let mut state = self.cloud.state();
+        if state.stuck_deletes {
+            return Ok(Step::Pending(Duration::from_millis(100)));
+        }
+        if let Some(id) = &self.id {
+            if state.servers.remove(id).is_some() {
+                state.deletes += 1;
+            }
+        }
+        Ok(Step::Done(()))
+    }
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn name(&self) -> &str {
+        &self.cloud.name
+    }
+
+    fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine> {
+        Box::new(FakeCreate { cloud: self.cloud.clone(), request, region: self.region.clone(), server: None })
+    }
+
+    fn delete(&self, external_id: &Value) -> Box<dyn DeleteMachine> {
+        Box::new(FakeDelete { cloud: self.cloud.clone(), id: external_id.as_str().map(str::to_owned) })
+    }
+
+    async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
+        let state = self.cloud.state();
+        Ok(state
+            .servers
+            .values()
+            .map(|s| Instance {
+                external_id: Value::from(s.id.clone()),
+                interface_ip: Some(s.ip.clone()),
+                metadata: s.metadata.clone(),
+                ..Instance::default()
+            })
+            .collect())
+    }
+
+    async fn quota_limits(&self) -> Result<Quota, ProviderError> {
+        let s = self.cloud.settings();
+        let f = |v: Option<u64>| v.map(|v| v as f64);
+        Ok(Quota::new(f(s.max_cores), f(s.max_instances), f(s.max_ram), f64::INFINITY))
+    }
+
+    fn quota_for_label(&self, _label: &str) -> Quota {
+        Quota::new(Some(FAKE_CORES), Some(1.0), Some(FAKE_RAM), 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run(m: &mut Box<dyn CreateMachine>) -> Result<Instance, ProviderError> {
+        loop {
+            match m.step().await? {
+                Step::Done(i) => return Ok(i),
+                Step::Pending(d) => std::thread::sleep(d),
+            }
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        // A tiny executor is enough: fake steps never await anything pending.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn launch_quota_failure_injection_and_delete() {
+        let cloud =
+            FakeCloud::new("fake", FakeSettings { max_instances: Some(1), ..FakeSettings::default() });
+        let p = FakeProvider::new(cloud.clone(), None);
+        let mut m = p.create(LaunchRequest::new("0000000001", "fake", "main", "small"));
+        let inst = block_on(run(&mut m)).unwrap();
+        assert!(inst.interface_ip.as_deref().unwrap().starts_with("127."));
+        assert_eq!(inst.metadata["nodepool_node_id"], "0000000001");
+        let mut m2 = p.create(LaunchRequest::new("0000000002", "fake", "main", "small"));
+        assert!(matches!(block_on(run(&mut m2)), Err(ProviderError::Quota(_))));
+        let mut d = p.delete(&inst.external_id);
+        assert_eq!(block_on(d.step()).unwrap(), Step::Done(()));
+        cloud.fail_next_launches(1);
+        let mut m3 = p.create(LaunchRequest::new("0000000003", "fake", "main", "small"));
+        assert!(matches!(block_on(run(&mut m3)), Err(ProviderError::Fatal(_))));
+        assert_eq!(cloud.counts(), (1, 1));
+        assert!(block_on(p.list_instances()).unwrap().is_empty());
+    }
+}
