@@ -1,0 +1,193 @@
+//! Background work of the launcher, driven by the node and request caches'
+//! change streams (with a slow safety sweep):
+//!
+//! * delete unlocked nodes of our providers in cleanup states (`used`,
+//!   `in-use` whose holder vanished, `failed`, `aborted`, `building` after a
+//!   crash, `deleting`): lock, mark `deleting`, delete the instance, delete
+//!   the znode (spec launcher §4.7);
+//! * clear `allocated_to` on unlocked ready nodes whose request is gone;
+//! * keep `min-ready` nodes: one ephemeral request at priority 900 per missing
+//!   node; fulfilled min-ready requests give their nodes back and are deleted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use np_core::{NodeRequest, NodeState, RequestState};
+use np_provider::Provider;
+use np_zk::LockOptions;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::launch::delete_instance;
+use crate::pool::SharedState;
+use crate::MIN_READY_REQUESTOR;
+
+/// Runs the cleanup and min-ready work until `cancel` fires.
+pub async fn run(
+    shared: SharedState,
+    providers: HashMap<String, Arc<dyn Provider>>,
+    min_ready: BTreeMap<String, u32>,
+    cancel: CancellationToken,
+) {
+    let deleting: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut node_events = shared.nodes.subscribe();
+    let mut req_events = shared.requests.subscribe();
+    let mut sweep = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = node_events.recv() => if r.is_err() { node_events = node_events.resubscribe(); },
+            r = req_events.recv() => if r.is_err() { req_events = req_events.resubscribe(); },
+            _ = sweep.tick() => {}
+        }
+        while node_events.try_recv().is_ok() {}
+        while req_events.try_recv().is_ok() {}
+        delete_nodes(&shared, &providers, &deleting).await;
+        deallocate_orphans(&shared).await;
+        min_ready_pass(&shared, &min_ready).await;
+    }
+}
+
+async fn delete_nodes(
+    shared: &SharedState,
+    providers: &HashMap<String, Arc<dyn Provider>>,
+    deleting: &Arc<Mutex<HashSet<String>>>,
+) {
+    for entry in shared.nodes.entries() {
+        let node = &entry.value;
+        let cleanup = node.state.is_cleanup_state();
+        let Some(provider) = node.provider.as_deref().and_then(|p| providers.get(p)) else { continue };
+        if !cleanup || entry.is_locked() {
+            continue;
+        }
+        {
+            let mut set = deleting.lock().unwrap_or_else(|p| p.into_inner());
+            if !set.insert(node.id.clone()) {
+                continue;
+            }
+        }
+        let zk = shared.zk.clone();
+        let provider = provider.clone();
+        let id = node.id.clone();
+        let deleting = deleting.clone();
+        tokio::spawn(async move {
+            let result = delete_one(&zk, provider.as_ref(), &id).await;
+            if let Err(e) = result {
+                warn!(node = %id, error = %e, "node deletion failed; will retry");
+            }
+            deleting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
+    }
+}
+
+async fn delete_one(zk: &np_zk::Zk, provider: &dyn Provider, id: &str) -> anyhow::Result<()> {
+    let Some(lock) = zk.lock_node(id, LockOptions::try_once()).await? else { return Ok(()) };
+    let Some((mut node, _)) = zk.get_node(id).await? else {
+        let _ = lock.release().await;
+        return Ok(());
+    };
+    if !node.state.is_cleanup_state() {
+        lock.release().await?;
+        return Ok(());
+    }
+    info!(node = %id, state = %node.state, "deleting node");
+    if node.state != NodeState::Deleting {
+        node.set_state(NodeState::Deleting);
+        zk.update_node(&node).await?;
+    }
+    if let Some(external_id) = node.external_id.clone() {
+        if let Err(e) = delete_instance(provider, &external_id).await {
+            let _ = lock.release().await;
+            anyhow::bail!("cloud delete failed: {e}");
+        }
+    }
+    zk.delete_node(&mut node).await?;
+    // The lock went away with the node.
+    drop(lock);
+    Ok(())
+}
+
+async fn deallocate_orphans(shared: &SharedState) {
+    for entry in shared.nodes.entries() {
+        let node = &entry.value;
+        let Some(request) = node.allocated_to.as_deref() else { continue };
+        if node.state != NodeState::Ready || entry.is_locked() || shared.requests.get(request).is_some() {
+            continue;
+        }
+        let zk = &shared.zk;
+        // The cache may lag: confirm the request is really gone.
+        if !matches!(zk.exists(&np_zk::paths::request(request)).await, Ok(None)) {
+            continue;
+        }
+        let Ok(Some(lock)) = zk.lock_node(&node.id, LockOptions::try_once()).await else { continue };
+        if let Ok(Some((mut fresh, _))) = zk.get_node(&node.id).await {
+            if fresh.state == NodeState::Ready && fresh.allocated_to.as_deref() == Some(request) {
+                debug!(node = %fresh.id, request, "request gone; deallocating node");
+                fresh.allocated_to = None;
+                let _ = zk.update_node(&fresh).await;
+            }
+        }
+        let _ = lock.release().await;
+    }
+}
+
+async fn min_ready_pass(shared: &SharedState, min_ready: &BTreeMap<String, u32>) {
+    if min_ready.is_empty() {
+        return;
+    }
+    let zk = &shared.zk;
+    let mut outstanding: BTreeMap<String, u32> = BTreeMap::new();
+    for req in shared.requests.values() {
+        if req.requestor.as_deref() != Some(MIN_READY_REQUESTOR) {
+            continue;
+        }
+        match req.state {
+            RequestState::Fulfilled => {
+                // Hand the nodes back (upstream does this without locks), then drop the request.
+                for id in &req.nodes {
+                    if let Ok(Some((mut node, _))) = zk.get_node(id).await {
+                        if node.allocated_to.as_deref() == Some(req.id.as_str()) {
+                            node.allocated_to = None;
+                            let _ = zk.update_node(&node).await;
+                        }
+                    }
+                }
+                let _ = zk.delete_request(&req.id).await;
+            }
+            RequestState::Failed => {
+                let _ = zk.delete_request(&req.id).await;
+            }
+            _ => {
+                for label in &req.node_types {
+                    *outstanding.entry(label.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut ready: BTreeMap<&str, u32> = BTreeMap::new();
+    let nodes = shared.nodes.values();
+    for node in &nodes {
+        if node.state == NodeState::Ready && node.allocated_to.is_none() {
+            for label in &node.node_type {
+                *ready.entry(label.as_str()).or_default() += 1;
+            }
+        }
+    }
+    for (label, want) in min_ready {
+        let have =
+            ready.get(label.as_str()).copied().unwrap_or(0) + outstanding.get(label).copied().unwrap_or(0);
+        for _ in have..*want {
+            let mut req = NodeRequest::new(vec![label.clone()]);
+            req.requestor = Some(MIN_READY_REQUESTOR.into());
+            req.reuse = false;
+            match zk.create_request(&mut req, 900, true).await {
+                Ok(stat) => {
+                    debug!(request = %req.id, label, "min-ready request");
+                    shared.requests.note_write(&req.id.clone(), req, &stat);
+                }
+                Err(e) => warn!(label, error = %e, "cannot create min-ready request"),
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Running one node's launch through a provider's create state machine.
+//!
+//! The generic policy lives here, once for every driver: the launch timeout,
+//! `launch-retries`, writing `external_id` to ZooKeeper as soon as the cloud
+//! assigns it (so a crash cannot leak the instance: cleanup finds the id on
+//! the node), deleting the half-created instance of a failed attempt, and the
+//! quota path (node `aborted`, the pool pauses and relaunches later).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use np_core::{Node, NodeState};
+use np_provider::{LaunchRequest, Provider, ProviderError, Step};
+use np_zk::Zk;
+use tracing::{debug, info, warn};
+
+/// Launch policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchPolicy {
+    /// Attempts before giving up (`launch-retries`).
+    pub retries: u32,
+    /// Time allowed for one attempt (`launch-timeout`).
+    pub timeout: Duration,
+}
+
+/// How a launch ended. The node has been written to ZooKeeper in every case.
+#[derive(Debug)]
+pub enum LaunchOutcome {
+    /// The node is `ready`.
+    Ready(Node),
+    /// The cloud refused for quota; the node is `aborted`.
+    Aborted(Node),
+    /// All attempts failed; the node is `failed`.
+    Failed(Node, String),
+}
+
+/// Deletes an instance, stepping its delete machine until done.
+pub async fn delete_instance(
+    provider: &dyn Provider,
+    external_id: &serde_json::Value,
+) -> Result<(), ProviderError> {
+    let mut machine = provider.delete(external_id);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match machine.step().await {
+            Ok(Step::Done(())) | Err(ProviderError::NotFound(_)) => return Ok(()),
+            Ok(Step::Pending(d)) => {
+                if Instant::now() > deadline {
+                    return Err(ProviderError::Transient("delete did not finish in time".into()));
+                }
+                tokio::time::sleep(d.max(Duration::from_millis(1))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Launches `node` (locked by the caller, state `building`).
+pub async fn run_launch(
+    zk: Zk,
+    provider: Arc<dyn Provider>,
+    mut node: Node,
+    policy: LaunchPolicy,
+) -> LaunchOutcome {
+    let label = node.node_type.first().cloned().unwrap_or_default();
+    let pool = node.pool.clone().unwrap_or_default();
+    let mut last_error = String::new();
+    for attempt in 1..=policy.retries.max(1) {
+        let request = LaunchRequest::new(&node.id, provider.name(), &pool, &label);
+        let mut machine = provider.create(request);
+        let deadline = Instant::now() + policy.timeout;
+        let result = loop {
+            let step = machine.step().await;
+            if let Some(id) = machine.external_id() {
+                if node.external_id.as_ref() != Some(&id) {
+                    node.external_id = Some(id);
+                    if let Err(e) = zk.update_node(&node).await {
+                        warn!(node = %node.id, error = %e, "cannot record external id");
+                    }
+                }
+            }
+            match step {
+                Ok(Step::Done(instance)) => break Ok(instance),
+                Ok(Step::Pending(wait)) => {
+                    if Instant::now() > deadline {
+                        break Err(ProviderError::Transient("launch timeout".into()));
+                    }
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(instance) => {
+                node.external_id = Some(instance.external_id.clone());
+                node.interface_ip = instance.interface_ip;
+                node.public_ipv4 = instance.public_ipv4;
+                node.private_ipv4 = instance.private_ipv4;
+                node.public_ipv6 = instance.public_ipv6;
+                node.az = instance.az;
+                node.region = instance.region;
+                node.host_id = instance.host_id;
+                if instance.cloud.is_some() {
+                    node.cloud = instance.cloud;
+                }
+                node.host_keys = instance.host_keys;
+                if let Some(props) = instance.node_properties {
+                    node.node_properties = Some(props);
+                }
+                node.set_state(NodeState::Ready);
+                if let Err(e) = zk.update_node(&node).await {
+                    last_error = format!("cannot store ready node: {e}");
+                    warn!(node = %node.id, error = %e, "cannot store ready node");
+                    break;
+                }
+                info!(node = %node.id, label, attempt, "node ready");
+                return LaunchOutcome::Ready(node);
+            }
+            Err(ProviderError::Quota(msg)) => {
+                info!(node = %node.id, label, %msg, "launch hit cloud quota; node aborted");
+                node.set_state(NodeState::Aborted);
+                let _ = zk.update_node(&node).await;
+                return LaunchOutcome::Aborted(node);
+            }
+            Err(e) => {
+                warn!(node = %node.id, label, attempt, error = %e, "launch attempt failed");
+                last_error = e.to_string();
+                if let Some(id) = node.external_id.take() {
+                    if let Err(e) = delete_instance(provider.as_ref(), &id).await {
+                        // Keep the id on the node so cleanup deletes it later.
+                        warn!(node = %node.id, error = %e, "cannot delete failed instance");
+                        node.external_id = Some(id);
+                    }
+                }
+                debug!(node = %node.id, "retrying launch");
+            }
+        }
+    }
+    node.set_state(NodeState::Failed);
+    let _ = zk.update_node(&node).await;
+    LaunchOutcome::Failed(node, last_error)
+}

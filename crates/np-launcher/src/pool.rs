@@ -1,0 +1,660 @@
+//! One worker per provider pool: request selection, accept/decline, node
+//! reuse and launch, pausing at quota, fulfilment (spec launcher §2,
+//! zk-protocol §5.2).
+//!
+//! The worker is event-driven: it sleeps until the request, node or
+//! pool-component cache reports a change, or one of its launches finishes.
+//! Every wake re-evaluates in-flight requests first, then (unless paused at
+//! quota) looks for new ones.
+//!
+//! Ordering rules kept from upstream, because Zuul depends on them:
+//! * request lock first, then node locks;
+//! * `nodes` filled in `node_types` order;
+//! * on fulfilment the nodes keep `allocated_to` and are **unlocked before**
+//!   the request is written `fulfilled`; the request lock is released last;
+//! * a request is `failed` only when every registered pool declined it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use np_core::{Node, NodeRequest, NodeState, Quota, RequestState};
+use np_provider::Provider;
+use np_zk::{ComponentRegistration, LockGuard, LockOptions, NodeCache, PoolComponentCache, RequestCache, Zk};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::launch::{run_launch, LaunchOutcome, LaunchPolicy};
+use crate::MIN_READY_REQUESTOR;
+
+/// What a pool worker serves, from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    pub provider: String,
+    pub pool: String,
+    pub labels: BTreeSet<String>,
+    /// `max-servers`; `None` = unlimited.
+    pub max_servers: Option<u64>,
+    /// Lower wins.
+    pub priority: i64,
+    pub node_attributes: Option<Value>,
+    pub launch: LaunchPolicy,
+    /// Provider `max-concurrency`: in-flight requests; `None` = unlimited.
+    pub max_concurrency: Option<u32>,
+    /// Cloud name written on nodes.
+    pub cloud: Option<String>,
+}
+
+/// The caches every worker shares.
+#[derive(Clone)]
+pub struct SharedState {
+    pub zk: Zk,
+    pub nodes: NodeCache,
+    pub requests: RequestCache,
+    pub pools: PoolComponentCache,
+    pub hostname: String,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum SlotState {
+    Empty,
+    Launching,
+    Ready,
+    Failed,
+}
+
+struct Slot {
+    label: String,
+    node: Option<String>,
+    lock: Option<LockGuard>,
+    state: SlotState,
+}
+
+struct Handler {
+    request: NodeRequest,
+    lock: LockGuard,
+    slots: Vec<Slot>,
+    started: std::time::Instant,
+}
+
+struct LaunchDone {
+    request: String,
+    slot: usize,
+    outcome: LaunchOutcome,
+}
+
+/// A running pool worker.
+pub struct PoolWorker {
+    spec: PoolSpec,
+    id: String,
+    shared: SharedState,
+    provider: Arc<dyn Provider>,
+    registration: ComponentRegistration,
+    handlers: HashMap<String, Handler>,
+    order: Vec<String>,
+    paused: bool,
+    done_tx: mpsc::UnboundedSender<LaunchDone>,
+}
+
+/// `<fqdn>-PoolWorker.<provider>-<pool>-<uuidhex>`.
+pub fn pool_id(hostname: &str, provider: &str, pool: &str) -> String {
+    format!("{hostname}-PoolWorker.{provider}-{pool}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn sequence(id: &str) -> &str {
+    id.split_once('-').map(|(_, s)| s).unwrap_or(id)
+}
+
+fn priority_prefix(id: &str) -> &str {
+    id.split_once('-').map(|(p, _)| p).unwrap_or(id)
+}
+
+impl PoolWorker {
+    /// Registers the pool component and runs until `cancel` fires.
+    pub async fn run(
+        spec: PoolSpec,
+        shared: SharedState,
+        provider: Arc<dyn Provider>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let id = pool_id(&shared.hostname, &spec.provider, &spec.pool);
+        let mut record = np_core::ComponentRecord::new(
+            np_core::ComponentKind::Pool,
+            &shared.hostname,
+            crate::VERSION,
+            np_core::ComponentState::Running,
+        );
+        record.pool = Some(np_core::PoolInfo {
+            id: id.clone(),
+            name: spec.pool.clone(),
+            provider_name: spec.provider.clone(),
+            supported_labels: spec.labels.iter().cloned().collect(),
+            priority: spec.priority,
+            paused: false,
+        });
+        let registration = ComponentRegistration::register(&shared.zk, record).await?;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let span = info_span!("pool", provider = %spec.provider, pool = %spec.pool);
+        let mut worker = PoolWorker {
+            spec,
+            id,
+            shared,
+            provider,
+            registration,
+            handlers: HashMap::new(),
+            order: Vec::new(),
+            paused: false,
+            done_tx,
+        };
+        async move {
+            let mut req_events = worker.shared.requests.subscribe();
+            let mut node_events = worker.shared.nodes.subscribe();
+            let mut pool_events = worker.shared.pools.subscribe();
+            info!(id = %worker.id, "pool worker started");
+            loop {
+                worker.work().await;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = req_events.recv() => if r.is_err() { req_events = req_events.resubscribe(); },
+                    r = node_events.recv() => if r.is_err() { node_events = node_events.resubscribe(); },
+                    r = pool_events.recv() => if r.is_err() { pool_events = pool_events.resubscribe(); },
+                    Some(done) = done_rx.recv() => worker.launch_done(done).await,
+                }
+                // Coalesce bursts: everything already queued is covered by one pass.
+                while req_events.try_recv().is_ok() {}
+                while node_events.try_recv().is_ok() {}
+                while pool_events.try_recv().is_ok() {}
+                while let Ok(done) = done_rx.try_recv() {
+                    worker.launch_done(done).await;
+                }
+            }
+            worker.shutdown().await;
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn shutdown(&mut self) {
+        info!(id = %self.id, in_flight = self.handlers.len(), "pool worker stopping");
+        for (_, handler) in self.handlers.drain() {
+            for slot in handler.slots {
+                if let Some(lock) = slot.lock {
+                    let _ = lock.release().await;
+                }
+            }
+            let _ = handler.lock.release().await;
+        }
+        let _ = self.registration.unregister().await;
+    }
+
+    async fn work(&mut self) {
+        // Our own registration must be visible before we decide anything
+        // that depends on the set of registered pools.
+        let registered: Vec<np_core::PoolInfo> =
+            self.shared.pools.values().iter().filter_map(|c| c.pool.clone()).collect();
+        if !registered.iter().any(|p| p.id == self.id) {
+            return;
+        }
+        let ids: Vec<String> = self.order.clone();
+        let mut paused = false;
+        for id in ids {
+            if !self.advance(&id, &registered).await {
+                paused = true;
+            }
+        }
+        self.set_paused(paused).await;
+        if !paused {
+            self.assign(&registered).await;
+        }
+    }
+
+    async fn set_paused(&mut self, paused: bool) {
+        if self.paused != paused {
+            self.paused = paused;
+            info!(paused, "pool pause state changed");
+            if let Err(e) = self
+                .registration
+                .update(|r| {
+                    if let Some(p) = r.pool.as_mut() {
+                        p.paused = paused;
+                    }
+                })
+                .await
+            {
+                warn!(error = %e, "cannot update pool component");
+            }
+        }
+    }
+
+    // === selection ===
+
+    async fn assign(&mut self, registered: &[np_core::PoolInfo]) {
+        let mut candidates: Vec<Arc<NodeRequest>> = self
+            .shared
+            .requests
+            .values()
+            .into_iter()
+            .filter(|r| {
+                r.state == RequestState::Requested
+                    && !r.declined_by.contains(&self.id)
+                    && !self.handlers.contains_key(&r.id)
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let labels = self.spec.labels.clone();
+        let lacking = |r: &NodeRequest| r.node_types.iter().filter(|l| !labels.contains(*l)).count();
+        candidates.sort_by(|a, b| {
+            (lacking(a), priority_prefix(&a.id), a.relative_priority, sequence(&a.id)).cmp(&(
+                lacking(b),
+                priority_prefix(&b.id),
+                b.relative_priority,
+                sequence(&b.id),
+            ))
+        });
+        for req in candidates {
+            if let Some(max) = self.spec.max_concurrency {
+                if self.handlers.len() >= max as usize {
+                    break;
+                }
+            }
+            let able: Vec<&np_core::PoolInfo> = registered
+                .iter()
+                .filter(|p| {
+                    !req.declined_by.contains(&p.id)
+                        && req.node_types.iter().all(|l| p.supported_labels.contains(l))
+                })
+                .collect();
+            if let Some(wanted) = &req.provider {
+                if *wanted != self.spec.provider && able.iter().any(|p| p.provider_name == *wanted) {
+                    continue;
+                }
+            }
+            if able.iter().any(|p| p.id != self.id && p.priority < self.spec.priority && !p.paused) {
+                continue;
+            }
+            let lacks = lacking(&req) > 0;
+            if lacks && able.iter().any(|p| p.id != self.id) {
+                continue;
+            }
+            if !self.try_accept(&req.id, lacks, registered).await {
+                continue;
+            }
+            if self.paused {
+                break;
+            }
+        }
+    }
+
+    /// Locks and re-reads a request, then declines or accepts it.
+    async fn try_accept(&mut self, id: &str, lacks: bool, registered: &[np_core::PoolInfo]) -> bool {
+        let zk = self.shared.zk.clone();
+        let lock = match zk.lock_request(id, LockOptions::try_once()).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return false,
+            Err(e) => {
+                debug!(request = id, error = %e, "cannot lock request");
+                return false;
+            }
+        };
+        let request = match zk.get_request(id).await {
+            Ok(Some((r, _))) if r.state == RequestState::Requested && !r.declined_by.contains(&self.id) => r,
+            Ok(_) => {
+                let _ = lock.release().await;
+                return false;
+            }
+            Err(e) => {
+                warn!(request = id, error = %e, "cannot read request");
+                let _ = lock.release().await;
+                return false;
+            }
+        };
+        let too_big = self.spec.max_servers.is_some_and(|m| request.node_types.len() as u64 > m);
+        let slots = request
+            .node_types
+            .iter()
+            .map(|l| Slot { label: l.clone(), node: None, lock: None, state: SlotState::Empty })
+            .collect();
+        let mut handler = Handler { request, lock, slots, started: std::time::Instant::now() };
+        if lacks || too_big || self.spec.max_servers == Some(0) {
+            info!(request = id, lacks, too_big, "declining request");
+            self.decline(handler, registered).await;
+            return true;
+        }
+        handler.request.set_state(RequestState::Pending);
+        match zk.update_request(&handler.request).await {
+            Ok(stat) => self.shared.requests.note_write(id, handler.request.clone(), &stat),
+            Err(e) => {
+                debug!(request = id, error = %e, "request vanished while accepting");
+                let _ = handler.lock.release().await;
+                return false;
+            }
+        }
+        info!(request = id, labels = ?handler.request.node_types, "accepted request");
+        self.handlers.insert(id.to_owned(), handler);
+        self.order.push(id.to_owned());
+        if !self.advance(id, registered).await {
+            self.set_paused(true).await;
+        }
+        true
+    }
+
+    // === filling and completing ===
+
+    /// Fills empty slots and completes the request when it can. Returns false
+    /// when the handler is waiting for quota (the pool is paused).
+    async fn advance(&mut self, id: &str, registered: &[np_core::PoolInfo]) -> bool {
+        let Some(mut handler) = self.handlers.remove(id) else { return true };
+        let mut waiting_for_quota = false;
+        for i in 0..handler.slots.len() {
+            if handler.slots[i].state != SlotState::Empty {
+                continue;
+            }
+            if handler.request.reuse && self.try_reuse(&mut handler, i).await {
+                continue;
+            }
+            if !self.has_quota(&handler.slots[i].label).await {
+                if handler.request.requestor.as_deref() == Some(MIN_READY_REQUESTOR) {
+                    info!(request = id, "at quota: declining min-ready request");
+                    self.remove_order(id);
+                    self.decline(handler, registered).await;
+                    return true;
+                }
+                self.free_oldest_unused_node().await;
+                waiting_for_quota = true;
+                break;
+            }
+            self.launch_slot(&mut handler, i).await;
+        }
+        let states: Vec<SlotState> = handler.slots.iter().map(|s| s.state).collect();
+        if states.iter().all(|s| *s == SlotState::Ready) {
+            self.remove_order(id);
+            self.fulfil(handler).await;
+            return true;
+        }
+        if states.contains(&SlotState::Failed) && !states.contains(&SlotState::Launching) {
+            self.remove_order(id);
+            self.decline(handler, registered).await;
+            return true;
+        }
+        self.handlers.insert(id.to_owned(), handler);
+        !waiting_for_quota
+    }
+
+    fn remove_order(&mut self, id: &str) {
+        self.order.retain(|x| x != id);
+    }
+
+    fn claimed(&self) -> HashSet<String> {
+        self.handlers.values().flat_map(|h| h.slots.iter().filter_map(|s| s.node.clone())).collect()
+    }
+
+    async fn try_reuse(&self, handler: &mut Handler, i: usize) -> bool {
+        let label = handler.slots[i].label.clone();
+        let mut claimed = self.claimed();
+        claimed.extend(handler.slots.iter().filter_map(|s| s.node.clone()));
+        let candidates: Vec<String> = self
+            .shared
+            .nodes
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                let n = &e.value;
+                n.state == NodeState::Ready
+                    && n.allocated_to.is_none()
+                    && n.provider.as_deref() == Some(&self.spec.provider)
+                    && n.pool.as_deref() == Some(&self.spec.pool)
+                    && n.has_label(&label)
+                    && !e.is_locked()
+                    && !claimed.contains(&n.id)
+            })
+            .map(|e| e.value.id.clone())
+            .collect();
+        let zk = &self.shared.zk;
+        for node_id in candidates {
+            let Ok(Some(lock)) = zk.lock_node(&node_id, LockOptions::try_once()).await else { continue };
+            let node = match zk.get_node(&node_id).await {
+                Ok(Some((n, _))) if n.state == NodeState::Ready && n.allocated_to.is_none() => n,
+                _ => {
+                    let _ = lock.release().await;
+                    continue;
+                }
+            };
+            let mut node = node;
+            node.allocated_to = Some(handler.request.id.clone());
+            node.tenant_name = handler.request.tenant_name.clone();
+            node.requestor = handler.request.requestor.clone();
+            match zk.update_node(&node).await {
+                Ok(stat) => self.shared.nodes.note_write(&node.id, node.clone(), &stat),
+                Err(_) => {
+                    let _ = lock.release().await;
+                    continue;
+                }
+            }
+            debug!(request = %handler.request.id, node = %node_id, label, "reusing ready node");
+            let slot = &mut handler.slots[i];
+            slot.node = Some(node_id);
+            slot.lock = Some(lock);
+            slot.state = SlotState::Ready;
+            return true;
+        }
+        false
+    }
+
+    fn usage(&self, pool_only: bool) -> (u64, Quota) {
+        let mut count = 0;
+        let mut used = Quota::zero();
+        for n in self.shared.nodes.values() {
+            if n.provider.as_deref() != Some(&self.spec.provider) {
+                continue;
+            }
+            if pool_only && n.pool.as_deref() != Some(&self.spec.pool) {
+                continue;
+            }
+            count += 1;
+            match &n.resources {
+                Some(r) => used.add(&Quota::from_resources(r)),
+                None => used.add(&self.provider.quota_for_label(n.node_type.first().map_or("", |s| s))),
+            };
+        }
+        (count, used)
+    }
+
+    async fn has_quota(&self, label: &str) -> bool {
+        let (count, _) = self.usage(true);
+        if self.spec.max_servers.is_some_and(|m| count + 1 > m) {
+            return false;
+        }
+        let limits = match self.provider.quota_limits().await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot read provider quota; assuming none left");
+                return false;
+            }
+        };
+        let (_, used) = self.usage(false);
+        let mut left = limits;
+        left.subtract(&used).subtract(&self.provider.quota_for_label(label));
+        left.non_negative()
+    }
+
+    /// At quota, upstream deletes the oldest unused ready node of the pool so
+    /// that another label can be launched.
+    async fn free_oldest_unused_node(&self) {
+        let claimed = self.claimed();
+        let mut idle: Vec<Arc<Node>> = self
+            .shared
+            .nodes
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                let n = &e.value;
+                n.state == NodeState::Ready
+                    && n.allocated_to.is_none()
+                    && n.provider.as_deref() == Some(&self.spec.provider)
+                    && n.pool.as_deref() == Some(&self.spec.pool)
+                    && !e.is_locked()
+                    && !claimed.contains(&n.id)
+            })
+            .map(|e| e.value)
+            .collect();
+        idle.sort_by(|a, b| a.state_time.total_cmp(&b.state_time));
+        let Some(oldest) = idle.first() else { return };
+        let zk = &self.shared.zk;
+        if let Ok(Some(lock)) = zk.lock_node(&oldest.id, LockOptions::try_once()).await {
+            if let Ok(Some((mut node, _))) = zk.get_node(&oldest.id).await {
+                if node.state == NodeState::Ready && node.allocated_to.is_none() {
+                    info!(node = %node.id, "at quota: deleting oldest unused ready node");
+                    node.set_state(NodeState::Deleting);
+                    let _ = zk.update_node(&node).await;
+                }
+            }
+            let _ = lock.release().await;
+        }
+    }
+
+    async fn launch_slot(&mut self, handler: &mut Handler, i: usize) {
+        let zk = self.shared.zk.clone();
+        let label = handler.slots[i].label.clone();
+        let mut node = Node::new(NodeState::Init);
+        node.provider = Some(self.spec.provider.clone());
+        node.pool = Some(self.spec.pool.clone());
+        node.cloud = self.spec.cloud.clone();
+        node.node_type = vec![label.clone()];
+        node.allocated_to = Some(handler.request.id.clone());
+        node.launcher = Some(self.id.clone());
+        node.tenant_name = handler.request.tenant_name.clone();
+        node.requestor = handler.request.requestor.clone();
+        node.attributes = self.spec.node_attributes.clone();
+        node.connection_type = Some("ssh".into());
+        node.python_path = Some("auto".into());
+        node.resources = Some(self.provider.quota_for_label(&label).to_resources());
+        let stat = match zk.create_node(&mut node).await {
+            Ok(stat) => stat,
+            Err(e) => {
+                warn!(error = %e, "cannot create node");
+                handler.slots[i].state = SlotState::Failed;
+                return;
+            }
+        };
+        self.shared.nodes.note_write(&node.id, node.clone(), &stat);
+        let lock = match zk.lock_node(&node.id, LockOptions::try_once()).await {
+            Ok(Some(lock)) => lock,
+            other => {
+                warn!(node = %node.id, ?other, "cannot lock new node");
+                handler.slots[i].state = SlotState::Failed;
+                return;
+            }
+        };
+        node.set_state(NodeState::Building);
+        match zk.update_node(&node).await {
+            Ok(stat) => self.shared.nodes.note_write(&node.id, node.clone(), &stat),
+            Err(e) => warn!(node = %node.id, error = %e, "cannot mark node building"),
+        }
+        let slot = &mut handler.slots[i];
+        slot.node = Some(node.id.clone());
+        slot.lock = Some(lock);
+        slot.state = SlotState::Launching;
+        let tx = self.done_tx.clone();
+        let provider = self.provider.clone();
+        let policy = self.spec.launch.clone();
+        let request = handler.request.id.clone();
+        let span = info_span!("launch", node = %node.id, request = %request, label);
+        tokio::spawn(
+            async move {
+                let outcome = run_launch(zk, provider, node, policy).await;
+                let _ = tx.send(LaunchDone { request, slot: i, outcome });
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn launch_done(&mut self, done: LaunchDone) {
+        let Some(handler) = self.handlers.get_mut(&done.request) else { return };
+        let Some(slot) = handler.slots.get_mut(done.slot) else { return };
+        match done.outcome {
+            LaunchOutcome::Ready(_) => slot.state = SlotState::Ready,
+            LaunchOutcome::Aborted(_) => {
+                // Unlocked, the aborted node is deleted by cleanup; the label is
+                // launched again once quota allows.
+                if let Some(lock) = slot.lock.take() {
+                    let _ = lock.release().await;
+                }
+                slot.node = None;
+                slot.state = SlotState::Empty;
+            }
+            LaunchOutcome::Failed(node, error) => {
+                warn!(node = %node.id, error, "launch failed after retries");
+                slot.state = SlotState::Failed;
+            }
+        }
+    }
+
+    async fn fulfil(&mut self, mut handler: Handler) {
+        let zk = self.shared.zk.clone();
+        let id = handler.request.id.clone();
+        // Upstream checks that the request still exists before fulfilling.
+        if !matches!(zk.exists(&np_zk::paths::request(&id)).await, Ok(Some(_))) {
+            info!(request = %id, "request vanished; releasing its nodes");
+            self.release_nodes(&mut handler, true).await;
+            let _ = handler.lock.release().await;
+            return;
+        }
+        handler.request.nodes = handler.slots.iter().filter_map(|s| s.node.clone()).collect();
+        handler.request.set_state(RequestState::Fulfilled);
+        // Unlock the nodes before writing `fulfilled`: Zuul locks them next.
+        self.release_nodes(&mut handler, false).await;
+        match zk.update_request(&handler.request).await {
+            Ok(stat) => self.shared.requests.note_write(&id, handler.request.clone(), &stat),
+            Err(e) => warn!(request = %id, error = %e, "cannot store fulfilled request"),
+        }
+        let _ = handler.lock.release().await;
+        info!(request = %id, nodes = ?handler.request.nodes, elapsed_ms = handler.started.elapsed().as_millis() as u64, "fulfilled request");
+    }
+
+    /// Unlocks every node of the handler; with `deallocate`, clears
+    /// `allocated_to` on ready nodes first.
+    async fn release_nodes(&self, handler: &mut Handler, deallocate: bool) {
+        let zk = &self.shared.zk;
+        let mut releases = Vec::new();
+        for slot in handler.slots.iter_mut() {
+            if deallocate && slot.state == SlotState::Ready {
+                if let Some(id) = &slot.node {
+                    if let Ok(Some((mut node, _))) = zk.get_node(id).await {
+                        node.allocated_to = None;
+                        let _ = zk.update_node(&node).await;
+                    }
+                }
+            }
+            if let Some(lock) = slot.lock.take() {
+                releases.push(lock.release());
+            }
+        }
+        for r in futures::future::join_all(releases).await {
+            if let Err(e) = r {
+                warn!(error = %e, "cannot release node lock");
+            }
+        }
+    }
+
+    async fn decline(&mut self, mut handler: Handler, registered: &[np_core::PoolInfo]) {
+        let zk = self.shared.zk.clone();
+        let id = handler.request.id.clone();
+        if !handler.request.declined_by.contains(&self.id) {
+            handler.request.declined_by.push(self.id.clone());
+        }
+        let everyone_declined = registered.iter().all(|p| handler.request.declined_by.contains(&p.id));
+        let state = if everyone_declined { RequestState::Failed } else { RequestState::Requested };
+        handler.request.set_state(state);
+        self.release_nodes(&mut handler, true).await;
+        match zk.update_request(&handler.request).await {
+            Ok(stat) => self.shared.requests.note_write(&id, handler.request.clone(), &stat),
+            Err(e) => debug!(request = %id, error = %e, "cannot store declined request"),
+        }
+        let _ = handler.lock.release().await;
+        info!(request = %id, %state, "declined request");
+    }
+}

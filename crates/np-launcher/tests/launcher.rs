@@ -1,0 +1,215 @@
+//! End-to-end launcher tests: the launcher in-process with a fake cloud, a real
+//! ZooKeeper, and a Python client that behaves like Zuul 14.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use np_core::{NodeRequest, NodeState, RequestState};
+use np_driver_fake::{FakeCloud, FakeSettings};
+use np_launcher::launcher::build_providers;
+use np_launcher::Launcher;
+use np_testing::{env, eventually, repo_root, TestZk};
+
+fn config(max_servers: u32, min_ready: u32) -> np_config::Config {
+    let text = format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: small
+    min-ready: {min_ready}
+  - name: large
+providers:
+  - name: fake-provider
+    driver: fake
+    cloud: fake
+    cloud-images:
+      - name: img
+    pools:
+      - name: main
+        max-servers: {max_servers}
+        labels:
+          - name: small
+            cloud-image: img
+            flavor-name: Fake Flavor
+          - name: large
+            cloud-image: img
+            flavor-name: Fake Flavor
+"#
+    );
+    np_config::load_str(&text, "test.yaml").unwrap()
+}
+
+async fn start(t: &TestZk, config: &np_config::Config, cloud: &FakeCloud) -> Launcher {
+    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
+    let providers = build_providers(config, &clouds).unwrap();
+    Launcher::start(config, t.zk.clone(), providers).await.unwrap()
+}
+
+fn zuul_client(t: &TestZk, labels: &str, count: u32, outstanding: u32) -> std::process::Output {
+    std::process::Command::new(env("NP_PYTHON"))
+        .arg(repo_root().join("tests/python/zuul_client.py"))
+        .args(["--hosts", &format!("{}{}", env("NP_ZK_HOSTS"), t.chroot)])
+        .args(["--labels", labels, "--count", &count.to_string(), "--outstanding", &outstanding.to_string()])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zuul_like_client_gets_every_node_and_they_come_back() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config(10, 0), &cloud).await;
+
+    let t2 = TestZk::with(false, Some(&t.chroot)).await;
+    let out =
+        tokio::task::spawn_blocking(move || zuul_client(&t2, "small,large,small", 12, 3)).await.unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(summary["done"], 12, "{summary}");
+    assert_eq!(summary["error_count"], 0, "{summary}");
+
+    // Every used node is deleted, in ZooKeeper and in the cloud.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            t.zk.node_ids().await.unwrap().is_empty() && cloud.server_ids().is_empty()
+        })
+        .await,
+        "used nodes must be cleaned up: {:?}",
+        t.zk.node_ids().await
+    );
+    assert_eq!(cloud.counts().0, 36);
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_nodepool_lists_our_nodes() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config(10, 2), &cloud).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            launcher.shared().nodes.values().iter().filter(|n| n.state == NodeState::Ready).count() == 2
+        })
+        .await
+    );
+    let listed = t.python().run(&["list-nodes"], "").await;
+    let states: Vec<&str> = listed.as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
+    assert_eq!(states, vec!["ready", "ready"]);
+    for n in listed.as_array().unwrap() {
+        let full = t.python().run(&["read-node", n["id"].as_str().unwrap()], "").await;
+        assert_eq!(full["provider"], "fake-provider");
+        assert_eq!(full["allocated_to"], serde_json::Value::Null, "min-ready nodes are handed back");
+        assert!(full["interface_ip"].as_str().unwrap().starts_with("127."));
+        assert_eq!(full["resources"]["cores"], 4);
+    }
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_for_unknown_label_fails_when_every_pool_declined() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config(10, 0), &cloud).await;
+    let mut req = NodeRequest::new(vec!["no-such-label".into()]);
+    t.zk.create_request(&mut req, 200, false).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Failed)
+        })
+        .await
+    );
+    let (r, _) = t.zk.get_request(&req.id).await.unwrap().unwrap();
+    assert_eq!(r.declined_by.len(), 1);
+    assert!(r.declined_by[0].contains("PoolWorker.fake-provider-main-"), "{:?}", r.declined_by);
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_pauses_at_quota_and_resumes_when_nodes_are_returned() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config(1, 0), &cloud).await;
+    let mut first = NodeRequest::new(vec!["small".into()]);
+    t.zk.create_request(&mut first, 200, false).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(t.zk.get_request(&first.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
+        })
+        .await
+    );
+    let mut second = NodeRequest::new(vec!["large".into()]);
+    t.zk.create_request(&mut second, 200, false).await.unwrap();
+    // At quota: accepted (pending) but not fulfilled; the pool shows as paused.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
+        })
+        .await
+    );
+    let (r, _) = t.zk.get_request(&second.id).await.unwrap().unwrap();
+    assert_eq!(r.state, RequestState::Pending);
+    // Zuul returns the first node: used -> deleted -> quota frees -> second fulfilled.
+    let (fulfilled, _) = t.zk.get_request(&first.id).await.unwrap().unwrap();
+    let (mut node, _) = t.zk.get_node(&fulfilled.nodes[0]).await.unwrap().unwrap();
+    node.set_state(NodeState::Used);
+    t.zk.update_node(&node).await.unwrap();
+    t.zk.delete_request(&first.id).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            matches!(t.zk.get_request(&second.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
+        })
+        .await
+    );
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_launches_are_retried_then_the_request_fails_and_nothing_leaks() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config(10, 0), &cloud).await;
+    // Upstream's default launch-retries is 3: two failures are absorbed.
+    cloud.fail_next_launches(2);
+    let mut ok = NodeRequest::new(vec!["small".into()]);
+    t.zk.create_request(&mut ok, 200, false).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(t.zk.get_request(&ok.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
+        })
+        .await
+    );
+    cloud.fail_next_launches(3);
+    let mut bad = NodeRequest::new(vec!["large".into()]);
+    t.zk.create_request(&mut bad, 200, false).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(t.zk.get_request(&bad.id).await, Ok(Some((r, _))) if r.state == RequestState::Failed)
+        })
+        .await
+    );
+    // The failed node is deleted; only the fulfilled request's node remains.
+    assert!(
+        eventually(Duration::from_secs(10), || async { t.zk.node_ids().await.unwrap().len() == 1 }).await
+    );
+    assert_eq!(cloud.server_ids().len(), 1);
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_releases_locks_and_unregisters() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config(10, 1), &cloud).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            t.zk.components(np_core::ComponentKind::Pool).await.unwrap().len() == 1
+        })
+        .await
+    );
+    launcher.stop().await;
+    assert!(t.zk.components(np_core::ComponentKind::Pool).await.unwrap().is_empty());
+    assert!(t.zk.components(np_core::ComponentKind::Launcher).await.unwrap().is_empty());
+}
