@@ -192,7 +192,12 @@ pub async fn image_build(ctx: &Ctx, image: &str) -> Result<i32> {
 }
 
 /// `image-pause` / `image-unpause`.
+/// Like upstream, pausing needs `/nodepool/images/<image>` to exist (the flag
+/// is created without parents), but the name is not checked against the config.
 pub async fn image_pause(ctx: &Ctx, image: &str, paused: bool) -> Result<i32> {
+    if paused && ctx.zk.exists(&paths::image(image)).await?.is_none() {
+        bail!("image {image} has no data in ZooKeeper ({} does not exist)", paths::image(image));
+    }
     ctx.zk.set_image_paused(image, paused).await?;
     Ok(0)
 }
