@@ -149,11 +149,17 @@ async fn min_ready_pass(shared: &SharedState, min_ready: &BTreeMap<String, u32>)
                     if let Ok(Some((mut node, _))) = zk.get_node(id).await {
                         if node.allocated_to.as_deref() == Some(req.id.as_str()) {
                             node.allocated_to = None;
-                            let _ = zk.update_node(&node).await;
+                            if let Ok(stat) = zk.update_node(&node).await {
+                                shared.nodes.note_write(id, node, &stat);
+                            }
                         }
                     }
                 }
                 let _ = zk.delete_request(&req.id).await;
+                // Until the caches show the node as free, this request still covers it.
+                for label in &req.node_types {
+                    *outstanding.entry(label.clone()).or_default() += 1;
+                }
             }
             RequestState::Failed => {
                 let _ = zk.delete_request(&req.id).await;

@@ -95,6 +95,9 @@ async fn python_nodepool_lists_our_nodes() {
         })
         .await
     );
+    // Exactly min-ready: no extra nodes appear once the requests settle.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(cloud.counts().0, 2, "min-ready launched too many nodes");
     let listed = t.python().run(&["list-nodes"], "").await;
     let states: Vec<&str> = listed.as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
     assert_eq!(states, vec!["ready", "ready"]);
