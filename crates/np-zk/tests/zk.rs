@@ -268,8 +268,17 @@ async fn session_expiry_drops_our_locks_tells_the_holder_and_recovers() {
     let guard = t.zk.lock(path, &LockOptions::try_once()).await.unwrap().unwrap();
     assert!(guard.is_valid());
     let g0 = t.zk.status().generation;
+    // A kazoo waiter queues behind us...
+    let py2 = py.clone();
+    let waiter = tokio::spawn(async move { py2.hold(&["hold-lock", path, "--timeout", "30"]).await });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!waiter.is_finished());
 
     t.zk.expire_session().await.unwrap();
+    // ...and gets the lock when our session dies.
+    let (waiting, acquired) = waiter.await.unwrap();
+    assert_eq!(acquired, json!({"acquired": true}));
+    waiting.release().await;
     tokio::time::timeout(Duration::from_secs(20), guard.lost()).await.expect("holder is told");
     assert!(!guard.is_valid());
     assert!(t.zk.wait_connected(Duration::from_secs(20)).await.unwrap().generation > g0);
