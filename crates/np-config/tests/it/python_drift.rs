@@ -1,4 +1,4 @@
-//! When `NP_PYTHON` names Python Nodepool's `nodepool` program, re-runs its
+//! When `NP_PYTHON` (the test venv's Python) is set, runs the venv's `nodepool` program: re-runs its
 //! `config-validate` on a few fixtures and checks the recorded expectations still hold
 //! (so a new upstream release that changes verdicts is noticed). Skipped otherwise.
 
@@ -19,10 +19,12 @@ const SAMPLE: &[&str] = &[
 
 #[test]
 fn python_verdicts_have_not_drifted() {
-    let Ok(nodepool) = std::env::var("NP_PYTHON") else {
+    let Ok(python) = std::env::var("NP_PYTHON") else {
         eprintln!("NP_PYTHON not set; skipping the drift check against Python Nodepool");
         return;
     };
+    // NP_PYTHON is the venv's interpreter; Nodepool's CLI sits beside it.
+    let nodepool = std::path::Path::new(&python).with_file_name("nodepool").display().to_string();
     let expectations = std::fs::read_to_string(crate_dir().join("tests/expectations/upstream.tsv"))
         .unwrap_or_else(|e| panic!("reading expectations: {e}"));
     for file in SAMPLE {
