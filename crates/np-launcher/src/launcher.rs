@@ -92,6 +92,16 @@ pub struct Launcher {
 impl Launcher {
     /// Starts caches, the launcher component, pool workers and cleanup.
     pub async fn start(config: &Config, zk: Zk, providers: ProviderSet) -> anyhow::Result<Launcher> {
+        Self::start_with(config, zk, providers, None).await
+    }
+
+    /// Like [`Launcher::start`], with the maintenance pass interval (tests use a short one).
+    pub async fn start_with(
+        config: &Config,
+        zk: Zk,
+        providers: ProviderSet,
+        maintenance_interval: Option<Duration>,
+    ) -> anyhow::Result<Launcher> {
         let hostname = hostname();
         let nodes = NodeCache::start(&zk);
         let requests = RequestCache::start(&zk);
@@ -133,8 +143,18 @@ impl Launcher {
             .filter(|l| l.min_ready > 0 && served.contains(&l.name))
             .map(|l| (l.name.clone(), l.min_ready))
             .collect();
+        let upkeep = crate::maintenance::MaintenanceConfig {
+            max_ready_age: config
+                .labels
+                .iter()
+                .filter_map(|l| l.max_ready_age.map(|a| (l.name.clone(), a)))
+                .collect(),
+            max_hold_age: config.max_hold_age,
+            pass_interval: maintenance_interval,
+        };
+        tasks.spawn(crate::maintenance::run(shared.clone(), providers.clone(), upkeep, cancel.child_token()));
         tasks.spawn(crate::cleanup::run(shared.clone(), providers, min_ready, cancel.child_token()));
-        info!(pools = tasks.len() - 1, "launcher running");
+        info!(tasks = tasks.len(), "launcher running");
         Ok(Launcher { cancel, tasks, shared, registration })
     }
 

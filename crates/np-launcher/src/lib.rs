@@ -14,6 +14,7 @@
 pub mod cleanup;
 pub mod launch;
 pub mod launcher;
+pub mod maintenance;
 pub mod pool;
 
 pub use launcher::{Launcher, ProviderSet};

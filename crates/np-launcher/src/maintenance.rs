@@ -1,0 +1,259 @@
+//! Time-based upkeep (upstream's `CleanupWorker`, spec launcher §4.2-4.6).
+//!
+//! * **max-ready-age**: unallocated `ready` nodes older than their label's
+//!   `max-ready-age` become `deleting`;
+//! * **max-hold-age / hold_expiration**: held nodes whose hold expired become
+//!   `deleting`;
+//! * **lost requests**: a `pending` request whose lock is free (its launcher
+//!   died) goes back to `requested`; `init` nodes allocated to it are deleted and
+//!   other allocations cleared;
+//! * **leaked instances**: cloud instances carrying our provider's metadata
+//!   with no ZooKeeper node, seen on two passes in a row, are deleted;
+//! * **request-lock directories** whose request is gone and that are older than
+//!   8 hours are removed;
+//! * **empty node znodes** (resurrected by a late lock) are removed.
+//!
+//! Age deadlines are computed exactly: the task sleeps until the earliest one
+//! (or the next full pass, every 60 s as upstream), not on a short poll.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use np_core::{NodeState, RequestState};
+use np_provider::META_NODE_ID;
+use np_provider::META_PROVIDER;
+use np_zk::{paths, LockOptions};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::launch::delete_instance;
+use crate::launcher::ProviderSet;
+use crate::pool::SharedState;
+
+/// How often the full pass runs (upstream: 60 s).
+pub const PASS_INTERVAL: Duration = Duration::from_secs(60);
+/// Request-lock directories older than this are garbage (upstream: 8 h).
+pub const REQUEST_LOCK_AGE: Duration = Duration::from_secs(8 * 3600);
+
+/// The configuration the upkeep needs.
+#[derive(Debug, Clone, Default)]
+pub struct MaintenanceConfig {
+    /// `max-ready-age` per label.
+    pub max_ready_age: BTreeMap<String, Duration>,
+    /// Top-level `max-hold-age`.
+    pub max_hold_age: Option<Duration>,
+    /// Time between full passes; `None` = [`PASS_INTERVAL`].
+    pub pass_interval: Option<Duration>,
+}
+
+/// Runs until cancelled.
+pub async fn run(
+    shared: SharedState,
+    providers: ProviderSet,
+    config: MaintenanceConfig,
+    cancel: CancellationToken,
+) {
+    let mut leak_candidates: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut next_pass = tokio::time::Instant::now();
+    let mut events = shared.nodes.subscribe();
+    loop {
+        let now = np_core::now();
+        let deadline = expire_aged_nodes(&shared, &config, now).await;
+        if tokio::time::Instant::now() >= next_pass {
+            reset_lost_requests(&shared).await;
+            delete_empty_nodes(&shared).await;
+            clean_request_locks(&shared).await;
+            for (name, provider) in &providers {
+                let seen = leak_candidates.entry(name.clone()).or_default();
+                clean_leaked_instances(&shared, name, provider.as_ref(), seen).await;
+            }
+            next_pass = tokio::time::Instant::now() + config.pass_interval.unwrap_or(PASS_INTERVAL);
+        }
+        let mut wake = next_pass;
+        if let Some(at) = deadline {
+            let secs = (at - np_core::now()).max(0.0);
+            wake = wake.min(tokio::time::Instant::now() + Duration::from_secs_f64(secs + 0.01));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+            // A node entering `ready` or `hold` may bring a new, earlier deadline.
+            r = events.recv() => if r.is_err() { events = events.resubscribe(); },
+        }
+        while events.try_recv().is_ok() {}
+    }
+}
+
+/// Marks expired ready/held nodes `deleting`; returns the next deadline
+/// (epoch seconds) among the nodes that are not yet expired.
+async fn expire_aged_nodes(shared: &SharedState, config: &MaintenanceConfig, now: f64) -> Option<f64> {
+    let mut next: Option<f64> = None;
+    let mut expired = Vec::new();
+    for entry in shared.nodes.entries() {
+        let node = &entry.value;
+        let limit = match node.state {
+            NodeState::Ready if node.allocated_to.is_none() => node
+                .node_type
+                .iter()
+                .filter_map(|l| config.max_ready_age.get(l))
+                .min()
+                .map(Duration::as_secs_f64),
+            NodeState::Hold => {
+                let per_node = node.hold_expiration.filter(|h| *h > 0).map(|h| h as f64);
+                let global = config.max_hold_age.map(|d| d.as_secs_f64()).filter(|d| *d > 0.0);
+                match (per_node, global) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            _ => None,
+        };
+        let Some(limit) = limit else { continue };
+        let due = node.state_time + limit;
+        if due <= now {
+            if !entry.is_locked() {
+                expired.push((node.id.clone(), node.state));
+            }
+        } else {
+            next = Some(next.map_or(due, |n: f64| n.min(due)));
+        }
+    }
+    for (id, state) in expired {
+        let zk = &shared.zk;
+        let Ok(Some(lock)) = zk.lock_node(&id, LockOptions::try_once()).await else { continue };
+        if let Ok(Some((mut node, _))) = zk.get_node(&id).await {
+            let still = node.state == state && (state != NodeState::Ready || node.allocated_to.is_none());
+            if still {
+                info!(node = %id, %state, "node exceeded its age limit; deleting");
+                node.set_state(NodeState::Deleting);
+                let _ = zk.update_node(&node).await;
+            }
+        }
+        let _ = lock.release().await;
+    }
+    next
+}
+
+async fn reset_lost_requests(shared: &SharedState) {
+    let zk = &shared.zk;
+    for req in shared.requests.values() {
+        if req.state != RequestState::Pending {
+            continue;
+        }
+        if zk.is_locked(&paths::request_lock(&req.id)).await.unwrap_or(true) {
+            continue;
+        }
+        let Ok(Some(lock)) = zk.lock_request(&req.id, LockOptions::try_once()).await else { continue };
+        let fresh = match zk.get_request(&req.id).await {
+            Ok(Some((r, _))) if r.state == RequestState::Pending => r,
+            _ => {
+                let _ = lock.release().await;
+                continue;
+            }
+        };
+        info!(request = %fresh.id, "resetting lost request");
+        for entry in shared.nodes.entries() {
+            if entry.value.allocated_to.as_deref() != Some(fresh.id.as_str()) {
+                continue;
+            }
+            let id = entry.value.id.clone();
+            let Ok(Some(node_lock)) =
+                zk.lock_node(&id, LockOptions::blocking(Some(Duration::from_secs(10)))).await
+            else {
+                continue;
+            };
+            if let Ok(Some((mut node, _))) = zk.get_node(&id).await {
+                if node.state == NodeState::Init {
+                    node.set_state(NodeState::Deleting);
+                }
+                node.allocated_to = None;
+                let _ = zk.update_node(&node).await;
+            }
+            let _ = node_lock.release().await;
+        }
+        let mut reset = fresh;
+        reset.set_state(RequestState::Requested);
+        reset.nodes.clear();
+        let _ = zk.update_request(&reset).await;
+        let _ = lock.release().await;
+    }
+}
+
+async fn delete_empty_nodes(shared: &SharedState) {
+    let zk = &shared.zk;
+    let Ok(ids) = zk.node_ids().await else { return };
+    for id in ids {
+        if shared.nodes.get(&id).is_some() {
+            continue;
+        }
+        if let Ok(Some((data, _))) = zk.get(&paths::node(&id)).await {
+            if data.is_empty() {
+                debug!(node = %id, "deleting empty node znode");
+                let _ = zk.delete_recursive(&paths::node(&id)).await;
+            }
+        }
+    }
+}
+
+async fn clean_request_locks(shared: &SharedState) {
+    let zk = &shared.zk;
+    let Ok(Some(dirs)) = zk.children(paths::REQUEST_LOCKS).await else { return };
+    let now_ms = (np_core::now() * 1000.0) as i64;
+    for dir in dirs {
+        if shared.requests.get(&dir).is_some() {
+            continue;
+        }
+        let path = format!("{}/{dir}", paths::REQUEST_LOCKS);
+        let Ok(Some(stat)) = zk.exists(&path).await else { continue };
+        let age_ms = now_ms - stat.mtime;
+        if age_ms > REQUEST_LOCK_AGE.as_millis() as i64
+            && matches!(zk.exists(&paths::request(&dir)).await, Ok(None))
+        {
+            debug!(lock = %path, "removing stale request-lock directory");
+            let _ = zk.delete_recursive(&path).await;
+        }
+    }
+}
+
+/// Deletes instances that carry our provider metadata but have no node; an
+/// instance must be seen leaked on two passes in a row (a launch may be
+/// between cloud create and node write).
+async fn clean_leaked_instances(
+    shared: &SharedState,
+    provider_name: &str,
+    provider: &dyn np_provider::Provider,
+    seen_before: &mut HashSet<String>,
+) {
+    let instances = match provider.list_instances().await {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(provider = provider_name, error = %e, "cannot list instances for leak cleanup");
+            return;
+        }
+    };
+    let mut leaked_now = HashSet::new();
+    for instance in instances {
+        if instance.metadata.get(META_PROVIDER).map(String::as_str) != Some(provider_name) {
+            continue;
+        }
+        let Some(node_id) = instance.metadata.get(META_NODE_ID) else { continue };
+        if shared.nodes.get(node_id).is_some() {
+            continue;
+        }
+        // The cache may lag behind a brand-new node: confirm in ZooKeeper.
+        if !matches!(shared.zk.exists(&paths::node(node_id)).await, Ok(None)) {
+            continue;
+        }
+        let key = instance.external_id.to_string();
+        if seen_before.contains(&key) {
+            info!(provider = provider_name, instance = %key, node = %node_id, "deleting leaked instance");
+            if let Err(e) = delete_instance(provider, &instance.external_id).await {
+                warn!(instance = %key, error = %e, "cannot delete leaked instance");
+                leaked_now.insert(key);
+            }
+        } else {
+            leaked_now.insert(key);
+        }
+    }
+    *seen_before = leaked_now;
+}

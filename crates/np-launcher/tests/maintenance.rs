@@ -1,0 +1,162 @@
+//! Time-based upkeep against a real ZooKeeper with the fake cloud.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use np_core::{Node, NodeRequest, NodeState, RequestState};
+use np_driver_fake::{FakeCloud, FakeSettings};
+use np_launcher::launcher::build_providers;
+use np_launcher::Launcher;
+use np_testing::{eventually, TestZk};
+
+const CONFIG: &str = r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+max-hold-age: 3600
+labels:
+  - name: small
+    min-ready: 1
+    max-ready-age: 1
+  - name: large
+providers:
+  - name: fake-provider
+    driver: fake
+    cloud: fake
+    cloud-images:
+      - name: img
+    pools:
+      - name: main
+        max-servers: 10
+        labels:
+          - name: small
+            cloud-image: img
+            flavor-name: Fake Flavor
+          - name: large
+            cloud-image: img
+            flavor-name: Fake Flavor
+"#;
+
+async fn start(t: &TestZk, cloud: &FakeCloud) -> Launcher {
+    let config = np_config::load_str(CONFIG, "test.yaml").unwrap();
+    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
+    let providers = build_providers(&config, &clouds).unwrap();
+    Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_millis(300))).await.unwrap()
+}
+
+fn ready_small(launcher: &Launcher) -> Vec<String> {
+    launcher
+        .shared()
+        .nodes
+        .values()
+        .iter()
+        .filter(|n| n.state == NodeState::Ready && n.has_label("small") && n.allocated_to.is_none())
+        .map(|n| n.id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_ready_age_replaces_old_ready_nodes() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &cloud).await;
+    assert!(eventually(Duration::from_secs(10), || async { ready_small(&launcher).len() == 1 }).await);
+    let first = ready_small(&launcher)[0].clone();
+    // After max-ready-age (1 s) the node is deleted and min-ready launches a new one.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let now = ready_small(&launcher);
+            now.len() == 1 && now[0] != first
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async { t.zk.get_node(&first).await.unwrap().is_none() }).await
+    );
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_holds_are_deleted_but_others_kept() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &cloud).await;
+    let mut expiring = Node::new(NodeState::Hold);
+    expiring.provider = Some("fake-provider".into());
+    expiring.pool = Some("main".into());
+    expiring.node_type = vec!["large".into()];
+    expiring.hold_expiration = Some(1);
+    t.zk.create_node(&mut expiring).await.unwrap();
+    let mut kept = expiring.clone();
+    kept.hold_expiration = None;
+    t.zk.create_node(&mut kept).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            t.zk.get_node(&expiring.id).await.unwrap().is_none()
+        })
+        .await
+    );
+    assert_eq!(t.zk.get_node(&kept.id).await.unwrap().unwrap().0.state, NodeState::Hold);
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_requests_are_reset_and_then_fulfilled() {
+    let t = TestZk::new().await;
+    // A "dead launcher" left this: a pending request without a lock, and an
+    // init node allocated to it.
+    let mut req = NodeRequest::new(vec!["large".into()]);
+    req.state = RequestState::Pending;
+    t.zk.create_request(&mut req, 200, false).await.unwrap();
+    let mut orphan = Node::new(NodeState::Init);
+    orphan.provider = Some("fake-provider".into());
+    orphan.pool = Some("main".into());
+    orphan.node_type = vec!["large".into()];
+    orphan.allocated_to = Some(req.id.clone());
+    t.zk.create_node(&mut orphan).await.unwrap();
+
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &cloud).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async { t.zk.get_node(&orphan.id).await.unwrap().is_none() })
+            .await,
+        "the dead launcher's init node is deleted"
+    );
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaked_instances_and_empty_znodes_are_removed() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let mut meta = BTreeMap::new();
+    meta.insert("nodepool_provider_name".to_owned(), "fake-provider".to_owned());
+    meta.insert("nodepool_node_id".to_owned(), "0000099999".to_owned());
+    let leaked = cloud.plant_instance(meta);
+    let mut foreign = BTreeMap::new();
+    foreign.insert("nodepool_provider_name".to_owned(), "someone-else".to_owned());
+    foreign.insert("nodepool_node_id".to_owned(), "0000099998".to_owned());
+    let not_ours = cloud.plant_instance(foreign);
+    t.python().run(&["raw-create", "/nodepool/nodes/0000077777", "--data", ""], "").await;
+
+    let launcher = start(&t, &cloud).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { !cloud.server_ids().contains(&leaked) }).await,
+        "leaked instance deleted"
+    );
+    assert!(cloud.server_ids().contains(&not_ours), "another provider's instance is left alone");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            t.zk.exists("/nodepool/nodes/0000077777").await.unwrap().is_none()
+        })
+        .await,
+        "empty node znode deleted"
+    );
+    launcher.stop().await;
+}
