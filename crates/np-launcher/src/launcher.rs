@@ -75,10 +75,33 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                 launch: LaunchPolicy { retries: os.launch_retries, timeout: os.launch_timeout },
                 max_concurrency: p.max_concurrency,
                 cloud: Some(os.cloud.clone()),
+                tenant_limits: tenant_limits(config),
             });
         }
     }
     out
+}
+
+/// `tenant-resource-limits` as quota limits (unset resources unlimited).
+pub fn tenant_limits(config: &Config) -> HashMap<String, np_core::Quota> {
+    let f = |v: Option<u64>| v.map(|v| v as f64);
+    config
+        .tenant_resource_limits
+        .iter()
+        .map(|t| {
+            let mut q = np_core::Quota::new(f(t.max_cores), f(t.max_servers), f(t.max_ram), f64::INFINITY);
+            if let Some(v) = t.max_volumes {
+                q.set("volumes", v as f64);
+            }
+            if let Some(v) = t.max_volume_gb {
+                q.set("volume-gb", v as f64);
+            }
+            for (k, v) in &t.other {
+                q.set(k, *v as f64);
+            }
+            (t.tenant_name.clone(), q)
+        })
+        .collect()
 }
 
 /// A running launcher.

@@ -44,6 +44,8 @@ pub struct PoolSpec {
     pub max_concurrency: Option<u32>,
     /// Cloud name written on nodes.
     pub cloud: Option<String>,
+    /// `tenant-resource-limits`, as limits (default ∞) per tenant.
+    pub tenant_limits: HashMap<String, Quota>,
 }
 
 /// The caches every worker shares.
@@ -280,6 +282,10 @@ impl PoolWorker {
             if lacks && able.iter().any(|p| p.id != self.id) {
                 continue;
             }
+            if !self.tenant_has_room(&req) {
+                debug!(request = %req.id, tenant = ?req.tenant_name, "deferring: tenant at its resource limit");
+                continue;
+            }
             if !self.try_accept(&req.id, lacks, registered).await {
                 continue;
             }
@@ -287,6 +293,25 @@ impl PoolWorker {
                 break;
             }
         }
+    }
+
+    /// Upstream's tenant check: the tenant's usage over all nodes plus this
+    /// request's needs (labels this pool has) must fit its limits.
+    fn tenant_has_room(&self, req: &NodeRequest) -> bool {
+        let Some(tenant) = req.tenant_name.as_deref() else { return true };
+        let Some(limits) = self.spec.tenant_limits.get(tenant) else { return true };
+        let mut left = limits.clone();
+        for node in self.shared.nodes.values() {
+            if node.tenant_name.as_deref() == Some(tenant) {
+                if let Some(r) = &node.resources {
+                    left.subtract(&Quota::from_resources(r));
+                }
+            }
+        }
+        for label in req.node_types.iter().filter(|l| self.spec.labels.contains(*l)) {
+            left.subtract(&self.provider.quota_for_label(label));
+        }
+        left.non_negative()
     }
 
     /// Locks and re-reads a request, then declines or accepts it.

@@ -216,3 +216,67 @@ async fn stopping_releases_locks_and_unregisters() {
     assert!(t.zk.components(np_core::ComponentKind::Pool).await.unwrap().is_empty());
     assert!(t.zk.components(np_core::ComponentKind::Launcher).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_limits_defer_requests_without_declining() {
+    let t = TestZk::new().await;
+    let text = r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+tenant-resource-limits:
+  - tenant-name: tenant-one
+    max-servers: 1
+labels:
+  - name: small
+providers:
+  - name: fake-provider
+    driver: fake
+    cloud: fake
+    cloud-images:
+      - name: img
+    pools:
+      - name: main
+        max-servers: 10
+        labels:
+          - name: small
+            cloud-image: img
+            flavor-name: Fake Flavor
+"#;
+    let config = np_config::load_str(text, "test.yaml").unwrap();
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config, &cloud).await;
+    let mut reqs = Vec::new();
+    for tenant in ["tenant-one", "tenant-one", "tenant-two"] {
+        let mut r = NodeRequest::new(vec!["small".into()]);
+        r.tenant_name = Some(tenant.into());
+        t.zk.create_request(&mut r, 200, false).await.unwrap();
+        reqs.push(r);
+    }
+    let state = |id: String| {
+        let zk = t.zk.clone();
+        async move { zk.get_request(&id).await.unwrap().unwrap().0.state }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state(reqs[0].id.clone()).await == RequestState::Fulfilled
+                && state(reqs[2].id.clone()).await == RequestState::Fulfilled
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (second, _) = t.zk.get_request(&reqs[1].id).await.unwrap().unwrap();
+    assert_eq!(second.state, RequestState::Requested, "deferred, not declined");
+    assert!(second.declined_by.is_empty());
+    // The tenant's node is returned and deleted: the deferred request goes through.
+    let (first, _) = t.zk.get_request(&reqs[0].id).await.unwrap().unwrap();
+    let (mut node, _) = t.zk.get_node(&first.nodes[0]).await.unwrap().unwrap();
+    node.set_state(NodeState::Used);
+    t.zk.update_node(&node).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            state(reqs[1].id.clone()).await == RequestState::Fulfilled
+        })
+        .await
+    );
+    launcher.stop().await;
+}
