@@ -297,6 +297,10 @@ impl Provider for FakeProvider {
     fn quota_for_label(&self, _label: &str) -> Quota {
         Quota::new(Some(FAKE_CORES), Some(1.0), Some(FAKE_RAM), 0.0)
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

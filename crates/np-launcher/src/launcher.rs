@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::launch::LaunchPolicy;
+use crate::metrics::Metrics;
 use crate::pool::{PoolSpec, PoolWorker, SharedState};
+use crate::webapp::WebServer;
 
 /// Provider instances by provider name.
 pub type ProviderSet = HashMap<String, Arc<dyn Provider>>;
@@ -104,12 +106,25 @@ pub fn tenant_limits(config: &Config) -> HashMap<String, np_core::Quota> {
         .collect()
 }
 
+struct PoolHandle {
+    spec: PoolSpec,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// A running launcher.
 pub struct Launcher {
-    cancel: CancellationToken,
-    tasks: JoinSet<()>,
+    config: Config,
+    fake_clouds: HashMap<String, FakeCloud>,
+    providers: ProviderSet,
+    pools: HashMap<(String, String), PoolHandle>,
+    aux_cancel: CancellationToken,
+    aux: JoinSet<()>,
+    maintenance_interval: Option<Duration>,
     shared: SharedState,
     registration: np_zk::ComponentRegistration,
+    metrics: Metrics,
+    web: Option<WebServer>,
 }
 
 impl Launcher {
@@ -125,6 +140,7 @@ impl Launcher {
         providers: ProviderSet,
         maintenance_interval: Option<Duration>,
     ) -> anyhow::Result<Launcher> {
+        let metrics = Metrics::new(config).context("registering metrics")?;
         let hostname = hostname();
         let nodes = NodeCache::start(&zk);
         let requests = RequestCache::start(&zk);
@@ -146,18 +162,44 @@ impl Launcher {
             .await
             .context("registering launcher component")?;
         let shared = SharedState { zk, nodes, requests, pools, hostname };
-        let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        for spec in pool_specs(config) {
-            let Some(provider) = providers.get(&spec.provider).cloned() else { continue };
-            let (shared, cancel) = (shared.clone(), cancel.child_token());
-            tasks.spawn(async move {
-                let name = format!("{}/{}", spec.provider, spec.pool);
-                if let Err(e) = PoolWorker::run(spec, shared, provider, cancel).await {
+        let mut launcher = Launcher {
+            config: config.clone(),
+            fake_clouds: HashMap::new(),
+            providers,
+            pools: HashMap::new(),
+            aux_cancel: CancellationToken::new(),
+            aux: JoinSet::new(),
+            maintenance_interval,
+            shared,
+            registration,
+            metrics,
+            web: None,
+        };
+        launcher.start_pools(pool_specs(config));
+        launcher.start_aux();
+        info!(pools = launcher.pools.len(), "launcher running");
+        Ok(launcher)
+    }
+
+    fn start_pools(&mut self, specs: Vec<PoolSpec>) {
+        for spec in specs {
+            let Some(provider) = self.providers.get(&spec.provider).cloned() else { continue };
+            let key = (spec.provider.clone(), spec.pool.clone());
+            let cancel = CancellationToken::new();
+            let (shared, token, run_spec) = (self.shared.clone(), cancel.clone(), spec.clone());
+            let task = tokio::spawn(async move {
+                let name = format!("{}/{}", run_spec.provider, run_spec.pool);
+                if let Err(e) = PoolWorker::run(run_spec, shared, provider, token).await {
                     warn!(pool = name, error = %e, "pool worker failed");
                 }
             });
+            self.pools.insert(key, PoolHandle { spec, cancel, task });
         }
+    }
+
+    /// Cleanup and maintenance, which depend on the whole configuration.
+    fn start_aux(&mut self) {
+        let config = &self.config;
         let served: std::collections::BTreeSet<String> =
             pool_specs(config).into_iter().flat_map(|s| s.labels.into_iter()).collect();
         let min_ready: BTreeMap<String, u32> = config
@@ -173,12 +215,56 @@ impl Launcher {
                 .filter_map(|l| l.max_ready_age.map(|a| (l.name.clone(), a)))
                 .collect(),
             max_hold_age: config.max_hold_age,
-            pass_interval: maintenance_interval,
+            pass_interval: self.maintenance_interval,
         };
-        tasks.spawn(crate::maintenance::run(shared.clone(), providers.clone(), upkeep, cancel.child_token()));
-        tasks.spawn(crate::cleanup::run(shared.clone(), providers, min_ready, cancel.child_token()));
-        info!(tasks = tasks.len(), "launcher running");
-        Ok(Launcher { cancel, tasks, shared, registration })
+        let token = self.aux_cancel.clone();
+        self.aux.spawn(crate::maintenance::run(
+            self.shared.clone(),
+            self.providers.clone(),
+            upkeep,
+            token.child_token(),
+        ));
+        self.aux.spawn(crate::cleanup::run(
+            self.shared.clone(),
+            self.providers.clone(),
+            min_ready,
+            token.child_token(),
+        ));
+    }
+
+    async fn stop_aux(&mut self) {
+        self.aux_cancel.cancel();
+        while self.aux.join_next().await.is_some() {}
+        self.aux_cancel = CancellationToken::new();
+    }
+
+    /// Starts the status web server on the configuration's
+    /// `webapp.listen_address:port` (port 0: any free port) and returns the
+    /// bound address; [`Launcher::stop`] stops it.
+    pub async fn start_webapp(&mut self) -> anyhow::Result<std::net::SocketAddr> {
+        anyhow::ensure!(self.web.is_none(), "the web app is already running");
+        let sources = crate::webapp::Sources {
+            zk: self.shared.zk.clone(),
+            nodes: self.shared.nodes.clone(),
+            requests: self.shared.requests.clone(),
+            pools: self.shared.pools.clone(),
+        };
+        let web =
+            WebServer::start(&self.config.webapp, sources, self.metrics.clone(), CancellationToken::new())
+                .await?;
+        let addr = web.local_addr();
+        self.web = Some(web);
+        Ok(addr)
+    }
+
+    /// The web server's bound address, if it runs.
+    pub fn webapp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().map(WebServer::local_addr)
+    }
+
+    /// The metrics (record launches and fulfilments here; `/metrics` shows them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The shared caches (for the web API and tests).
@@ -186,17 +272,84 @@ impl Launcher {
         &self.shared
     }
 
-    /// Stops accepting work, releases every lock, unregisters components.
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        let drained = tokio::time::timeout(Duration::from_secs(30), async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            warn!("workers did not stop within 30 s; aborting them");
-            self.tasks.abort_all();
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Applies a new configuration: only pools whose settings (or provider)
+    /// changed are restarted, and a restarted pool first finishes the
+    /// requests it is working on (drain), so no work in flight is dropped.
+    pub async fn reload(&mut self, new: &Config) -> anyhow::Result<()> {
+        let diff = np_config::diff(&self.config, new);
+        if diff.is_empty() {
+            return Ok(());
         }
+        let mut clouds = self.fake_clouds.clone();
+        for (name, provider) in &self.providers {
+            if let Some(fake) = provider.as_any().and_then(|a| a.downcast_ref::<FakeProvider>()) {
+                clouds.insert(name.clone(), fake.cloud().clone());
+            }
+        }
+        let providers = build_providers(new, &clouds)?;
+        let affected: std::collections::BTreeSet<String> =
+            diff.affected_providers().into_iter().map(str::to_owned).collect();
+        let new_specs: HashMap<(String, String), PoolSpec> =
+            pool_specs(new).into_iter().map(|s| ((s.provider.clone(), s.pool.clone()), s)).collect();
+        let keys: Vec<(String, String)> = self.pools.keys().cloned().collect();
+        let mut draining = Vec::new();
+        for key in keys {
+            let keep = new_specs.get(&key).is_some_and(|s| {
+                self.pools.get(&key).is_some_and(|h| h.spec == *s) && !affected.contains(&key.0)
+            });
+            if !keep {
+                if let Some(handle) = self.pools.remove(&key) {
+                    info!(provider = %key.0, pool = %key.1, "pool changed: draining the old worker");
+                    handle.cancel.cancel();
+                    draining.push(handle.task);
+                }
+            }
+        }
+        // Providers whose config did not change keep their instance.
+        let mut merged = providers;
+        for (name, provider) in &self.providers {
+            if !affected.contains(name) && merged.contains_key(name) {
+                merged.insert(name.clone(), provider.clone());
+            }
+        }
+        self.providers = merged;
+        self.fake_clouds = clouds;
+        let to_start: Vec<PoolSpec> =
+            new_specs.into_iter().filter(|(k, _)| !self.pools.contains_key(k)).map(|(_, s)| s).collect();
+        self.config = new.clone();
+        self.stop_aux().await;
+        self.start_pools(to_start);
+        self.start_aux();
+        // Old workers finish their in-flight requests in the background.
+        for task in draining {
+            tokio::spawn(async move {
+                let _ = task.await;
+            });
+        }
+        info!(pools = self.pools.len(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting work, finishes or releases in-flight requests (the
+    /// workers' drain is bounded), releases every lock, unregisters components.
+    pub async fn stop(mut self) {
+        if let Some(web) = self.web.take() {
+            web.stop().await;
+        }
+        for handle in self.pools.values() {
+            handle.cancel.cancel();
+        }
+        let tasks: Vec<_> = self.pools.drain().map(|(_, h)| h.task).collect();
+        let drained = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks)).await;
+        if drained.is_err() {
+            warn!("pool workers did not stop in time");
+        }
+        self.stop_aux().await;
         let _ = self.registration.unregister().await;
         self.shared.nodes.stop();
         self.shared.requests.stop();

@@ -36,6 +36,32 @@ struct Args {
     no_webapp: bool,
 }
 
+/// Watches the directories of `files` (editors replace files, so the file
+/// itself is not watched) and reports changes to any of them.
+fn watch_files(
+    files: &[PathBuf],
+) -> anyhow::Result<(notify::RecommendedWatcher, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let names: Vec<PathBuf> = files.iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect();
+    let wanted = names.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.paths.iter().any(|p| wanted.iter().any(|w| w == p || w.file_name() == p.file_name())) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .context("starting the config file watcher")?;
+    for f in &names {
+        let dir = f.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", dir.display()))?;
+    }
+    Ok((watcher, rx))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -72,12 +98,36 @@ async fn main() -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(60),
     };
     let zk = Zk::connect(zk_config).await.context("connecting to ZooKeeper")?;
-    let launcher = np_launcher::Launcher::start(&config, zk.clone(), providers).await?;
+    let mut launcher = np_launcher::Launcher::start(&config, zk.clone(), providers).await?;
+    if !args.no_webapp {
+        launcher.start_webapp().await?;
+    }
 
+    let mut files = vec![args.config.clone()];
+    files.extend(args.secure.clone());
+    let (_watcher, mut changes) = watch_files(&files)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT received"); break; }
+            _ = term.recv() => { info!("SIGTERM received"); break; }
+            Some(()) = changes.recv() => {
+                // Editors write in several steps: let the burst settle.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while changes.try_recv().is_ok() {}
+                match np_config::load_file(&args.config, args.secure.as_deref()) {
+                    Ok(new) => {
+                        if new.zookeeper != launcher.config().zookeeper {
+                            warn!("zookeeper settings changed; restart the launcher to apply them");
+                        }
+                        if let Err(e) = launcher.reload(&new).await {
+                            warn!(error = %e, "configuration reload failed; keeping the old one");
+                        }
+                    }
+                    Err(errors) => warn!("new configuration is invalid, keeping the old one:\n{errors}"),
+                }
+            }
+        }
     }
     launcher.stop().await;
     zk.close();

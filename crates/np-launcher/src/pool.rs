@@ -96,8 +96,12 @@ pub struct PoolWorker {
     handlers: HashMap<String, Handler>,
     order: Vec<String>,
     paused: bool,
+    draining: bool,
     done_tx: mpsc::UnboundedSender<LaunchDone>,
 }
+
+/// How long a stopping pool worker may spend finishing in-flight requests.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `<fqdn>-PoolWorker.<provider>-<pool>-<uuidhex>`.
 pub fn pool_id(hostname: &str, provider: &str, pool: &str) -> String {
@@ -147,6 +151,7 @@ impl PoolWorker {
             handlers: HashMap::new(),
             order: Vec::new(),
             paused: false,
+            draining: false,
             done_tx,
         };
         async move {
@@ -154,10 +159,21 @@ impl PoolWorker {
             let mut node_events = worker.shared.nodes.subscribe();
             let mut pool_events = worker.shared.pools.subscribe();
             info!(id = %worker.id, "pool worker started");
+            let drain_deadline = tokio::time::sleep(std::time::Duration::from_secs(86400));
+            tokio::pin!(drain_deadline);
             loop {
                 worker.work().await;
+                if worker.draining && worker.handlers.is_empty() {
+                    break;
+                }
                 tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = cancel.cancelled(), if !worker.draining => {
+                        // Stop taking requests; finish the ones in flight (bounded).
+                        info!(in_flight = worker.handlers.len(), "pool worker draining");
+                        worker.draining = true;
+                        drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                    }
+                    _ = &mut drain_deadline, if worker.draining => break,
                     r = req_events.recv() => if r.is_err() { req_events = req_events.resubscribe(); },
                     r = node_events.recv() => if r.is_err() { node_events = node_events.resubscribe(); },
                     r = pool_events.recv() => if r.is_err() { pool_events = pool_events.resubscribe(); },
@@ -207,7 +223,7 @@ impl PoolWorker {
             }
         }
         self.set_paused(paused).await;
-        if !paused {
+        if !paused && !self.draining {
             self.assign(&registered).await;
         }
     }

@@ -280,3 +280,51 @@ providers:
     );
     launcher.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_restarts_only_changed_pools_and_keeps_work_in_flight() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new(
+        "fake-provider",
+        FakeSettings { launch_delay: Duration::from_millis(1500), ..FakeSettings::default() },
+    );
+    let mut launcher = start(&t, &config(10, 0), &cloud).await;
+    assert!(eventually(Duration::from_secs(10), || async { launcher.shared().pools.len() == 1 }).await);
+    let mut req = NodeRequest::new(vec!["small".into()]);
+    t.zk.create_request(&mut req, 200, false).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Pending)
+        })
+        .await
+    );
+    // Same config: nothing restarts.
+    let before: Vec<String> =
+        launcher.shared().pools.values().iter().map(|c| c.pool.as_ref().unwrap().id.clone()).collect();
+    launcher.reload(&config(10, 0)).await.unwrap();
+    // A changed pool (max-servers) drains: the in-flight launch still completes.
+    launcher.reload(&config(8, 0)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
+        })
+        .await,
+        "work in flight survives the reload"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let now: Vec<String> = launcher
+                .shared()
+                .pools
+                .values()
+                .iter()
+                .map(|c| c.pool.as_ref().unwrap().id.clone())
+                .collect();
+            now.len() == 1 && now != before
+        })
+        .await
+    );
+    // The same simulated cloud is kept: the node's instance still exists.
+    assert_eq!(cloud.server_ids().len(), 1);
+    launcher.stop().await;
+}

@@ -152,4 +152,9 @@ pub trait Provider: Send + Sync {
     async fn quota_limits(&self) -> Result<Quota, ProviderError>;
     /// What one node of `label` consumes.
     fn quota_for_label(&self, label: &str) -> Quota;
+    /// The concrete provider, for code that must keep driver state across a
+    /// configuration reload (e.g. the fake driver's simulated cloud).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
