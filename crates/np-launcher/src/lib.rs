@@ -10,12 +10,17 @@
 //! * [`cleanup`]: deletes unlocked nodes in cleanup states, frees nodes
 //!   allocated to vanished requests, and keeps `min-ready` nodes.
 //! * [`launcher`]: wires everything for one configuration and shuts it down.
+//! * [`webapp`]: the status web server (`/node-list`, `/ready`, `/metrics`, ...).
+//! * [`metrics`]: Prometheus metrics, recorded by the workers and computed
+//!   from the caches at scrape time.
 
 pub mod cleanup;
 pub mod launch;
 pub mod launcher;
 pub mod maintenance;
+pub mod metrics;
 pub mod pool;
+pub mod webapp;
 
 pub use launcher::{Launcher, ProviderSet};
 
