@@ -98,13 +98,7 @@ pub enum KeyscanError {
     },
     /// The deadline passed; `last_error` is the last attempt's failure.
     #[error("timed out after {timeout:?} waiting for {what} on {host} port {port}{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
-    Timeout {
-        what: &'static str,
-        host: String,
-        port: u16,
-        timeout: Duration,
-        last_error: Option<String>,
-    },
+    Timeout { what: &'static str, host: String, port: u16, timeout: Duration, last_error: Option<String> },
     /// The port accepted a connection but no host key could be read.
     #[error("{addr} offered no SSH host keys{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })]
     NoKeys { addr: SocketAddr, detail: String },
@@ -241,8 +235,7 @@ pub async fn scan_host_keys(
         let detail = stderr
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .next_back()
+            .rfind(|l| !l.is_empty() && !l.starts_with('#'))
             .unwrap_or_default()
             .to_owned();
         return Err(KeyscanError::NoKeys { addr, detail });
@@ -264,7 +257,13 @@ pub async fn wait_for_ssh(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(KeyscanError::Timeout { what: "SSH", host: host.to_owned(), port, timeout, last_error });
+            return Err(KeyscanError::Timeout {
+                what: "SSH",
+                host: host.to_owned(),
+                port,
+                timeout,
+                last_error,
+            });
         }
         match scan_host_keys(host, port, left, key_types).await {
             Ok(keys) => return Ok(keys),

@@ -168,7 +168,11 @@ pub async fn run_sync(
 /// Free `ready` nodes per label of a provider (and pool, if given): what a
 /// static pool can hand out right now (upstream `getLabelQuota`, which counts
 /// ready unallocated nodes; locked ones are left out here as well).
-pub fn free_ready_nodes_by_label(nodes: &NodeCache, provider: &str, pool: Option<&str>) -> BTreeMap<String, usize> {
+pub fn free_ready_nodes_by_label(
+    nodes: &NodeCache,
+    provider: &str,
+    pool: Option<&str>,
+) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for entry in nodes.entries() {
         let n = &entry.value;
@@ -326,7 +330,8 @@ impl StaticSync {
     ) -> (StaticSync, StaticSyncHandle) {
         let (tx, rx) = watch::channel(config);
         let inner = Arc::new(Inner { zk, nodes, provider: provider_name.into(), config: tx, options });
-        let sync = StaticSync { inner: inner.clone(), config_rx: rx, keys: HashMap::new(), backoff: HashMap::new() };
+        let sync =
+            StaticSync { inner: inner.clone(), config_rx: rx, keys: HashMap::new(), backoff: HashMap::new() };
         (sync, StaticSyncHandle { inner })
     }
 
@@ -358,7 +363,10 @@ impl StaticSync {
             info!("static node sync started");
             let mut events_open = true;
             loop {
-                let next = self.pass().await;
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    next = self.pass() => next,
+                };
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     r = events.recv(), if events_open => {
@@ -413,7 +421,8 @@ impl StaticSync {
                 }
             }
         });
-        let (outcomes, _) = futures::join!(futures::future::join_all(work), futures::future::join_all(deregs));
+        let (outcomes, _) =
+            futures::join!(futures::future::join_all(work), futures::future::join_all(deregs));
         for (tuple, node, outcome) in outcomes {
             if let Some(keys) = outcome.keys {
                 self.keys.insert(tuple.clone(), (node.clone(), keys));
@@ -504,7 +513,8 @@ async fn sync_host(
             Err(e) => warn!(node = %entry.value.id, error = %e, "cannot deregister static node"),
         }
     }
-    let empty: Vec<usize> = slots.slots.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect();
+    let empty: Vec<usize> =
+        slots.slots.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect();
     // Without checked keys we cannot tell whether a free node is up to date.
     let stale_free: Vec<&Entry<Node>> = slots.slots.iter().flatten().filter(|e| is_free(e)).collect();
     let need_check = !empty.is_empty() || (cached_keys.is_none() && !stale_free.is_empty());
