@@ -33,11 +33,20 @@ pub struct FakeSettings {
     pub max_instances: Option<u64>,
     pub max_cores: Option<u64>,
     pub max_ram: Option<u64>,
+    /// Report the limits to the launcher but let creates succeed anyway (a
+    /// cloud whose quota API disagrees with what it enforces).
+    pub report_only: bool,
 }
 
 impl Default for FakeSettings {
     fn default() -> Self {
-        FakeSettings { launch_delay: Duration::ZERO, max_instances: None, max_cores: None, max_ram: None }
+        FakeSettings {
+            launch_delay: Duration::ZERO,
+            max_instances: None,
+            max_cores: None,
+            max_ram: None,
+            report_only: false,
+        }
     }
 }
 
@@ -181,9 +190,10 @@ impl CreateMachine for FakeCreate {
                     return Err(ProviderError::Fatal("injected launch failure".into()));
                 }
             }
-            let over = settings.max_instances.is_some_and(|m| count + 1 > m)
-                || settings.max_cores.is_some_and(|m| cores + FAKE_CORES > m as f64)
-                || settings.max_ram.is_some_and(|m| ram + FAKE_RAM > m as f64);
+            let over = !settings.report_only
+                && (settings.max_instances.is_some_and(|m| count + 1 > m)
+                    || settings.max_cores.is_some_and(|m| cores + FAKE_CORES > m as f64)
+                    || settings.max_ram.is_some_and(|m| ram + FAKE_RAM > m as f64));
             if over {
                 return Err(ProviderError::Quota("fake cloud quota exceeded".into()));
             }

@@ -72,6 +72,23 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                 pool: pool.name.clone(),
                 labels: pool.labels.iter().map(|l| l.name.clone()).collect(),
                 max_servers: pool.max_servers,
+                limits: {
+                    let f = |v: Option<u64>| v.map(|v| v as f64);
+                    let mut q = np_core::Quota::new(
+                        f(pool.max_cores),
+                        f(pool.max_servers),
+                        f(pool.max_ram),
+                        f64::INFINITY,
+                    );
+                    if let Some(v) = pool.max_volumes {
+                        q.set("volumes", v as f64);
+                    }
+                    if let Some(v) = pool.max_volume_gb {
+                        q.set("volume-gb", v as f64);
+                    }
+                    q
+                },
+                ignore_provider_quota: pool.ignore_provider_quota,
                 priority: p.effective_priority(pool.priority),
                 node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
                 launch: LaunchPolicy { retries: os.launch_retries, timeout: os.launch_timeout },

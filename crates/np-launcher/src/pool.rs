@@ -36,6 +36,11 @@ pub struct PoolSpec {
     pub labels: BTreeSet<String>,
     /// `max-servers`; `None` = unlimited.
     pub max_servers: Option<u64>,
+    /// Pool limits: `max-servers` as instances, `max-cores`, `max-ram`,
+    /// `max-volumes`, `max-volume-gb` (default ∞).
+    pub limits: Quota,
+    /// `ignore-provider-quota`: skip the cloud's limits (pool limits still apply).
+    pub ignore_provider_quota: bool,
     /// Lower wins.
     pub priority: i64,
     pub node_attributes: Option<Value>,
@@ -219,12 +224,18 @@ impl PoolWorker {
         let mut paused = false;
         for id in ids {
             if !self.advance(&id, &registered).await {
-                paused = true;
+                if self.draining {
+                    // Stopping: do not wait for quota; let another launcher take it.
+                    self.release_unchanged(&id).await;
+                } else {
+                    paused = true;
+                }
             }
         }
         self.set_paused(paused).await;
-        if !paused && !self.draining {
-            self.assign(&registered).await;
+        if !self.draining {
+            // A paused pool still declines what it could never serve.
+            self.assign(&registered, paused).await;
         }
     }
 
@@ -248,7 +259,7 @@ impl PoolWorker {
 
     // === selection ===
 
-    async fn assign(&mut self, registered: &[np_core::PoolInfo]) {
+    async fn assign(&mut self, registered: &[np_core::PoolInfo], only_declines: bool) {
         let mut candidates: Vec<Arc<NodeRequest>> = self
             .shared
             .requests
@@ -298,6 +309,9 @@ impl PoolWorker {
             if lacks && able.iter().any(|p| p.id != self.id) {
                 continue;
             }
+            if only_declines && !lacks && self.could_ever_fit(&req.node_types).await {
+                continue;
+            }
             if !self.tenant_has_room(&req) {
                 debug!(request = %req.id, tenant = ?req.tenant_name, "deferring: tenant at its resource limit");
                 continue;
@@ -305,8 +319,9 @@ impl PoolWorker {
             if !self.try_accept(&req.id, lacks, registered).await {
                 continue;
             }
-            if self.paused {
-                break;
+            if self.paused && !only_declines {
+                // Newly paused: from here on only declines.
+                return Box::pin(self.assign(registered, true)).await;
             }
         }
     }
@@ -353,7 +368,7 @@ impl PoolWorker {
                 return false;
             }
         };
-        let too_big = self.spec.max_servers.is_some_and(|m| request.node_types.len() as u64 > m);
+        let too_big = !lacks && !self.could_ever_fit(&request.node_types).await;
         let slots = request
             .node_types
             .iter()
@@ -504,10 +519,19 @@ impl PoolWorker {
         (count, used)
     }
 
+    /// Room for one more node of `label` (upstream's `hasRemainingQuota`):
+    /// pool limits minus the pool's usage, and (unless ignored) the cloud's
+    /// limits minus the provider's usage.
     async fn has_quota(&self, label: &str) -> bool {
-        let (count, _) = self.usage(true);
-        if self.spec.max_servers.is_some_and(|m| count + 1 > m) {
+        let needed = self.provider.quota_for_label(label);
+        let (_, pool_used) = self.usage(true);
+        let mut pool_left = self.spec.limits.clone();
+        pool_left.subtract(&pool_used).subtract(&needed);
+        if !pool_left.non_negative() {
             return false;
+        }
+        if self.spec.ignore_provider_quota {
+            return true;
         }
         let limits = match self.provider.quota_limits().await {
             Ok(l) => l,
@@ -518,8 +542,28 @@ impl PoolWorker {
         };
         let (_, used) = self.usage(false);
         let mut left = limits;
-        left.subtract(&used).subtract(&self.provider.quota_for_label(label));
+        left.subtract(&used).subtract(&needed);
         left.non_negative()
+    }
+
+    /// Whether the whole request could ever fit an empty pool and provider
+    /// (upstream's `hasProviderQuota`, the static decline check).
+    async fn could_ever_fit(&self, labels: &[String]) -> bool {
+        let mut needed = Quota::zero();
+        for label in labels {
+            needed.add(&self.provider.quota_for_label(label));
+        }
+        let mut pool = self.spec.limits.clone();
+        if !pool.subtract(&needed).non_negative() {
+            return false;
+        }
+        if self.spec.ignore_provider_quota {
+            return true;
+        }
+        match self.provider.quota_limits().await {
+            Ok(mut limits) => limits.subtract(&needed).non_negative(),
+            Err(_) => true,
+        }
     }
 
     /// At quota, upstream deletes the oldest unused ready node of the pool so
@@ -679,6 +723,30 @@ impl PoolWorker {
                 warn!(error = %e, "cannot release node lock");
             }
         }
+    }
+
+    /// Gives a request back without declining it (upstream's
+    /// `_declinedHandlerCleanup` without `declined_by`): allocations cleared,
+    /// nodes unlocked, the request `requested` again for any pool.
+    async fn release_unchanged(&mut self, id: &str) {
+        let Some(mut handler) = self.handlers.remove(id) else { return };
+        self.remove_order(id);
+        if handler.slots.iter().any(|s| s.state == SlotState::Launching) {
+            // Launches still running: keep the handler; they finish first.
+            self.handlers.insert(id.to_owned(), handler);
+            self.order.push(id.to_owned());
+            return;
+        }
+        self.release_nodes(&mut handler, true).await;
+        handler.request.set_state(RequestState::Requested);
+        handler.request.nodes.clear();
+        let zk = self.shared.zk.clone();
+        match zk.update_request(&handler.request).await {
+            Ok(stat) => self.shared.requests.note_write(id, handler.request.clone(), &stat),
+            Err(e) => debug!(request = id, error = %e, "cannot store released request"),
+        }
+        let _ = handler.lock.release().await;
+        info!(request = id, "released request unchanged");
     }
 
     async fn decline(&mut self, mut handler: Handler, registered: &[np_core::PoolInfo]) {

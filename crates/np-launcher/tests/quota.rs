@@ -1,0 +1,192 @@
+//! Pool, cloud and decline quota behaviour (upstream matrix B, C, E).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use np_core::{NodeRequest, NodeState, RequestState};
+use np_driver_fake::{FakeCloud, FakeSettings};
+use np_launcher::launcher::build_providers;
+use np_launcher::Launcher;
+use np_testing::{eventually, TestZk};
+
+fn config(pool_limits: &str, ignore_provider_quota: bool) -> np_config::Config {
+    let text = format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: small
+  - name: other
+providers:
+  - name: fake-provider
+    driver: fake
+    cloud: fake
+    cloud-images:
+      - name: img
+    pools:
+      - name: main
+        ignore-provider-quota: {ignore_provider_quota}
+{pool_limits}
+        labels:
+          - name: small
+            cloud-image: img
+            flavor-name: Fake Flavor
+          - name: other
+            cloud-image: img
+            flavor-name: Fake Flavor
+"#
+    );
+    np_config::load_str(&text, "test.yaml").unwrap()
+}
+
+async fn start(t: &TestZk, config: &np_config::Config, cloud: &FakeCloud) -> Launcher {
+    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
+    Launcher::start(config, t.zk.clone(), build_providers(config, &clouds).unwrap()).await.unwrap()
+}
+
+async fn state(t: &TestZk, id: &str) -> RequestState {
+    t.zk.get_request(id).await.unwrap().unwrap().0.state
+}
+
+async fn wait_state(t: &TestZk, id: &str, want: RequestState) -> bool {
+    eventually(Duration::from_secs(10), || async { state(t, id).await == want }).await
+}
+
+async fn request(t: &TestZk, labels: &[&str]) -> String {
+    let mut r = NodeRequest::new(labels.iter().map(|s| s.to_string()).collect());
+    t.zk.create_request(&mut r, 200, false).await.unwrap();
+    r.id
+}
+
+/// Upstream's `_test_node_assignment_at_quota`: a 2-node request fills the
+/// quota; a second 2-node request pauses PENDING with exactly 2 servers; as
+/// the first request's nodes are returned one by one, it completes.
+async fn at_quota(config: np_config::Config, settings: FakeSettings) {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", settings);
+    let launcher = start(&t, &config, &cloud).await;
+    let first = request(&t, &["small", "small"]).await;
+    assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
+    let second = request(&t, &["small", "small"]).await;
+    assert!(wait_state(&t, &second, RequestState::Pending).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cloud.server_ids().len(), 2, "exactly the quota is used");
+    assert_eq!(state(&t, &second).await, RequestState::Pending);
+    let nodes = t.zk.get_request(&first).await.unwrap().unwrap().0.nodes;
+    t.zk.delete_request(&first).await.unwrap();
+    for id in nodes {
+        let (mut node, _) = t.zk.get_node(&id).await.unwrap().unwrap();
+        node.set_state(NodeState::Used);
+        t.zk.update_node(&node).await.unwrap();
+    }
+    assert!(wait_state(&t, &second, RequestState::Fulfilled).await);
+    assert!(cloud.server_ids().len() <= 2);
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_pool_quota_cores() {
+    at_quota(config("        max-cores: 8", false), FakeSettings::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_pool_quota_instances() {
+    at_quota(config("        max-servers: 2", false), FakeSettings::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_pool_quota_ram() {
+    at_quota(config("        max-ram: 16384", false), FakeSettings::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_cloud_cores_quota() {
+    at_quota(config("", false), FakeSettings { max_cores: Some(8), ..FakeSettings::default() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_cloud_instances_quota() {
+    at_quota(config("", false), FakeSettings { max_instances: Some(2), ..FakeSettings::default() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_cloud_ram_quota() {
+    at_quota(config("", false), FakeSettings { max_ram: Some(16384), ..FakeSettings::default() }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_larger_than_the_cloud_is_declined_unless_quota_ignored() {
+    let t = TestZk::new().await;
+    let cloud =
+        FakeCloud::new("fake-provider", FakeSettings { max_cores: Some(0), ..FakeSettings::default() });
+    let launcher = start(&t, &config("", false), &cloud).await;
+    let id = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &id, RequestState::Failed).await, "would exceed quota: declined and failed");
+    launcher.stop().await;
+
+    // ignore-provider-quota: the cloud limit is ignored, pool max-servers 1 still applies;
+    // a 2-node request can never fit and fails.
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new(
+        "fake-provider",
+        FakeSettings { max_cores: Some(0), report_only: true, ..FakeSettings::default() },
+    );
+    let launcher = start(&t, &config("        max-servers: 1", true), &cloud).await;
+    let ok = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &ok, RequestState::Fulfilled).await);
+    let too_big = request(&t, &["small", "small"]).await;
+    assert!(wait_state(&t, &too_big, RequestState::Failed).await);
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_pool_still_declines_unknown_labels() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config("        max-servers: 1", false), &cloud).await;
+    let first = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
+    let paused = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &paused, RequestState::Pending).await);
+    let unknown = request(&t, &["no-such-label"]).await;
+    assert!(wait_state(&t, &unknown, RequestState::Failed).await);
+    assert_eq!(state(&t, &paused).await, RequestState::Pending);
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_quota_error_aborts_and_relaunches_when_quota_returns() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config("", true), &cloud).await;
+    cloud.quota_error_next_launches(2);
+    let id = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &id, RequestState::Fulfilled).await, "fulfilled after the quota errors");
+    // The aborted nodes were deleted; only the fulfilled node remains.
+    assert!(
+        eventually(Duration::from_secs(10), || async { t.zk.node_ids().await.unwrap().len() == 1 }).await
+    );
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ready_node_of_another_label_is_deleted_at_quota() {
+    // Upstream's test_provider_wont_wedge.
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config("        max-servers: 1", false), &cloud).await;
+    let first = request(&t, &["other"]).await;
+    assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
+    // Zuul gave the node back unused (request deleted): it is idle and ready.
+    t.zk.delete_request(&first).await.unwrap();
+    let second = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &second, RequestState::Fulfilled).await);
+    launcher.stop().await;
+}
