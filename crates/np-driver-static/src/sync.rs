@@ -39,7 +39,7 @@
 //! locked for an update is updated on a later pass instead of never;
 //! host-key comparison ignores key comments.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,6 +149,10 @@ pub struct StaticSync {
     keys: HashMap<NodeTuple, (StaticNode, Vec<String>)>,
     /// Hosts not to try before the instant, unless their configuration changes.
     backoff: HashMap<NodeTuple, (StaticNode, Instant)>,
+    /// Nodes this task updated, with the configuration applied: each node is
+    /// updated at most once per configuration, so a value that does not
+    /// survive a round trip can never cause a write loop.
+    updated: HashMap<String, StaticNode>,
 }
 
 /// Runs the registration of provider `provider_name` until `cancel` fires,
@@ -317,6 +321,7 @@ struct Slots {
 struct HostOutcome {
     keys: Option<Vec<String>>,
     failed: bool,
+    updated: Vec<String>,
 }
 
 impl StaticSync {
@@ -330,8 +335,13 @@ impl StaticSync {
     ) -> (StaticSync, StaticSyncHandle) {
         let (tx, rx) = watch::channel(config);
         let inner = Arc::new(Inner { zk, nodes, provider: provider_name.into(), config: tx, options });
-        let sync =
-            StaticSync { inner: inner.clone(), config_rx: rx, keys: HashMap::new(), backoff: HashMap::new() };
+        let sync = StaticSync {
+            inner: inner.clone(),
+            config_rx: rx,
+            keys: HashMap::new(),
+            backoff: HashMap::new(),
+            updated: HashMap::new(),
+        };
         (sync, StaticSyncHandle { inner })
     }
 
@@ -396,16 +406,20 @@ impl StaticSync {
         self.backoff.retain(|t, (cfg, until)| *until > now && wanted.get(t).is_some_and(|(_, n)| n == cfg));
 
         let (mut table, removed) = self.slot_table(&wanted);
+        let nodes = &self.inner.nodes;
+        self.updated.retain(|id, _| nodes.get(id).is_some());
         let inner = &self.inner;
         let mut work = Vec::new();
         for (tuple, (pool, node)) in &wanted {
             let Some(slots) = table.remove(tuple) else { continue };
             let cached = self.keys.get(tuple).map(|(_, k)| k.clone());
             let backing_off = self.backoff.contains_key(tuple);
+            let done: HashSet<String> =
+                self.updated.iter().filter(|(_, cfg)| *cfg == node).map(|(id, _)| id.clone()).collect();
             let span = info_span!("static-node", host = %node.name, port = node.connection_port, user = %node.username);
             work.push(
                 async move {
-                    let outcome = sync_host(inner, pool, node, slots, cached, backing_off).await;
+                    let outcome = sync_host(inner, pool, node, slots, cached, backing_off, &done).await;
                     (tuple.clone(), node.clone(), outcome)
                 }
                 .instrument(span),
@@ -426,6 +440,9 @@ impl StaticSync {
         for (tuple, node, outcome) in outcomes {
             if let Some(keys) = outcome.keys {
                 self.keys.insert(tuple.clone(), (node.clone(), keys));
+            }
+            for id in outcome.updated {
+                self.updated.insert(id, node.clone());
             }
             if outcome.failed {
                 self.backoff.insert(tuple, (node, Instant::now() + self.inner.options.retry_interval));
@@ -504,6 +521,7 @@ async fn sync_host(
     slots: Slots,
     cached_keys: Option<Vec<String>>,
     backing_off: bool,
+    already_updated: &HashSet<String>,
 ) -> HostOutcome {
     let mut outcome = HostOutcome::default();
     for entry in &slots.excess {
@@ -565,8 +583,15 @@ async fn sync_host(
         if desired.matches(&entry.value) {
             continue;
         }
+        if already_updated.contains(&entry.value.id) {
+            debug!(node = %entry.value.id, "static node still differs after its update; not rewriting it");
+            continue;
+        }
         match update(inner, &entry.value.id, &desired).await {
-            Ok(true) => info!(node = %entry.value.id, "updated static node from the configuration"),
+            Ok(true) => {
+                info!(node = %entry.value.id, "updated static node from the configuration");
+                outcome.updated.push(entry.value.id.clone());
+            }
             Ok(false) => debug!(node = %entry.value.id, "static node busy; update postponed"),
             Err(e) => {
                 warn!(node = %entry.value.id, error = %e, "cannot update static node");
