@@ -43,6 +43,9 @@ pub fn build_providers(
                 });
                 out.insert(p.name.clone(), Arc::new(FakeProvider::new(cloud, os.region_name.clone())));
             }
+            ProviderDriver::Static(_) => {
+                out.insert(p.name.clone(), Arc::new(np_driver_static::StaticProvider::new(&p.name)));
+            }
             other => {
                 anyhow::bail!(
                     "provider '{}': driver '{}' is not supported by this launcher yet",
@@ -65,6 +68,27 @@ pub fn build_providers(
 pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
     let mut out = Vec::new();
     for p in &config.providers {
+        if let ProviderDriver::Static(st) = &p.driver {
+            for pool in &st.pools {
+                let f = |v: Option<u64>| v.map(|v| v as f64);
+                out.push(PoolSpec {
+                    provider: p.name.clone(),
+                    pool: pool.name.clone(),
+                    labels: pool.labels(),
+                    max_servers: pool.max_servers,
+                    limits: np_core::Quota::new(None, f(pool.max_servers), None, f64::INFINITY),
+                    ignore_provider_quota: true,
+                    priority: p.effective_priority(pool.priority),
+                    node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
+                    launch: LaunchPolicy { retries: 1, timeout: Duration::from_secs(60) },
+                    max_concurrency: p.max_concurrency,
+                    cloud: None,
+                    tenant_limits: tenant_limits(config),
+                    never_launch: true,
+                });
+            }
+            continue;
+        }
         let ProviderDriver::Fake(os) = &p.driver else { continue };
         for pool in &os.pools {
             out.push(PoolSpec {
@@ -95,6 +119,7 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                 max_concurrency: p.max_concurrency,
                 cloud: Some(os.cloud.clone()),
                 tenant_limits: tenant_limits(config),
+                never_launch: false,
             });
         }
     }
@@ -137,6 +162,7 @@ pub struct Launcher {
     pools: HashMap<(String, String), PoolHandle>,
     aux_cancel: CancellationToken,
     aux: JoinSet<()>,
+    static_syncs: HashMap<String, (np_driver_static::StaticSyncHandle, CancellationToken)>,
     maintenance_interval: Option<Duration>,
     shared: SharedState,
     registration: np_zk::ComponentRegistration,
@@ -187,11 +213,13 @@ impl Launcher {
             aux_cancel: CancellationToken::new(),
             aux: JoinSet::new(),
             maintenance_interval,
+            static_syncs: HashMap::new(),
             shared,
             registration,
             metrics,
             web: None,
         };
+        launcher.sync_static_providers();
         launcher.start_pools(pool_specs(config));
         launcher.start_aux();
         info!(pools = launcher.pools.len(), "launcher running");
@@ -339,6 +367,7 @@ impl Launcher {
         let to_start: Vec<PoolSpec> =
             new_specs.into_iter().filter(|(k, _)| !self.pools.contains_key(k)).map(|(_, s)| s).collect();
         self.config = new.clone();
+        self.sync_static_providers();
         self.stop_aux().await;
         self.start_pools(to_start);
         self.start_aux();
@@ -352,9 +381,48 @@ impl Launcher {
         Ok(())
     }
 
+    /// Starts, updates or stops the static drivers' registration tasks to
+    /// match the configuration in force.
+    fn sync_static_providers(&mut self) {
+        let mut wanted = HashMap::new();
+        for p in &self.config.providers {
+            if let ProviderDriver::Static(st) = &p.driver {
+                wanted.insert(p.name.clone(), st.clone());
+            }
+        }
+        self.static_syncs.retain(|name, (_, cancel)| {
+            let keep = wanted.contains_key(name);
+            if !keep {
+                cancel.cancel();
+            }
+            keep
+        });
+        for (name, cfg) in wanted {
+            if let Some((handle, _)) = self.static_syncs.get(&name) {
+                if handle.config() != cfg {
+                    handle.update_config(cfg);
+                }
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            let (handle, _task) = np_driver_static::StaticSync::spawn(
+                self.shared.zk.clone(),
+                self.shared.nodes.clone(),
+                name.clone(),
+                cfg,
+                np_driver_static::SyncOptions::default(),
+                cancel.clone(),
+            );
+            self.static_syncs.insert(name, (handle, cancel));
+        }
+    }
+
     /// Stops accepting work, finishes or releases in-flight requests (the
     /// workers' drain is bounded), releases every lock, unregisters components.
     pub async fn stop(mut self) {
+        for (_, cancel) in self.static_syncs.values() {
+            cancel.cancel();
+        }
         if let Some(web) = self.web.take() {
             web.stop().await;
         }

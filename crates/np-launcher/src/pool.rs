@@ -51,6 +51,9 @@ pub struct PoolSpec {
     pub cloud: Option<String>,
     /// `tenant-resource-limits`, as limits (default ∞) per tenant.
     pub tenant_limits: HashMap<String, Quota>,
+    /// Static pools: nodes are only ever reused, never launched; with no free
+    /// node the request is left for later (not paused, not declined).
+    pub never_launch: bool,
 }
 
 /// The caches every worker shares.
@@ -312,6 +315,9 @@ impl PoolWorker {
             if only_declines && !lacks && self.could_ever_fit(&req.node_types).await {
                 continue;
             }
+            if self.spec.never_launch && !lacks && !self.has_free_nodes(&req.node_types) {
+                continue;
+            }
             if !self.tenant_has_room(&req) {
                 debug!(request = %req.id, tenant = ?req.tenant_name, "deferring: tenant at its resource limit");
                 continue;
@@ -324,6 +330,33 @@ impl PoolWorker {
                 return Box::pin(self.assign(registered, true)).await;
             }
         }
+    }
+
+    /// Whether this pool has enough free (ready, unallocated, unlocked) nodes
+    /// for every label of the request (upstream's label quota for static pools).
+    fn has_free_nodes(&self, labels: &[String]) -> bool {
+        let claimed = self.claimed();
+        let mut free: HashMap<&str, usize> = HashMap::new();
+        let entries = self.shared.nodes.entries();
+        for e in &entries {
+            let n = &e.value;
+            if n.state == NodeState::Ready
+                && n.allocated_to.is_none()
+                && n.provider.as_deref() == Some(&self.spec.provider)
+                && n.pool.as_deref() == Some(&self.spec.pool)
+                && !e.is_locked()
+                && !claimed.contains(&n.id)
+            {
+                for l in &n.node_type {
+                    *free.entry(l.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut wanted: HashMap<&str, usize> = HashMap::new();
+        for l in labels {
+            *wanted.entry(l.as_str()).or_default() += 1;
+        }
+        wanted.iter().all(|(l, n)| free.get(l).copied().unwrap_or(0) >= *n)
     }
 
     /// Upstream's tenant check: the tenant's usage over all nodes plus this
@@ -409,8 +442,15 @@ impl PoolWorker {
             if handler.slots[i].state != SlotState::Empty {
                 continue;
             }
-            if handler.request.reuse && self.try_reuse(&mut handler, i).await {
+            if (handler.request.reuse || self.spec.never_launch) && self.try_reuse(&mut handler, i).await {
                 continue;
+            }
+            if self.spec.never_launch {
+                // Static pools never launch and never pause (upstream
+                // PAUSE_AT_QUOTA = False): give the request back unchanged.
+                self.handlers.insert(id.to_owned(), handler);
+                self.release_unchanged(id).await;
+                return true;
             }
             if !self.has_quota(&handler.slots[i].label).await {
                 if handler.request.requestor.as_deref() == Some(MIN_READY_REQUESTOR) {
