@@ -21,6 +21,38 @@ pub struct LaunchPolicy {
     pub retries: u32,
     /// Time allowed for one attempt (`launch-timeout`).
     pub timeout: Duration,
+    /// Time allowed for the node to answer SSH once the cloud says it is up
+    /// (`boot-timeout`), used by the host-key scan.
+    pub boot_timeout: Duration,
+}
+
+/// Per-label node settings from the image and label configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSettings {
+    pub username: Option<String>,
+    pub python_path: String,
+    pub shell_type: Option<String>,
+    /// `ssh`, `winrm`, `network_cli`, ...
+    pub connection_type: String,
+    pub connection_port: u16,
+    /// Scan the node's SSH host keys before it becomes ready.
+    pub host_key_checking: bool,
+    /// What `image_id` records (the cloud image name).
+    pub image_id: Option<String>,
+}
+
+impl Default for LabelSettings {
+    fn default() -> Self {
+        LabelSettings {
+            username: Some("zuul".into()),
+            python_path: "auto".into(),
+            shell_type: None,
+            connection_type: "ssh".into(),
+            connection_port: 22,
+            host_key_checking: true,
+            image_id: None,
+        }
+    }
 }
 
 /// How a launch ended. The node has been written to ZooKeeper in every case.
@@ -55,12 +87,35 @@ pub async fn delete_instance(
     }
 }
 
+/// Scans the node's SSH host keys when checking is on, the connection type
+/// uses SSH and the driver did not supply keys (upstream's nodescan; winrm
+/// nodes are never scanned).
+async fn scan_keys(node: &mut Node, policy: &LaunchPolicy, host_key_checking: bool) -> Result<(), String> {
+    let ssh = matches!(node.connection_type.as_deref(), None | Some("ssh") | Some("network_cli"));
+    if !host_key_checking || !ssh || !node.host_keys.is_empty() {
+        return Ok(());
+    }
+    let Some(ip) = node.interface_ip.clone() else {
+        return Err("no interface ip to scan".into());
+    };
+    let port = node.connection_port.as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(22);
+    let keys = np_driver_static::wait_for_ssh(&ip, port, policy.boot_timeout, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    if keys.is_empty() {
+        return Err(format!("no host keys from {ip}:{port}"));
+    }
+    node.host_keys = keys;
+    Ok(())
+}
+
 /// Launches `node` (locked by the caller, state `building`).
 pub async fn run_launch(
     zk: Zk,
     provider: Arc<dyn Provider>,
     mut node: Node,
     policy: LaunchPolicy,
+    host_key_checking: bool,
 ) -> LaunchOutcome {
     let label = node.node_type.first().cloned().unwrap_or_default();
     let pool = node.pool.clone().unwrap_or_default();
@@ -106,6 +161,17 @@ pub async fn run_launch(
                     node.cloud = instance.cloud;
                 }
                 node.host_keys = instance.host_keys;
+                if let Err(e) = scan_keys(&mut node, &policy, host_key_checking).await {
+                    warn!(node = %node.id, label, attempt, error = %e, "host-key scan failed");
+                    last_error = e;
+                    if let Some(id) = node.external_id.take() {
+                        if let Err(e) = delete_instance(provider.as_ref(), &id).await {
+                            warn!(node = %node.id, error = %e, "cannot delete unreachable instance");
+                            node.external_id = Some(id);
+                        }
+                    }
+                    continue;
+                }
                 if let Some(props) = instance.node_properties {
                     node.node_properties = Some(props);
                 }

@@ -80,7 +80,12 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                     ignore_provider_quota: true,
                     priority: p.effective_priority(pool.priority),
                     node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
-                    launch: LaunchPolicy { retries: 1, timeout: Duration::from_secs(60) },
+                    launch: LaunchPolicy {
+                        retries: 1,
+                        timeout: Duration::from_secs(60),
+                        boot_timeout: Duration::from_secs(60),
+                    },
+                    label_settings: HashMap::new(),
                     max_concurrency: p.max_concurrency,
                     cloud: None,
                     tenant_limits: tenant_limits(config),
@@ -115,7 +120,16 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                 ignore_provider_quota: pool.ignore_provider_quota,
                 priority: p.effective_priority(pool.priority),
                 node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
-                launch: LaunchPolicy { retries: os.launch_retries, timeout: os.launch_timeout },
+                launch: LaunchPolicy {
+                    retries: os.launch_retries,
+                    timeout: os.launch_timeout,
+                    boot_timeout: os.boot_timeout,
+                },
+                label_settings: pool
+                    .labels
+                    .iter()
+                    .map(|l| (l.name.clone(), openstack_label_settings(os, pool, l)))
+                    .collect(),
                 max_concurrency: p.max_concurrency,
                 cloud: Some(os.cloud.clone()),
                 tenant_limits: tenant_limits(config),
@@ -124,6 +138,41 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
         }
     }
     out
+}
+
+/// Node settings of an OpenStack-schema (fake) label, from its cloud image
+/// or provider diskimage.
+fn openstack_label_settings(
+    os: &np_config::OpenStackProvider,
+    pool: &np_config::OpenStackPool,
+    label: &np_config::OpenStackLabel,
+) -> crate::launch::LabelSettings {
+    let mut s = crate::launch::LabelSettings {
+        host_key_checking: pool.host_key_checking && label.host_key_checking,
+        ..Default::default()
+    };
+    match &label.image {
+        np_config::LabelImage::CloudImage(name) => {
+            if let Some(img) = os.cloud_image(name) {
+                s.username = img.username.clone();
+                s.python_path = img.python_path.clone();
+                s.shell_type = img.shell_type.clone();
+                s.connection_type = img.connection_type.clone();
+                s.connection_port = img.connection_port;
+                s.image_id = Some(img.external_name().to_owned());
+            }
+        }
+        np_config::LabelImage::DiskImage(name) => {
+            if let Some(img) = os.diskimage(name) {
+                s.username = Some(img.username.clone());
+                s.python_path = img.python_path.clone();
+                s.shell_type = img.shell_type.clone();
+                s.connection_type = img.connection_type.clone();
+                s.connection_port = img.connection_port;
+            }
+        }
+    }
+    s
 }
 
 /// `tenant-resource-limits` as quota limits (unset resources unlimited).
@@ -204,7 +253,7 @@ impl Launcher {
         let registration = np_zk::ComponentRegistration::register(&zk, record)
             .await
             .context("registering launcher component")?;
-        let shared = SharedState { zk, nodes, requests, pools, hostname };
+        let shared = SharedState { zk, nodes, requests, pools, hostname, metrics: metrics.clone() };
         let mut launcher = Launcher {
             config: config.clone(),
             fake_clouds: HashMap::new(),

@@ -247,6 +247,7 @@ async fn clean_leaked_instances(
         let key = instance.external_id.to_string();
         if seen_before.contains(&key) {
             info!(provider = provider_name, instance = %key, node = %node_id, "deleting leaked instance");
+            shared.metrics.record_leaked(provider_name, "instances", 1);
             if let Err(e) = delete_instance(provider, &instance.external_id).await {
                 warn!(instance = %key, error = %e, "cannot delete leaked instance");
                 leaked_now.insert(key);

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::launch::{run_launch, LaunchOutcome, LaunchPolicy};
+use crate::launch::{run_launch, LabelSettings, LaunchOutcome, LaunchPolicy};
 use crate::MIN_READY_REQUESTOR;
 
 /// What a pool worker serves, from the configuration.
@@ -51,6 +51,8 @@ pub struct PoolSpec {
     pub cloud: Option<String>,
     /// `tenant-resource-limits`, as limits (default ∞) per tenant.
     pub tenant_limits: HashMap<String, Quota>,
+    /// Node settings per label (image user, python path, connection, host-key checking).
+    pub label_settings: HashMap<String, LabelSettings>,
     /// Static pools: nodes are only ever reused, never launched; with no free
     /// node the request is left for later (not paused, not declined).
     pub never_launch: bool,
@@ -64,6 +66,7 @@ pub struct SharedState {
     pub requests: RequestCache,
     pub pools: PoolComponentCache,
     pub hostname: String,
+    pub metrics: crate::metrics::Metrics,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -76,6 +79,7 @@ enum SlotState {
 
 struct Slot {
     label: String,
+    launched: Option<std::time::Instant>,
     node: Option<String>,
     lock: Option<LockGuard>,
     state: SlotState,
@@ -405,7 +409,13 @@ impl PoolWorker {
         let slots = request
             .node_types
             .iter()
-            .map(|l| Slot { label: l.clone(), node: None, lock: None, state: SlotState::Empty })
+            .map(|l| Slot {
+                label: l.clone(),
+                launched: None,
+                node: None,
+                lock: None,
+                state: SlotState::Empty,
+            })
             .collect();
         let mut handler = Handler { request, lock, slots, started: std::time::Instant::now() };
         if lacks || too_big || self.spec.max_servers == Some(0) {
@@ -654,8 +664,13 @@ impl PoolWorker {
         node.tenant_name = handler.request.tenant_name.clone();
         node.requestor = handler.request.requestor.clone();
         node.attributes = self.spec.node_attributes.clone();
-        node.connection_type = Some("ssh".into());
-        node.python_path = Some("auto".into());
+        let settings = self.spec.label_settings.get(&label).cloned().unwrap_or_default();
+        node.connection_type = Some(settings.connection_type.clone());
+        node.connection_port = Value::from(settings.connection_port);
+        node.python_path = Some(settings.python_path.clone());
+        node.username = settings.username.clone();
+        node.shell_type = settings.shell_type.clone();
+        node.image_id = settings.image_id.clone();
         node.resources = Some(self.provider.quota_for_label(&label).to_resources());
         let stat = match zk.create_node(&mut node).await {
             Ok(stat) => stat,
@@ -683,6 +698,7 @@ impl PoolWorker {
         slot.node = Some(node.id.clone());
         slot.lock = Some(lock);
         slot.state = SlotState::Launching;
+        slot.launched = Some(std::time::Instant::now());
         let tx = self.done_tx.clone();
         let provider = self.provider.clone();
         let policy = self.spec.launch.clone();
@@ -690,7 +706,7 @@ impl PoolWorker {
         let span = info_span!("launch", node = %node.id, request = %request, label);
         tokio::spawn(
             async move {
-                let outcome = run_launch(zk, provider, node, policy).await;
+                let outcome = run_launch(zk, provider, node, policy, settings.host_key_checking).await;
                 let _ = tx.send(LaunchDone { request, slot: i, outcome });
             }
             .instrument(span),
@@ -700,6 +716,16 @@ impl PoolWorker {
     async fn launch_done(&mut self, done: LaunchDone) {
         let Some(handler) = self.handlers.get_mut(&done.request) else { return };
         let Some(slot) = handler.slots.get_mut(done.slot) else { return };
+        let took = slot.launched.take().map(|t| t.elapsed()).unwrap_or_default();
+        let result = match &done.outcome {
+            LaunchOutcome::Ready(_) => crate::metrics::LaunchResult::Ready,
+            LaunchOutcome::Aborted(_) => crate::metrics::LaunchResult::Quota,
+            LaunchOutcome::Failed(_, e) if e.contains("timeout") => {
+                crate::metrics::LaunchResult::ServerCreateTimeout
+            }
+            LaunchOutcome::Failed(..) => crate::metrics::LaunchResult::Unknown,
+        };
+        self.shared.metrics.record_launch(&self.spec.provider, &slot.label, result, took);
         match done.outcome {
             LaunchOutcome::Ready(_) => slot.state = SlotState::Ready,
             LaunchOutcome::Aborted(_) => {
@@ -737,6 +763,13 @@ impl PoolWorker {
             Err(e) => warn!(request = %id, error = %e, "cannot store fulfilled request"),
         }
         let _ = handler.lock.release().await;
+        let latency = match handler.request.created_time {
+            Some(created) if created > 0.0 => {
+                std::time::Duration::from_secs_f64((np_core::now() - created).max(0.0))
+            }
+            _ => handler.started.elapsed(),
+        };
+        self.shared.metrics.record_fulfilled(&self.spec.provider, latency);
         info!(request = %id, nodes = ?handler.request.nodes, elapsed_ms = handler.started.elapsed().as_millis() as u64, "fulfilled request");
     }
 

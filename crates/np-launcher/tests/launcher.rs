@@ -47,6 +47,15 @@ async fn start(t: &TestZk, config: &np_config::Config, cloud: &FakeCloud) -> Lau
     Launcher::start(config, t.zk.clone(), providers).await.unwrap()
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
 fn zuul_client(t: &TestZk, labels: &str, count: u32, outstanding: u32) -> std::process::Output {
     std::process::Command::new(env("NP_PYTHON"))
         .arg(repo_root().join("tests/python/zuul_client.py"))
@@ -60,7 +69,10 @@ fn zuul_client(t: &TestZk, labels: &str, count: u32, outstanding: u32) -> std::p
 async fn zuul_like_client_gets_every_node_and_they_come_back() {
     let t = TestZk::new().await;
     let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config(10, 0), &cloud).await;
+    let mut cfg = config(10, 0);
+    cfg.webapp = np_config::WebApp { port: 0, listen_address: "127.0.0.1".into() };
+    let mut launcher = start(&t, &cfg, &cloud).await;
+    let web = launcher.start_webapp().await.unwrap();
 
     let t2 = TestZk::with(false, Some(&t.chroot)).await;
     let out =
@@ -81,6 +93,18 @@ async fn zuul_like_client_gets_every_node_and_they_come_back() {
         t.zk.node_ids().await
     );
     assert_eq!(cloud.counts().0, 36);
+
+    // The launches and fulfilments were measured.
+    let metrics = http_get(web, "/metrics").await;
+    let count = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("provider=\"fake-provider\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("nodepool_request_fulfillment_seconds_count") >= 12.0, "{metrics}");
+    assert!(count("nodepool_launch_duration_seconds_count") >= 36.0, "{metrics}");
     launcher.stop().await;
 }
 

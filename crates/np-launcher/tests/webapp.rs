@@ -535,22 +535,22 @@ async fn metrics_families_and_histograms() {
     }
     assert!(text.contains("# TYPE nodepool_request_fulfillment_seconds histogram"));
     assert!(text.contains("# TYPE nodepool_launch_duration_seconds histogram"));
-    // Histograms: two fulfilments, one ready launch of 3 s.
+    // Histograms: the real fulfilment (wired in the pool worker) plus the two
+    // recorded here; the real ready launch plus the 3 s one.
     assert_eq!(
         sample(text, "nodepool_request_fulfillment_seconds_count{provider=\"fake-provider\"}"),
-        Some(2.0)
+        Some(3.0)
     );
-    assert_eq!(
-        sample(text, "nodepool_request_fulfillment_seconds_sum{provider=\"fake-provider\"}"),
-        Some(1.8)
-    );
+    let sum = sample(text, "nodepool_request_fulfillment_seconds_sum{provider=\"fake-provider\"}").unwrap();
+    assert!((1.8..5.0).contains(&sum), "{sum}");
     assert_eq!(
         sample(text, "nodepool_request_fulfillment_seconds_bucket{provider=\"fake-provider\",le=\"1\"}"),
-        Some(1.0)
+        Some(2.0)
     );
     let launch = "{label=\"small\",provider=\"fake-provider\",result=\"ready\"}";
-    assert_eq!(sample(text, &format!("nodepool_launch_total{launch}")), Some(1.0));
-    assert_eq!(sample(text, &format!("nodepool_launch_duration_seconds_sum{launch}")), Some(3.0));
+    assert_eq!(sample(text, &format!("nodepool_launch_total{launch}")), Some(2.0));
+    let launched = sample(text, &format!("nodepool_launch_duration_seconds_sum{launch}")).unwrap();
+    assert!((3.0..6.0).contains(&launched), "{launched}");
     assert_eq!(
         sample(
             text,

@@ -11,6 +11,8 @@
 //! hint, never a silent skip: run the tests through `tools/test.sh`.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+pub mod sshd;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
