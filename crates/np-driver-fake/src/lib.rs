@@ -36,6 +36,10 @@ pub struct FakeSettings {
     /// Report the limits to the launcher but let creates succeed anyway (a
     /// cloud whose quota API disagrees with what it enforces).
     pub report_only: bool,
+    /// Give every instance this (loopback) address instead of a generated one.
+    pub address: Option<String>,
+    /// Report no host keys, so the launcher has to scan them.
+    pub without_host_keys: bool,
 }
 
 impl Default for FakeSettings {
@@ -46,6 +50,8 @@ impl Default for FakeSettings {
             max_cores: None,
             max_ram: None,
             report_only: false,
+            address: None,
+            without_host_keys: false,
         }
     }
 }
@@ -199,7 +205,10 @@ impl CreateMachine for FakeCreate {
             }
             let id = self.cloud.next_id();
             let n = self.cloud.counter.load(Ordering::Relaxed);
-            let ip = format!("127.0.{}.{}", (n / 250) % 250, n % 250 + 1);
+            let ip = settings
+                .address
+                .clone()
+                .unwrap_or_else(|| format!("127.0.{}.{}", (n / 250) % 250, n % 250 + 1));
             let server = FakeServer {
                 id: id.clone(),
                 ready_at: Instant::now() + settings.launch_delay,
@@ -230,7 +239,7 @@ impl CreateMachine for FakeCreate {
             region: self.region.clone(),
             host_id: Some("fake-host".into()),
             cloud: Some(self.cloud.name.clone()),
-            host_keys: vec!["ssh-rsa FAKEKEY".into()],
+            host_keys: if settings.without_host_keys { Vec::new() } else { vec!["ssh-rsa FAKEKEY".into()] },
             metadata: server.metadata,
             node_properties: None,
         }))
