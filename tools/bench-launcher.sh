@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Launcher benchmark: Python Nodepool 11.0.0 (the venv's nodepool-launcher) vs
+# ours (target/release/nodepool-launcher), same nodepool.yaml, one private
+# ZooKeeper on loopback, one launcher at a time on its own chroot.
+#
+#   tools/bench-launcher.sh [--quick] [bench_launcher.py options]
+#
+# Scenarios (per launcher): fake-lat1 and static-lat1 (one request
+# outstanding), fake-churn and static-churn (300 requests, 20 outstanding),
+# fake-burst (200 requests at once); churn and burst with two clients
+# (tests/python/zuul_client.py and the leaner zuul_client_fast.py).
+# Reports req/s, latency p50/p95/p99, launcher CPU seconds and peak RSS.
+#
+# Output: a markdown table on stdout and in doc/benchmarks.md, raw JSON and
+# logs in .test-env/bench/<UTC time>/. --quick: small counts, report to
+# .test-env/bench/<time>/benchmarks.md only. Other options go to
+# tools/bench/bench_launcher.py (e.g. --impls rust, --only fake-burst,
+# --clients fast, --churn-count 100). The whole run is bounded by
+# NP_BENCH_TIMEOUT seconds (default 3600); every launcher and client it starts
+# is stopped on exit. Not part of the test suite.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+quick=0
+args=()
+for a in "$@"; do
+    case "$a" in
+        --quick) quick=1 ;;
+        *) args+=("$a") ;;
+    esac
+done
+
+tools/setup.sh >/dev/null
+started_zk=0
+if ! tools/test-env.sh status >/dev/null 2>&1; then
+    tools/test-env.sh start
+    started_zk=1
+fi
+bench_pid=""
+cleanup() {
+    if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
+        # The orchestrator stops its launchers on TERM; then its group.
+        kill -TERM "$bench_pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$bench_pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL -- "-$bench_pid" 2>/dev/null || true
+    fi
+    if [ "$started_zk" = 1 ]; then tools/test-env.sh stop >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# shellcheck source=/dev/null
+source .test-env/env.sh
+
+for attempt in 1 2 3 4 5; do
+    if cargo build --release -q -p np-launcher; then break; fi
+    [ "$attempt" = 5 ] && { echo "bench: cargo build failed" >&2; exit 1; }
+    echo "bench: build failed (work in progress elsewhere?); retrying in 60 s" >&2
+    sleep 60
+done
+
+out=".test-env/bench/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out"
+doc="doc/benchmarks.md"
+if [ "$quick" = 1 ]; then
+    doc="$out/benchmarks.md"
+    args=(--lat1-count 5 --churn-count 60 --burst-count 60 "${args[@]}")
+fi
+
+# Own process group (setsid), so a stuck run can be killed as a whole.
+setsid timeout -k 20 "${NP_BENCH_TIMEOUT:-3600}" "$NP_PYTHON" tools/bench/bench_launcher.py \
+    --zk-hosts "$NP_ZK_HOSTS" --zk-tls-hosts "$NP_ZK_TLS_HOSTS" \
+    --zk-pid "$(cat .test-env/zk.pid 2>/dev/null || echo 0)" \
+    --out "$out" --doc "$doc" "${args[@]}" &
+bench_pid=$!
+rc=0
+wait "$bench_pid" || rc=$?
+bench_pid=""
+[ "$rc" = 0 ] || echo "bench: FAILED (exit $rc); partial results in $out" >&2
+exit "$rc"
