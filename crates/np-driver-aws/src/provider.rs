@@ -1,0 +1,1402 @@
+//! [`AwsProvider`]: the `driver: aws` provider on `aws-sdk-ec2`.
+//!
+//! One provider owns the EC2 and Service Quotas clients, three rate limiters
+//! (mutating calls at `rate`, non-mutating at `10 × rate`, Service Quotas at
+//! `rate`), the shared listings (instances, volumes, hosts; one paginated
+//! describe per TTL for all machines), the instance-type, image and quota
+//! caches, and the terminate batcher (one `TerminateInstances` for up to 50
+//! queued deletes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ec2 as ec2;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_servicequotas as sq;
+use ec2::types::{
+    AllocationState, Filter, Host, Image, Instance as Ec2Instance, InstanceStateName, Tag, TagSpecification,
+    Volume, VolumeState,
+};
+use np_config::{AwsInstance, AwsLabel, AwsPool, LabelImage};
+use np_core::Quota;
+use np_provider::{
+    CreateMachine, DeleteMachine, Instance, LaunchRequest, Provider, ProviderError, Step, META_PROVIDER,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::error::{classify, code_of, is_throttling, AwsError};
+use crate::listing::Listing;
+use crate::quota::{self, InstanceTypeInfo, Market};
+use crate::rate::RateLimiter;
+use crate::tags::node_tags;
+
+/// The most instances one `TerminateInstances` call names (AWS recommends
+/// small batches; upstream uses 50).
+pub const TERMINATE_BATCH: usize = 50;
+
+/// Tunables that are not in `nodepool.yaml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsSettings {
+    /// Age at which the instance, volume and host listings are refreshed
+    /// (upstream: 10 s).
+    pub cache_ttl: Duration,
+    /// Age at which Service Quotas are read again (upstream: 300 s).
+    pub quota_cache_ttl: Duration,
+    /// Age at which an `image-filters` lookup is repeated (upstream: 300 s).
+    pub image_cache_ttl: Duration,
+    /// What `step` asks the launcher to wait between polls.
+    pub poll_interval: Duration,
+    /// How long the terminate batcher waits for more deletes after the first.
+    pub terminate_batch_window: Duration,
+    /// Read limits from Service Quotas (`false`: the cloud's limits are
+    /// unknown, so unlimited; pool limits still apply).
+    pub service_quotas: bool,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        AwsSettings {
+            cache_ttl: Duration::from_secs(10),
+            quota_cache_ttl: Duration::from_secs(300),
+            image_cache_ttl: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(2),
+            terminate_batch_window: Duration::from_millis(100),
+            service_quotas: true,
+        }
+    }
+}
+
+/// The SDK clients a provider uses.
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    /// EC2.
+    pub ec2: ec2::Client,
+    /// Service Quotas.
+    pub quotas: sq::Client,
+}
+
+impl AwsClients {
+    /// Clients for `config`'s region and profile, with credentials from the
+    /// standard chain (environment, profile, SSO, IMDS...). `endpoint_url`
+    /// overrides the endpoint of both services; without it the standard
+    /// `AWS_ENDPOINT_URL` (and `AWS_ENDPOINT_URL_EC2`, ...) variables apply.
+    pub async fn load(config: &np_config::AwsProvider, endpoint_url: Option<String>) -> AwsClients {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.region_name.clone()));
+        if let Some(profile) = &config.profile_name {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        AwsClients { ec2: ec2::Client::new(&sdk), quotas: sq::Client::new(&sdk) }
+    }
+}
+
+/// Counters of cloud calls, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AwsStats {
+    /// `DescribeInstances` listings (each may be several pages).
+    pub instance_listings: u64,
+    /// `RunInstances` calls.
+    pub run_instances: u64,
+    /// `TerminateInstances` calls.
+    pub terminate_calls: u64,
+    /// Mutating calls let through the rate limiter.
+    pub mutating_calls: u64,
+    /// Non-mutating calls let through the rate limiter.
+    pub non_mutating_calls: u64,
+}
+
+/// The `driver: aws` provider.
+#[derive(Clone)]
+pub struct AwsProvider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AwsProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsProvider").field("name", &self.inner.name).finish_non_exhaustive()
+    }
+}
+
+struct TerminateJob {
+    instance_id: String,
+    done: oneshot::Sender<Result<(), ProviderError>>,
+}
+
+type QuotaMaps = (HashMap<String, f64>, HashMap<String, f64>);
+
+struct Inner {
+    name: String,
+    config: np_config::AwsProvider,
+    clients: AwsClients,
+    settings: AwsSettings,
+    mutating: RateLimiter,
+    non_mutating: RateLimiter,
+    quota_limiter: RateLimiter,
+    instances: Listing<Ec2Instance>,
+    volumes: Listing<Volume>,
+    hosts: Listing<Host>,
+    instance_types: RwLock<HashMap<String, InstanceTypeInfo>>,
+    invalid_types: RwLock<HashMap<String, String>>,
+    images_by_filter: Mutex<HashMap<String, (Instant, String)>>,
+    images: Mutex<HashMap<String, Image>>,
+    service_quotas: Mutex<Option<(Instant, QuotaMaps)>>,
+    terminator: std::sync::Mutex<Option<mpsc::UnboundedSender<TerminateJob>>>,
+    run_instances: std::sync::atomic::AtomicU64,
+    terminate_calls: std::sync::atomic::AtomicU64,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn tag_list(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+/// EC2 tags as a map.
+pub fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .collect()
+}
+
+/// What an `external_id` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalId {
+    /// `instance`.
+    pub instance: Option<String>,
+    /// `host` (dedicated host).
+    pub host: Option<String>,
+    /// `volume` (only for leaked volumes found by `list_instances`).
+    pub volume: Option<String>,
+}
+
+impl ExternalId {
+    /// Reads `{"instance": .., "host": ..}` or an old plain instance id string.
+    pub fn parse(v: &Value) -> ExternalId {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        match v {
+            Value::String(id) => ExternalId { instance: Some(id.clone()), ..ExternalId::default() },
+            _ => ExternalId { instance: s("instance"), host: s("host"), volume: s("volume") },
+        }
+    }
+
+    /// The JSON form written to the node.
+    pub fn to_value(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in [("instance", &self.instance), ("host", &self.host), ("volume", &self.volume)] {
+            if let Some(v) = v {
+                m.insert(k.into(), Value::String(v.clone()));
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+impl Inner {
+    async fn call<T, E, R, Fut>(
+        &self,
+        limiter: &RateLimiter,
+        operation: &str,
+        f: impl FnOnce() -> Fut,
+    ) -> Result<T, ProviderError>
+    where
+        Fut: std::future::Future<Output = Result<T, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        limiter.acquire().await;
+        match f().await {
+            Ok(v) => {
+                limiter.succeeded();
+                Ok(v)
+            }
+            Err(e) => {
+                if code_of(&e).is_some_and(is_throttling) {
+                    warn!(provider = %self.name, operation, "throttled by AWS; backing off");
+                    limiter.throttled();
+                }
+                Err(classify(operation, &e))
+            }
+        }
+    }
+
+    fn ec2(&self) -> &ec2::Client {
+        &self.clients.ec2
+    }
+
+    fn find_label(&self, pool: Option<&str>, label: &str) -> Option<(&AwsPool, &AwsLabel)> {
+        self.config
+            .pools
+            .iter()
+            .filter(|p| pool.is_none_or(|n| p.name == n))
+            .find_map(|p| p.labels.iter().find(|l| l.name == label).map(|l| (p, l)))
+    }
+
+    async fn list_instances_cached(&self) -> Result<Arc<Vec<Ec2Instance>>, ProviderError> {
+        self.instances
+            .get(|| async {
+                let mut out = Vec::new();
+                let mut token: Option<String> = None;
+                loop {
+                    let t = token.take();
+                    let page = self
+                        .call(&self.non_mutating, "DescribeInstances", || {
+                            self.ec2().describe_instances().set_next_token(t).send()
+                        })
+                        .await?;
+                    for r in page.reservations() {
+                        out.extend(r.instances().iter().cloned());
+                    }
+                    token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                debug!(provider = %self.name, count = out.len(), "listed instances");
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn list_volumes_cached(&self) -> Result<Arc<Vec<Volume>>, ProviderError> {
+        self.volumes
+            .get(|| async {
+                let mut out = Vec::new();
+                let mut token: Option<String> = None;
+                loop {
+                    let t = token.take();
+                    let page = self
+                        .call(&self.non_mutating, "DescribeVolumes", || {
+                            self.ec2().describe_volumes().set_next_token(t).send()
+                        })
+                        .await?;
+                    out.extend(page.volumes().iter().cloned());
+                    token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn list_hosts_cached(&self) -> Result<Arc<Vec<Host>>, ProviderError> {
+        self.hosts
+            .get(|| async {
+                let mut out = Vec::new();
+                let mut token: Option<String> = None;
+                loop {
+                    let t = token.take();
+                    let page = self
+                        .call(&self.non_mutating, "DescribeHosts", || {
+                            self.ec2().describe_hosts().set_next_token(t).send()
+                        })
+                        .await?;
+                    out.extend(page.hosts().iter().cloned());
+                    token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Every instance type the labels use.
+    fn label_instance_types(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for pool in &self.config.pools {
+            for label in &pool.labels {
+                match &label.instance {
+                    Some(AwsInstance::Type(t)) => out.push(t.clone()),
+                    Some(AwsInstance::Fleet { instance_types, .. }) => {
+                        out.extend(instance_types.iter().filter_map(Value::as_str).map(str::to_owned))
+                    }
+                    None => {}
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Reads cores/vCPUs/RAM of every label instance type not known yet.
+    /// `InvalidInstanceType` marks the type invalid (its labels are disabled);
+    /// other errors are returned and the type is tried again later.
+    async fn load_instance_types(&self) -> Result<(), ProviderError> {
+        let missing: Vec<String> = {
+            let known = read(&self.instance_types);
+            let invalid = read(&self.invalid_types);
+            self.label_instance_types()
+                .into_iter()
+                .filter(|t| !known.contains_key(t) && !invalid.contains_key(t))
+                .collect()
+        };
+        for t in missing {
+            let result = self
+                .call(&self.non_mutating, "DescribeInstanceTypes", || {
+                    self.ec2()
+                        .describe_instance_types()
+                        .instance_types(ec2::types::InstanceType::from(t.as_str()))
+                        .send()
+                })
+                .await;
+            match result {
+                Ok(resp) => {
+                    let Some(it) = resp.instance_types().first() else {
+                        write(&self.invalid_types).insert(t.clone(), format!("instance type {t} not found"));
+                        continue;
+                    };
+                    let vcpu = it.v_cpu_info();
+                    let info = InstanceTypeInfo {
+                        vcpus: vcpu.and_then(|v| v.default_v_cpus()).unwrap_or(0) as f64,
+                        cores: vcpu.and_then(|v| v.default_cores()).unwrap_or(0) as f64,
+                        ram_mib: it.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0) as f64,
+                    };
+                    debug!(provider = %self.name, instance_type = %t, ?info, "instance type");
+                    write(&self.instance_types).insert(t, info);
+                }
+                Err(ProviderError::Fatal(msg)) if msg.contains("InvalidInstanceType") => {
+                    warn!(provider = %self.name, instance_type = %t, error = %msg,
+                        "invalid instance type; its labels are disabled");
+                    write(&self.invalid_types).insert(t, msg);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn label_disabled(&self, label: &AwsLabel) -> Option<String> {
+        let invalid = read(&self.invalid_types);
+        match &label.instance {
+            Some(AwsInstance::Type(t)) => invalid.get(t).cloned(),
+            _ => None,
+        }
+    }
+
+    fn quota_for(&self, label: &AwsLabel, actual_type: Option<&str>) -> Quota {
+        let mut q = match (&label.instance, label.dedicated_host) {
+            (Some(AwsInstance::Type(t)), true) => quota::host_quota(t),
+            (Some(AwsInstance::Fleet { .. }), _) if actual_type.is_none() => {
+                let mut q = Quota::zero();
+                q.set("instances", 1.0);
+                q
+            }
+            (instance, _) => {
+                let t = actual_type.map(str::to_owned).or(match instance {
+                    Some(AwsInstance::Type(t)) => Some(t.clone()),
+                    _ => None,
+                });
+                let market = if label.use_spot { Market::Spot } else { Market::OnDemand };
+                match t.as_deref().and_then(|t| read(&self.instance_types).get(t).map(|i| (t.to_owned(), *i)))
+                {
+                    Some((t, info)) => quota::instance_quota(&t, &info, market),
+                    None => {
+                        let mut q = Quota::zero();
+                        q.set("instances", 1.0);
+                        q
+                    }
+                }
+            }
+        };
+        if let Some(vt) = &label.volume_type {
+            q.add(&quota::volume_quota(
+                vt,
+                label.volume_size.map(|v| v as f64),
+                label.iops.map(|v| v as f64),
+            ));
+        }
+        q
+    }
+
+    async fn service_quota_maps(&self) -> Result<QuotaMaps, ProviderError> {
+        let mut cached = self.service_quotas.lock().await;
+        if let Some((at, maps)) = cached.as_ref() {
+            if at.elapsed() < self.settings.quota_cache_ttl {
+                return Ok(maps.clone());
+            }
+        }
+        let ec2_quotas = self.list_service_quotas("ec2").await?;
+        let ebs_quotas = self.list_service_quotas("ebs").await?;
+        let maps = (ec2_quotas, ebs_quotas);
+        *cached = Some((Instant::now(), maps.clone()));
+        Ok(maps)
+    }
+
+    async fn list_service_quotas(&self, service: &str) -> Result<HashMap<String, f64>, ProviderError> {
+        let mut out = HashMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let t = token.take();
+            let page = self
+                .call(&self.quota_limiter, "ListServiceQuotas", || {
+                    self.clients.quotas.list_service_quotas().service_code(service).set_next_token(t).send()
+                })
+                .await?;
+            for q in page.quotas() {
+                if let (Some(code), Some(value)) = (q.quota_code(), q.value()) {
+                    out.insert(code.to_owned(), value);
+                }
+            }
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        debug!(provider = %self.name, service, count = out.len(), "listed service quotas");
+        Ok(out)
+    }
+
+    async fn quota_limits(&self) -> Result<Quota, ProviderError> {
+        if let Err(e) = self.load_instance_types().await {
+            warn!(provider = %self.name, error = %e, "cannot read instance types");
+        }
+        let mut limits = Quota::unlimited();
+        if !self.settings.service_quotas {
+            return Ok(limits);
+        }
+        let (ec2_quotas, ebs_quotas) = self.service_quota_maps().await?;
+        for pool in &self.config.pools {
+            for label in &pool.labels {
+                let mut codes: Vec<&str> = Vec::new();
+                match &label.instance {
+                    Some(AwsInstance::Type(t)) if label.dedicated_host => {
+                        codes.extend(quota::host_quota_code(t))
+                    }
+                    Some(AwsInstance::Type(t)) => {
+                        let m = if label.use_spot { Market::Spot } else { Market::OnDemand };
+                        codes.extend(quota::instance_quota_code(t, m));
+                    }
+                    Some(AwsInstance::Fleet { instance_types, .. }) => {
+                        let m = if label.use_spot { Market::Spot } else { Market::OnDemand };
+                        codes.extend(
+                            instance_types
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .filter_map(|t| quota::instance_quota_code(t, m)),
+                        );
+                    }
+                    None => {}
+                }
+                for code in codes {
+                    match ec2_quotas.get(code) {
+                        Some(v) => {
+                            limits.set(code, *v);
+                        }
+                        None => warn!(provider = %self.name, code, "AWS quota code not known"),
+                    }
+                }
+                if let Some(vt) = &label.volume_type {
+                    let (storage, iops) = quota::volume_quota_codes(vt);
+                    if let Some(code) = storage {
+                        match ebs_quotas.get(code) {
+                            // Storage limits are in TiB, usage in GiB.
+                            Some(v) => {
+                                limits.set(code, v * 1000.0);
+                            }
+                            None => warn!(provider = %self.name, code, "AWS quota code not known"),
+                        }
+                    }
+                    if let Some(code) = iops {
+                        if let Some(v) = ebs_quotas.get(code) {
+                            limits.set(code, *v);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(limits)
+    }
+
+    /// The AMI id of a cloud image: its `image-id`, or the newest image
+    /// matching its `image-filters` (cached).
+    async fn image_id(&self, cloud_image: &np_config::AwsCloudImage) -> Result<String, ProviderError> {
+        let Some(filters) = &cloud_image.image_filters else {
+            return cloud_image.image_id.clone().ok_or_else(|| {
+                ProviderError::Fatal(format!(
+                    "cloud-image {} has neither image-id nor image-filters",
+                    cloud_image.name
+                ))
+            });
+        };
+        let key = serde_json::to_string(&filters.iter().map(|f| (&f.name, &f.values)).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut cache = self.images_by_filter.lock().await;
+        if let Some((at, id)) = cache.get(&key) {
+            if at.elapsed() < self.settings.image_cache_ttl {
+                return Ok(id.clone());
+            }
+        }
+        let ec2_filters: Vec<Filter> = filters
+            .iter()
+            .map(|f| Filter::builder().name(&f.name).set_values(Some(f.values.clone())).build())
+            .collect();
+        let mut images = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let t = token.take();
+            let fs = ec2_filters.clone();
+            let page = self
+                .call(&self.non_mutating, "DescribeImages", || {
+                    self.ec2().describe_images().set_filters(Some(fs)).set_next_token(t).send()
+                })
+                .await?;
+            images.extend(page.images().iter().cloned());
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        images.sort_by(|a, b| b.creation_date().unwrap_or("").cmp(a.creation_date().unwrap_or("")));
+        let id = images.first().and_then(|i| i.image_id()).map(str::to_owned).ok_or_else(|| {
+            ProviderError::Fatal("No cloud-image (AMI) matches supplied image filters".into())
+        })?;
+        cache.insert(key, (Instant::now(), id.clone()));
+        Ok(id)
+    }
+
+    async fn image(&self, image_id: &str) -> Result<Image, ProviderError> {
+        if let Some(i) = self.images.lock().await.get(image_id) {
+            return Ok(i.clone());
+        }
+        let resp = self
+            .call(&self.non_mutating, "DescribeImages", || {
+                self.ec2().describe_images().image_ids(image_id).send()
+            })
+            .await?;
+        let image = resp
+            .images()
+            .first()
+            .cloned()
+            .ok_or_else(|| ProviderError::Fatal(format!("image {image_id} not found")))?;
+        self.images.lock().await.insert(image_id.to_owned(), image.clone());
+        Ok(image)
+    }
+
+    async fn run_instance(
+        &self,
+        pool: &AwsPool,
+        label: &AwsLabel,
+        instance_type: &str,
+        image_id: &str,
+        tags: &BTreeMap<String, String>,
+        host_id: Option<&str>,
+    ) -> Result<Ec2Instance, ProviderError> {
+        use ec2::types::{
+            Affinity, BlockDeviceMapping, HttpTokensState, IamInstanceProfileSpecification,
+            InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+            InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, MarketType, Placement,
+            ResourceType, SpotInstanceType, SpotMarketOptions, Tenancy, VolumeType,
+        };
+        let mut nic = InstanceNetworkInterfaceSpecification::builder()
+            .associate_public_ip_address(pool.public_ipv4)
+            .device_index(0);
+        if let Some(sg) = &pool.security_group_id {
+            nic = nic.groups(sg);
+        }
+        if let Some(subnet) = &pool.subnet_id {
+            nic = nic.subnet_id(subnet);
+        }
+        if pool.public_ipv6 {
+            nic = nic.ipv6_address_count(1);
+        }
+        let tag_list = tag_list(tags);
+        let mut req = self
+            .ec2()
+            .run_instances()
+            .image_id(image_id)
+            .min_count(1)
+            .max_count(1)
+            .key_name(&label.key_name)
+            .ebs_optimized(label.ebs_optimized)
+            .instance_type(ec2::types::InstanceType::from(instance_type))
+            .network_interfaces(nic.build())
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(tag_list.clone()))
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .set_tags(Some(tag_list))
+                    .build(),
+            );
+        if let Some(userdata) = &label.userdata {
+            req = req.user_data(aws_smithy_types::base64::encode(userdata.as_bytes()));
+        }
+        match &label.iam_instance_profile {
+            Some(np_config::AwsIamInstanceProfile::Name(n)) => {
+                req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(n).build());
+            }
+            Some(np_config::AwsIamInstanceProfile::Arn(a)) => {
+                req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().arn(a).build());
+            }
+            None => {}
+        }
+        // The AMI's first block device, deleted with the instance, with the
+        // label's volume settings.
+        let image = self.image(image_id).await?;
+        if let Some(first) = image.block_device_mappings().first() {
+            if let Some(ebs) = first.ebs() {
+                let mut ebs = ebs.clone();
+                ebs.delete_on_termination = Some(true);
+                ebs.encrypted = None;
+                if let Some(size) = label.volume_size {
+                    ebs.volume_size = i32::try_from(size).ok();
+                }
+                if let Some(vt) = &label.volume_type {
+                    ebs.volume_type = Some(VolumeType::from(vt.as_str()));
+                }
+                if let Some(iops) = label.iops {
+                    ebs.iops = i32::try_from(iops).ok();
+                }
+                if let Some(tp) = label.throughput {
+                    ebs.throughput = i32::try_from(tp).ok();
+                }
+                req = req.block_device_mappings(
+                    BlockDeviceMapping::builder()
+                        .set_device_name(first.device_name().map(str::to_owned))
+                        .ebs(ebs)
+                        .build(),
+                );
+            }
+        }
+        if label.use_spot {
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        match label.imdsv2.as_deref() {
+            Some("required") => {
+                req = req.metadata_options(
+                    InstanceMetadataOptionsRequest::builder()
+                        .http_tokens(HttpTokensState::Required)
+                        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                        .build(),
+                );
+            }
+            Some("optional") => {
+                req = req.metadata_options(
+                    InstanceMetadataOptionsRequest::builder()
+                        .http_tokens(HttpTokensState::Optional)
+                        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                        .build(),
+                );
+            }
+            _ => {}
+        }
+        if host_id.is_some() || pool.availability_zone.is_some() {
+            let mut placement = Placement::builder();
+            if let Some(h) = host_id {
+                placement = placement.tenancy(Tenancy::Host).host_id(h).affinity(Affinity::Host.as_str());
+            }
+            if let Some(az) = &pool.availability_zone {
+                placement = placement.availability_zone(az);
+            }
+            req = req.placement(placement.build());
+        }
+        self.run_instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let resp = self.call(&self.mutating, "RunInstances", || req.send()).await?;
+        resp.instances()
+            .first()
+            .cloned()
+            .ok_or_else(|| ProviderError::Fatal("RunInstances returned no instance".into()))
+    }
+
+    async fn allocate_host(
+        &self,
+        pool: &AwsPool,
+        instance_type: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        let az = pool.availability_zone.clone().ok_or_else(|| {
+            ProviderError::Fatal("dedicated hosts need the pool's availability-zone".into())
+        })?;
+        let resp = self
+            .call(&self.mutating, "AllocateHosts", || {
+                self.ec2()
+                    .allocate_hosts()
+                    .availability_zone(az)
+                    .instance_type(instance_type)
+                    .quantity(1)
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ec2::types::ResourceType::DedicatedHost)
+                            .set_tags(Some(tag_list(tags)))
+                            .build(),
+                    )
+                    .send()
+            })
+            .await?;
+        resp.host_ids()
+            .first()
+            .cloned()
+            .ok_or_else(|| ProviderError::Fatal("AllocateHosts returned no host".into()))
+    }
+
+    fn to_instance(&self, i: &Ec2Instance, host: Option<&str>, label: Option<&AwsLabel>) -> Instance {
+        let id = ExternalId {
+            instance: i.instance_id().map(str::to_owned),
+            host: host.map(str::to_owned),
+            volume: None,
+        };
+        let public_ipv4 = i.public_ip_address().map(str::to_owned);
+        let private_ipv4 = i.private_ip_address().map(str::to_owned);
+        let public_ipv6 = i
+            .network_interfaces()
+            .first()
+            .and_then(|n| n.ipv6_addresses().first())
+            .and_then(|a| a.ipv6_address())
+            .map(str::to_owned);
+        let interface_ip = public_ipv4.clone().or(public_ipv6.clone()).or(private_ipv4.clone());
+        Instance {
+            external_id: id.to_value(),
+            interface_ip,
+            public_ipv4,
+            private_ipv4,
+            public_ipv6,
+            az: i.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+            region: Some(self.config.region_name.clone()),
+            host_id: None,
+            cloud: Some("AWS".into()),
+            host_keys: Vec::new(),
+            metadata: tag_map(i.tags()),
+            node_properties: label.map(|l| {
+                json!({"fleet": matches!(l.instance, Some(AwsInstance::Fleet { .. })), "spot": l.use_spot})
+            }),
+        }
+    }
+
+    fn terminator(self: &Arc<Self>) -> mpsc::UnboundedSender<TerminateJob> {
+        let mut slot = self.terminator.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = slot.as_ref() {
+            if !tx.is_closed() {
+                return tx.clone();
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let weak = Arc::downgrade(self);
+        let window = self.settings.terminate_batch_window;
+        tokio::spawn(
+            terminate_loop(weak, rx, window).instrument(info_span!("aws_terminator", provider = %self.name)),
+        );
+        *slot = Some(tx.clone());
+        tx
+    }
+
+    async fn terminate_batch(&self, batch: Vec<TerminateJob>) {
+        let ids: Vec<String> = batch.iter().map(|j| j.instance_id.clone()).collect();
+        self.terminate_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = self
+            .call(&self.mutating, "TerminateInstances", || {
+                self.ec2().terminate_instances().set_instance_ids(Some(ids.clone())).send()
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                info!(provider = %self.name, count = ids.len(), instances = ?ids, "terminated instances");
+                for job in batch {
+                    let _ = job.done.send(Ok(()));
+                }
+            }
+            Err(ProviderError::NotFound(_)) if batch.len() > 1 => {
+                // One unknown id fails the whole call: go one by one.
+                for job in batch {
+                    let id = job.instance_id.clone();
+                    self.terminate_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let r = self
+                        .call(&self.mutating, "TerminateInstances", || {
+                            self.ec2().terminate_instances().instance_ids(id).send()
+                        })
+                        .await;
+                    let _ = job.done.send(match r {
+                        Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+            Err(ProviderError::NotFound(_)) => {
+                for job in batch {
+                    let _ = job.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                warn!(provider = %self.name, error = %e, "cannot terminate instances");
+                for job in batch {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+            }
+        }
+        self.instances.invalidate().await;
+    }
+}
+
+async fn terminate_loop(weak: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TerminateJob>, window: Duration) {
+    while let Some(first) = rx.recv().await {
+        if !window.is_zero() {
+            tokio::time::sleep(window).await;
+        }
+        let mut batch = vec![first];
+        while batch.len() < TERMINATE_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = weak.upgrade() else { break };
+        inner.terminate_batch(batch).await;
+    }
+}
+
+impl AwsProvider {
+    /// A provider named `name` for `config`, with clients from the standard
+    /// AWS configuration (profile, region, credentials) and an optional
+    /// endpoint (else `AWS_ENDPOINT_URL`).
+    pub async fn new(
+        name: &str,
+        config: &np_config::AwsProvider,
+        endpoint_override: Option<String>,
+    ) -> Result<AwsProvider, AwsError> {
+        let clients = AwsClients::load(config, endpoint_override).await;
+        AwsProvider::with_clients(name, config, clients, AwsSettings::default()).await
+    }
+
+    /// A provider on given clients and settings. Reads the label instance
+    /// types once (a failure here is retried later, not fatal).
+    pub async fn with_clients(
+        name: &str,
+        config: &np_config::AwsProvider,
+        clients: AwsClients,
+        settings: AwsSettings,
+    ) -> Result<AwsProvider, AwsError> {
+        for pool in &config.pools {
+            for label in &pool.labels {
+                if label.instance.is_none() {
+                    return Err(AwsError::Config {
+                        provider: name.into(),
+                        message: format!("label {} has neither instance-type nor fleet", label.name),
+                    });
+                }
+            }
+        }
+        let inner = Inner {
+            name: name.to_owned(),
+            config: config.clone(),
+            clients,
+            mutating: RateLimiter::new(config.rate),
+            non_mutating: RateLimiter::new(config.rate * 10.0),
+            quota_limiter: RateLimiter::new(config.rate),
+            instances: Listing::new(settings.cache_ttl),
+            volumes: Listing::new(settings.cache_ttl),
+            hosts: Listing::new(settings.cache_ttl),
+            settings,
+            instance_types: RwLock::new(HashMap::new()),
+            invalid_types: RwLock::new(HashMap::new()),
+            images_by_filter: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            service_quotas: Mutex::new(None),
+            terminator: std::sync::Mutex::new(None),
+            run_instances: Default::default(),
+            terminate_calls: Default::default(),
+        };
+        let provider = AwsProvider { inner: Arc::new(inner) };
+        if let Err(e) = provider.inner.load_instance_types().await {
+            warn!(provider = name, error = %e, "cannot read instance types yet");
+        }
+        Ok(provider)
+    }
+
+    /// The configuration this provider was built from.
+    pub fn config(&self) -> &np_config::AwsProvider {
+        &self.inner.config
+    }
+
+    /// The clients.
+    pub fn clients(&self) -> &AwsClients {
+        &self.inner.clients
+    }
+
+    /// Why `label` cannot be launched (an invalid instance type), if so. The
+    /// launcher should stop offering such labels.
+    pub fn label_disabled(&self, label: &str) -> Option<String> {
+        let (_, l) = self.inner.find_label(None, label)?;
+        self.inner.label_disabled(l)
+    }
+
+    /// Starts a create whose `dynamic-tags` are formatted with the request's
+    /// safe attributes (`{"id": .., "requestor": .., "tenant_name": .., ..}`).
+    pub fn create_for_request(
+        &self,
+        request: LaunchRequest,
+        request_attributes: Option<Value>,
+    ) -> Box<dyn CreateMachine> {
+        let span = info_span!("aws_create", provider = %self.inner.name, node = %request.node_id);
+        Box::new(AwsCreate {
+            inner: self.inner.clone(),
+            request,
+            request_attributes,
+            state: CreateState::Start,
+            host_id: None,
+            instance_id: None,
+            span,
+        })
+    }
+
+    /// Call counters.
+    pub fn stats(&self) -> AwsStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        AwsStats {
+            instance_listings: self.inner.instances.refreshes(),
+            run_instances: self.inner.run_instances.load(Relaxed),
+            terminate_calls: self.inner.terminate_calls.load(Relaxed),
+            mutating_calls: self.inner.mutating.calls(),
+            non_mutating_calls: self.inner.non_mutating.calls(),
+        }
+    }
+
+    /// Forgets the cached listings (the next poll describes again).
+    pub async fn invalidate_caches(&self) {
+        self.inner.instances.invalidate().await;
+        self.inner.volumes.invalidate().await;
+        self.inner.hosts.invalidate().await;
+    }
+
+    /// Forgets the cached Service Quotas (after a quota error).
+    pub async fn invalidate_quota_cache(&self) {
+        *self.inner.service_quotas.lock().await = None;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CreateState {
+    Start,
+    AllocatingHost,
+    Creating,
+    Complete,
+}
+
+struct AwsCreate {
+    inner: Arc<Inner>,
+    request: LaunchRequest,
+    request_attributes: Option<Value>,
+    state: CreateState,
+    host_id: Option<String>,
+    instance_id: Option<String>,
+    span: tracing::Span,
+}
+
+impl AwsCreate {
+    fn label(&self) -> Result<(&AwsPool, &AwsLabel), ProviderError> {
+        self.inner.find_label(Some(&self.request.pool), &self.request.label).ok_or_else(|| {
+            ProviderError::Fatal(format!("label {} is not in pool {}", self.request.label, self.request.pool))
+        })
+    }
+
+    fn tags(&self, label: &AwsLabel) -> BTreeMap<String, String> {
+        node_tags(
+            &label.tags,
+            &label.dynamic_tags,
+            self.request_attributes.as_ref(),
+            &self.request.metadata,
+            &self.request.hostname,
+        )
+    }
+
+    async fn launch_instance(&mut self) -> Result<Step<Instance>, ProviderError> {
+        let inner = self.inner.clone();
+        let (pool, label) = self.label()?;
+        let Some(AwsInstance::Type(instance_type)) = &label.instance else {
+            return Err(ProviderError::Fatal(format!(
+                "label {}: fleet labels are not supported yet",
+                label.name
+            )));
+        };
+        let image_id =
+            match &label.image {
+                Some(LabelImage::CloudImage(name)) => {
+                    let ci =
+                        inner.config.cloud_images.iter().find(|c| &c.name == name).ok_or_else(|| {
+                            ProviderError::Fatal(format!("cloud-image {name} is not defined"))
+                        })?;
+                    inner.image_id(ci).await?
+                }
+                Some(LabelImage::DiskImage(name)) => {
+                    return Err(ProviderError::Fatal(format!(
+                        "label {}: diskimage {name} needs an uploaded image, not supported yet",
+                        label.name
+                    )))
+                }
+                None => return Err(ProviderError::Fatal(format!("label {} has no image", label.name))),
+            };
+        let tags = self.tags(label);
+        let instance =
+            inner.run_instance(pool, label, instance_type, &image_id, &tags, self.host_id.as_deref()).await?;
+        let id = instance
+            .instance_id()
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Fatal("RunInstances returned no instance id".into()))?;
+        info!(instance = %id, image = %image_id, instance_type = %instance_type, "instance created");
+        self.instance_id = Some(id);
+        self.state = CreateState::Creating;
+        Ok(Step::Pending(inner.settings.poll_interval))
+    }
+
+    async fn advance(&mut self) -> Result<Step<Instance>, ProviderError> {
+        let inner = self.inner.clone();
+        match self.state {
+            CreateState::Start => {
+                let (pool, label) = self.label()?;
+                if let Some(AwsInstance::Type(_)) = &label.instance {
+                    if inner.load_instance_types().await.is_ok() {
+                        if let Some(why) = inner.label_disabled(label) {
+                            return Err(ProviderError::Fatal(format!(
+                                "label {} is disabled: {why}",
+                                label.name
+                            )));
+                        }
+                    }
+                }
+                if label.dedicated_host {
+                    let Some(AwsInstance::Type(t)) = &label.instance else {
+                        return Err(ProviderError::Fatal("dedicated hosts need an instance-type".into()));
+                    };
+                    let tags = self.tags(label);
+                    let host = inner.allocate_host(pool, t, &tags).await?;
+                    info!(host = %host, "dedicated host allocated");
+                    self.host_id = Some(host);
+                    self.state = CreateState::AllocatingHost;
+                    return Ok(Step::Pending(Duration::ZERO));
+                }
+                self.launch_instance().await
+            }
+            CreateState::AllocatingHost => {
+                let Some(host_id) = self.host_id.clone() else {
+                    return Err(ProviderError::Fatal("no host id".into()));
+                };
+                let hosts = inner.list_hosts_cached().await?;
+                let state = hosts
+                    .iter()
+                    .find(|h| h.host_id() == Some(host_id.as_str()))
+                    .and_then(|h| h.state().cloned());
+                match state {
+                    Some(AllocationState::Available) => self.launch_instance().await,
+                    Some(
+                        s @ (AllocationState::PermanentFailure
+                        | AllocationState::Released
+                        | AllocationState::ReleasedPermanentFailure),
+                    ) => Err(ProviderError::Fatal(format!("Host in {} state", s.as_str()))),
+                    _ => Ok(Step::Pending(inner.settings.poll_interval)),
+                }
+            }
+            CreateState::Creating => {
+                let Some(id) = self.instance_id.clone() else {
+                    return Err(ProviderError::Fatal("no instance id".into()));
+                };
+                let listing = inner.list_instances_cached().await?;
+                let Some(i) = listing.iter().find(|i| i.instance_id() == Some(id.as_str())) else {
+                    return Ok(Step::Pending(inner.settings.poll_interval));
+                };
+                match i.state().and_then(|s| s.name()) {
+                    Some(InstanceStateName::Running) => {
+                        let (_, label) = self.label()?;
+                        let instance = inner.to_instance(i, self.host_id.as_deref(), Some(label));
+                        self.state = CreateState::Complete;
+                        info!(instance = %id, ip = ?instance.interface_ip, "instance running");
+                        Ok(Step::Done(instance))
+                    }
+                    Some(
+                        s @ (InstanceStateName::Terminated
+                        | InstanceStateName::ShuttingDown
+                        | InstanceStateName::Stopped
+                        | InstanceStateName::Stopping),
+                    ) => Err(ProviderError::Fatal(format!("Instance in {} state", s.as_str()))),
+                    _ => Ok(Step::Pending(inner.settings.poll_interval)),
+                }
+            }
+            CreateState::Complete => Err(ProviderError::Fatal("create already complete".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl CreateMachine for AwsCreate {
+    async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
+        let span = self.span.clone();
+        let result = self.advance().instrument(span.clone()).await;
+        if let Err(e) = &result {
+            let _g = span.enter();
+            warn!(state = self.state(), error = %e, "create step failed");
+        }
+        result
+    }
+
+    fn external_id(&self) -> Option<Value> {
+        if self.instance_id.is_none() && self.host_id.is_none() {
+            return None;
+        }
+        Some(
+            ExternalId { instance: self.instance_id.clone(), host: self.host_id.clone(), volume: None }
+                .to_value(),
+        )
+    }
+
+    fn state(&self) -> &'static str {
+        match self.state {
+            CreateState::Start => "start",
+            CreateState::AllocatingHost => "allocating host",
+            CreateState::Creating => "creating instance",
+            CreateState::Complete => "complete",
+        }
+    }
+}
+
+enum DeleteState {
+    Start,
+    Terminating(oneshot::Receiver<Result<(), ProviderError>>),
+    WaitInstanceGone,
+    ReleaseHost,
+    WaitHostGone,
+    DeleteVolume,
+    Done,
+}
+
+struct AwsDelete {
+    inner: Arc<Inner>,
+    id: ExternalId,
+    state: DeleteState,
+    span: tracing::Span,
+}
+
+impl AwsDelete {
+    async fn advance(&mut self) -> Result<Step<()>, ProviderError> {
+        let inner = self.inner.clone();
+        let poll = inner.settings.poll_interval;
+        loop {
+            match &mut self.state {
+                DeleteState::Start => {
+                    self.state = if let Some(instance) = &self.id.instance {
+                        let (tx, rx) = oneshot::channel();
+                        let job = TerminateJob { instance_id: instance.clone(), done: tx };
+                        if inner.terminator().send(job).is_err() {
+                            return Err(ProviderError::Transient("terminate queue closed".into()));
+                        }
+                        debug!(instance = %instance, "terminate queued");
+                        DeleteState::Terminating(rx)
+                    } else if self.id.host.is_some() {
+                        DeleteState::ReleaseHost
+                    } else if self.id.volume.is_some() {
+                        DeleteState::DeleteVolume
+                    } else {
+                        DeleteState::Done
+                    };
+                }
+                DeleteState::Terminating(rx) => match rx.try_recv() {
+                    Ok(Ok(())) => self.state = DeleteState::WaitInstanceGone,
+                    Ok(Err(e)) => {
+                        self.state = DeleteState::Start;
+                        return Err(e);
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        return Ok(Step::Pending(Duration::from_millis(50)))
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        self.state = DeleteState::Start;
+                        return Err(ProviderError::Transient("terminate batch dropped".into()));
+                    }
+                },
+                DeleteState::WaitInstanceGone => {
+                    let id = self.id.instance.clone().unwrap_or_default();
+                    let listing = inner.list_instances_cached().await?;
+                    let alive = listing.iter().any(|i| {
+                        i.instance_id() == Some(id.as_str())
+                            && i.state().and_then(|s| s.name()) != Some(&InstanceStateName::Terminated)
+                    });
+                    if alive {
+                        return Ok(Step::Pending(poll));
+                    }
+                    info!(instance = %id, "instance deleted");
+                    self.state =
+                        if self.id.host.is_some() { DeleteState::ReleaseHost } else { DeleteState::Done };
+                }
+                DeleteState::ReleaseHost => {
+                    let host = self.id.host.clone().unwrap_or_default();
+                    let r = inner
+                        .call(&inner.mutating, "ReleaseHosts", || {
+                            inner.ec2().release_hosts().host_ids(host.clone()).send()
+                        })
+                        .await;
+                    match r {
+                        Ok(_) | Err(ProviderError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                    inner.hosts.invalidate().await;
+                    self.state = DeleteState::WaitHostGone;
+                }
+                DeleteState::WaitHostGone => {
+                    let host = self.id.host.clone().unwrap_or_default();
+                    let hosts = inner.list_hosts_cached().await?;
+                    let alive = hosts.iter().any(|h| {
+                        h.host_id() == Some(host.as_str())
+                            && !matches!(
+                                h.state(),
+                                Some(AllocationState::Released | AllocationState::ReleasedPermanentFailure)
+                            )
+                    });
+                    if alive {
+                        return Ok(Step::Pending(poll));
+                    }
+                    info!(host = %host, "dedicated host released");
+                    self.state = DeleteState::Done;
+                }
+                DeleteState::DeleteVolume => {
+                    let vol = self.id.volume.clone().unwrap_or_default();
+                    let r = inner
+                        .call(&inner.mutating, "DeleteVolume", || {
+                            inner.ec2().delete_volume().volume_id(vol.clone()).send()
+                        })
+                        .await;
+                    match r {
+                        Ok(_) | Err(ProviderError::NotFound(_)) => {
+                            info!(volume = %vol, "volume deleted");
+                            inner.volumes.invalidate().await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    self.state = DeleteState::Done;
+                }
+                DeleteState::Done => return Ok(Step::Done(())),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DeleteMachine for AwsDelete {
+    async fn step(&mut self) -> Result<Step<()>, ProviderError> {
+        let span = self.span.clone();
+        self.advance().instrument(span).await
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine> {
+        self.create_for_request(request, None)
+    }
+
+    fn delete(&self, external_id: &Value) -> Box<dyn DeleteMachine> {
+        let id = ExternalId::parse(external_id);
+        let span = info_span!("aws_delete", provider = %self.inner.name, external_id = %external_id);
+        Box::new(AwsDelete { inner: self.inner.clone(), id, state: DeleteState::Start, span })
+    }
+
+    /// Instances (not terminated), volumes (not deleted) and dedicated hosts
+    /// (not released) tagged with this provider's name. Volumes and hosts are
+    /// reported with `external_id` `{"volume": id}` / `{"host": id}`, and
+    /// `node_properties.resource` says which kind each entry is.
+    async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
+        let inner = &self.inner;
+        let ours =
+            |tags: &[Tag]| tag_map(tags).get(META_PROVIDER).map(String::as_str) == Some(inner.name.as_str());
+        let mut out = Vec::new();
+        for i in inner.list_instances_cached().await?.iter() {
+            if i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Terminated) || !ours(i.tags()) {
+                continue;
+            }
+            let host = i.placement().and_then(|p| p.host_id());
+            let mut instance = inner.to_instance(i, host, None);
+            instance.node_properties = Some(json!({"resource": "instance"}));
+            out.push(instance);
+        }
+        for v in inner.list_volumes_cached().await?.iter() {
+            if v.state() == Some(&VolumeState::Deleted) || !ours(v.tags()) {
+                continue;
+            }
+            out.push(Instance {
+                external_id: ExternalId { volume: v.volume_id().map(str::to_owned), ..ExternalId::default() }
+                    .to_value(),
+                metadata: tag_map(v.tags()),
+                az: v.availability_zone().map(str::to_owned),
+                region: Some(inner.config.region_name.clone()),
+                cloud: Some("AWS".into()),
+                node_properties: Some(json!({"resource": "volume"})),
+                ..Instance::default()
+            });
+        }
+        for h in inner.list_hosts_cached().await?.iter() {
+            if matches!(
+                h.state(),
+                Some(AllocationState::Released | AllocationState::ReleasedPermanentFailure)
+            ) || !ours(h.tags())
+            {
+                continue;
+            }
+            // A host that still carries an instance is deleted with it.
+            if !h.instances().is_empty() {
+                continue;
+            }
+            out.push(Instance {
+                external_id: ExternalId { host: h.host_id().map(str::to_owned), ..ExternalId::default() }
+                    .to_value(),
+                metadata: tag_map(h.tags()),
+                az: h.availability_zone().map(str::to_owned),
+                region: Some(inner.config.region_name.clone()),
+                cloud: Some("AWS".into()),
+                node_properties: Some(json!({"resource": "host"})),
+                ..Instance::default()
+            });
+        }
+        Ok(out)
+    }
+
+    async fn quota_limits(&self) -> Result<Quota, ProviderError> {
+        self.inner.quota_limits().await
+    }
+
+    fn quota_for_label(&self, label: &str) -> Quota {
+        match self.inner.find_label(None, label) {
+            Some((_, l)) => self.inner.quota_for(l, None),
+            None => {
+                let mut q = Quota::zero();
+                q.set("instances", 1.0);
+                q
+            }
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}

@@ -1,0 +1,578 @@
+//! The AWS driver against a real EC2 API server: moto in server mode on
+//! 127.0.0.1 (started by `support`, reset before each test), with a loopback
+//! Service Quotas stub and an SDK interceptor for the errors moto cannot
+//! produce (capacity, volume/host limits, throttling).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use np_driver_aws::{pool_infos, AwsProvider, ExternalId};
+use np_provider::{Instance, LaunchRequest, Provider, ProviderError, Step};
+use serde_json::{json, Value};
+use support::TestEnv;
+
+const PROVIDER: &str = "ec2-us-west-2";
+
+/// A `nodepool.yaml` with one AWS provider; `labels` is the pool's label
+/// list (indented for the pool), `pool_extra` extra pool keys.
+fn yaml(labels: &str, pool_extra: &str, provider_extra: &str) -> String {
+    format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: ubuntu
+  - name: spot
+  - name: big
+  - name: bogus
+  - name: dedicated
+providers:
+  - name: {PROVIDER}
+    driver: aws
+    region-name: us-west-2
+    rate: 100
+{provider_extra}
+    cloud-images:
+      - name: ubuntu
+        username: ubuntu
+        image-filters:
+          - name: name
+            values: ["*ubuntu*"]
+    pools:
+      - name: main
+        host-key-checking: false
+{pool_extra}
+        labels:
+{labels}
+"#
+    )
+}
+
+const UBUNTU: &str = r#"
+          - name: ubuntu
+            cloud-image: ubuntu
+            instance-type: t3.medium
+            key-name: zuul
+"#;
+
+fn simple() -> String {
+    yaml(UBUNTU, "", "")
+}
+
+async fn run_create(
+    provider: &AwsProvider,
+    request: LaunchRequest,
+    attrs: Option<Value>,
+) -> Result<Instance, ProviderError> {
+    let mut m = provider.create_for_request(request, attrs);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match m.step().await? {
+            Step::Done(i) => return Ok(i),
+            Step::Pending(d) => {
+                assert!(Instant::now() < deadline, "create stuck in {}", m.state());
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+async fn run_delete(provider: &AwsProvider, id: &Value) -> Result<(), ProviderError> {
+    let mut m = provider.delete(id);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match m.step().await? {
+            Step::Done(()) => return Ok(()),
+            Step::Pending(d) => {
+                assert!(Instant::now() < deadline, "delete stuck");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+fn request(node: &str, label: &str) -> LaunchRequest {
+    LaunchRequest::new(node, PROVIDER, "main", label)
+}
+
+async fn describe(env: &TestEnv, instance_id: &str) -> aws_sdk_ec2::types::Instance {
+    let r = env.ec2().describe_instances().instance_ids(instance_id).send().await.unwrap();
+    r.reservations()[0].instances()[0].clone()
+}
+
+fn instance_id(i: &Instance) -> String {
+    ExternalId::parse(&i.external_id).instance.expect("instance id")
+}
+
+#[tokio::test]
+async fn launch_ready_tags_and_delete() {
+    let env = TestEnv::new().await;
+    let p = env.provider(&simple(), PROVIDER).await;
+    let inst = run_create(&p, request("0000000001", "ubuntu"), None).await.unwrap();
+    let id = instance_id(&inst);
+    assert!(id.starts_with("i-"));
+    assert_eq!(inst.external_id, json!({"instance": id}));
+    assert!(inst.interface_ip.is_some());
+    assert_eq!(inst.interface_ip, inst.public_ipv4);
+    assert!(inst.private_ipv4.is_some());
+    assert_eq!(inst.region.as_deref(), Some("us-west-2"));
+    assert_eq!(inst.cloud.as_deref(), Some("AWS"));
+    assert!(inst.az.as_deref().unwrap_or("").starts_with("us-west-2"));
+    assert!(inst.host_keys.is_empty(), "host-key-checking is off: no keys");
+    assert_eq!(inst.node_properties, Some(json!({"fleet": false, "spot": false})));
+    assert_eq!(inst.metadata["nodepool_node_id"], "0000000001");
+    assert_eq!(inst.metadata["nodepool_pool_name"], "main");
+    assert_eq!(inst.metadata["nodepool_provider_name"], PROVIDER);
+    assert_eq!(inst.metadata["Name"], "np0000000001");
+
+    // Volumes carry the same tags; the root volume goes with the instance.
+    let ec2 = env.ec2();
+    let vols = ec2
+        .describe_volumes()
+        .filters(Filter::builder().name("attachment.instance-id").values(&id).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(!vols.volumes().is_empty());
+    for v in vols.volumes() {
+        let tags = np_driver_aws::tag_map(v.tags());
+        assert_eq!(tags["nodepool_node_id"], "0000000001");
+        assert_eq!(tags["Name"], "np0000000001");
+    }
+    let d = describe(&env, &id).await;
+    assert_eq!(d.instance_type().map(|t| t.as_str()), Some("t3.medium"));
+    assert_eq!(d.key_name(), Some("zuul"));
+
+    run_delete(&p, &inst.external_id).await.unwrap();
+    let d = describe(&env, &id).await;
+    assert_eq!(d.state().and_then(|s| s.name()).map(|s| s.as_str()), Some("terminated"));
+    // Deleting again (already gone) is fine, and so is an old string id.
+    run_delete(&p, &inst.external_id).await.unwrap();
+    run_delete(&p, &json!(id)).await.unwrap();
+    run_delete(&p, &json!({"instance": "i-0123456789abcdef0"})).await.unwrap();
+}
+
+#[tokio::test]
+async fn run_instances_options_spot_imdsv2_volume_userdata_dynamic_tags() {
+    let env = TestEnv::new().await;
+    let labels = r##"
+          - name: spot
+            cloud-image: ubuntu
+            instance-type: t3.large
+            key-name: zuul
+            use-spot: true
+            imdsv2: required
+            ebs-optimized: true
+            volume-type: gp3
+            volume-size: 40
+            throughput: 200
+            userdata: "#!/bin/sh\necho hi\n"
+            iam-instance-profile:
+              arn: arn:aws:iam::123456789012:instance-profile/nodepool
+            tags:
+              team: ci
+              Name: overridden
+            dynamic-tags:
+              request: "{request.id}"
+              owner: "{request.tenant_name}-{request.requestor}"
+              broken: "{request.secret}"
+"##;
+    let p = env.provider(&yaml(labels, "", ""), PROVIDER).await;
+    let attrs = json!({"id": "200-0000000042", "requestor": "zuul", "tenant_name": "openstack"});
+    let inst = run_create(&p, request("0000000002", "spot"), Some(attrs)).await.unwrap();
+    assert_eq!(inst.node_properties, Some(json!({"fleet": false, "spot": true})));
+    let id = instance_id(&inst);
+    let d = describe(&env, &id).await;
+    assert_eq!(d.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    let md = d.metadata_options().expect("metadata options");
+    assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(d.ebs_optimized(), Some(true));
+    assert_eq!(
+        d.iam_instance_profile().and_then(|p| p.arn()),
+        Some("arn:aws:iam::123456789012:instance-profile/nodepool")
+    );
+    let tags = np_driver_aws::tag_map(d.tags());
+    assert_eq!(tags["team"], "ci");
+    assert_eq!(tags["Name"], "np0000000002", "Name always wins");
+    assert_eq!(tags["request"], "200-0000000042");
+    assert_eq!(tags["owner"], "openstack-zuul");
+    assert!(!tags.contains_key("broken"), "unformattable dynamic tag is skipped");
+
+    let vol_id = d.block_device_mappings()[0].ebs().unwrap().volume_id().unwrap().to_owned();
+    let v = env.ec2().describe_volumes().volume_ids(&vol_id).send().await.unwrap();
+    let v = &v.volumes()[0];
+    assert_eq!(v.size(), Some(40));
+    assert_eq!(v.volume_type().map(|t| t.as_str()), Some("gp3"));
+    assert_eq!(np_driver_aws::tag_map(v.tags())["owner"], "openstack-zuul");
+
+    let ud = env
+        .ec2()
+        .describe_instance_attribute()
+        .instance_id(&id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let encoded = ud.user_data().and_then(|u| u.value()).unwrap_or_default();
+    let decoded = aws_smithy_types::base64::decode(encoded).unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), "#!/bin/sh\necho hi\n");
+    run_delete(&p, &inst.external_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_shared_listing_and_batched_terminate() {
+    let env = TestEnv::new().await;
+    let p = env.provider(&simple(), PROVIDER).await;
+    let before = p.stats();
+    let creates = (1..=4).map(|n| run_create(&p, request(&format!("000000001{n}"), "ubuntu"), None));
+    let instances: Vec<Instance> = futures_join(creates).await.into_iter().map(Result::unwrap).collect();
+    let after = p.stats();
+    assert_eq!(after.run_instances - before.run_instances, 4);
+    // Four machines polled every 100 ms; the listing refreshes at most once
+    // per 300 ms TTL, never once per machine and poll.
+    let listings = after.instance_listings - before.instance_listings;
+    assert!(listings >= 1 && listings <= 12, "listings: {listings}");
+
+    let t0 = p.stats().terminate_calls;
+    let deletes = instances.iter().map(|i| run_delete(&p, &i.external_id));
+    for r in futures_join(deletes).await {
+        r.unwrap();
+    }
+    assert_eq!(p.stats().terminate_calls - t0, 1, "one TerminateInstances for four deletes");
+    for i in &instances {
+        let d = describe(&env, &instance_id(i)).await;
+        assert_eq!(d.state().and_then(|s| s.name()).map(|s| s.as_str()), Some("terminated"));
+    }
+}
+
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(f);
+    }
+    let mut out = Vec::new();
+    // Poll all at once: join by pinning into a simple select loop.
+    let mut pinned: Vec<_> = set.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    for r in results {
+        out.push(r.expect("completed"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn leaked_instances_and_volumes_are_listed_and_deleted() {
+    let env = TestEnv::new().await;
+    let p = env.provider(&simple(), PROVIDER).await;
+    let ec2 = env.ec2();
+    let tags = |provider: &str, node: &str| {
+        vec![
+            Tag::builder().key("nodepool_provider_name").value(provider).build(),
+            Tag::builder().key("nodepool_pool_name").value("main").build(),
+            Tag::builder().key("nodepool_node_id").value(node).build(),
+        ]
+    };
+    let ami = ec2
+        .describe_images()
+        .filters(Filter::builder().name("name").values("*ubuntu*").build())
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_owned();
+    let plant = |provider: &'static str, node: &'static str| {
+        let ec2 = ec2.clone();
+        let ami = ami.clone();
+        let t = tags(provider, node);
+        async move {
+            ec2.run_instances()
+                .image_id(ami)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Instance)
+                        .set_tags(Some(t))
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap()
+                .instances()[0]
+                .instance_id()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let leaked = plant(PROVIDER, "0000000042").await;
+    let foreign = plant("someone-else", "0000000043").await;
+    let vol = ec2
+        .create_volume()
+        .availability_zone("us-west-2a")
+        .size(8)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Volume)
+                .set_tags(Some(tags(PROVIDER, "0000000042")))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_owned();
+
+    let listed = p.list_instances().await.unwrap();
+    let ids: Vec<ExternalId> = listed.iter().map(|i| ExternalId::parse(&i.external_id)).collect();
+    assert!(ids.iter().any(|i| i.instance.as_deref() == Some(leaked.as_str())));
+    assert!(ids.iter().any(|i| i.volume.as_deref() == Some(vol.as_str())));
+    assert!(!ids.iter().any(|i| i.instance.as_deref() == Some(foreign.as_str())), "not ours");
+    for i in &listed {
+        assert_eq!(i.metadata["nodepool_provider_name"], PROVIDER);
+        assert_eq!(i.metadata["nodepool_node_id"], "0000000042");
+    }
+
+    for i in &listed {
+        run_delete(&p, &i.external_id).await.unwrap();
+    }
+    p.invalidate_caches().await;
+    assert!(p.list_instances().await.unwrap().is_empty());
+    let d = describe(&env, &foreign).await;
+    assert_eq!(d.state().and_then(|s| s.name()).map(|s| s.as_str()), Some("running"));
+    let vols = ec2.describe_volumes().send().await.unwrap();
+    assert!(!vols.volumes().iter().any(|v| v.volume_id() == Some(vol.as_str())));
+}
+
+#[tokio::test]
+async fn quota_from_instance_types_and_service_quotas() {
+    let env = TestEnv::new().await;
+    let labels = r#"
+          - name: ubuntu
+            cloud-image: ubuntu
+            instance-type: t3.medium
+            key-name: zuul
+          - name: spot
+            cloud-image: ubuntu
+            instance-type: t3.large
+            key-name: zuul
+            use-spot: true
+          - name: big
+            cloud-image: ubuntu
+            instance-type: p3.2xlarge
+            key-name: zuul
+            volume-type: gp3
+            volume-size: 100
+"#;
+    env.quotas
+        .set("ec2", &[("L-1216C47A", 4.0), ("L-34B43A08", 8.0), ("L-417A185B", 16.0), ("L-UNUSED", 1.0)]);
+    env.quotas.set("ebs", &[("L-7A658B76", 1.5)]);
+    let p = env
+        .provider(
+            &yaml(labels, "        max-cores: 10\n        max-resources:\n          L-1216C47A: 6\n", ""),
+            PROVIDER,
+        )
+        .await;
+
+    let q = p.quota_for_label("ubuntu");
+    assert_eq!((q.get("cores"), q.get("ram"), q.get("instances")), (1.0, 4096.0, 1.0));
+    assert_eq!(q.get("L-1216C47A"), 2.0, "t3.medium: 2 vCPUs on the on-demand standard code");
+    let s = p.quota_for_label("spot");
+    assert_eq!(s.get("L-34B43A08"), 2.0, "spot code");
+    assert_eq!(s.get("L-1216C47A"), 0.0);
+    let b = p.quota_for_label("big");
+    assert_eq!(b.get("L-417A185B"), 8.0, "p3.2xlarge: 8 vCPUs on the P code");
+    assert_eq!(b.get("L-7A658B76"), 100.0, "gp3 storage GiB");
+
+    let limits = p.quota_limits().await.unwrap();
+    assert_eq!(limits.get("L-1216C47A"), 4.0);
+    assert_eq!(limits.get("L-34B43A08"), 8.0);
+    assert_eq!(limits.get("L-417A185B"), 16.0);
+    assert_eq!(limits.get("L-7A658B76"), 1500.0, "TiB limit in GiB");
+    assert!(limits.get("L-UNUSED").is_infinite(), "only codes the labels use");
+    assert!(limits.get("cores").is_infinite());
+
+    // Two t3.medium fit the on-demand limit of 4 vCPUs; a third does not.
+    let mut left = limits.clone();
+    left.subtract(&q).subtract(&q);
+    assert!(left.non_negative());
+    left.subtract(&q);
+    assert!(!left.non_negative());
+
+    // Service Quotas is read once per cache period.
+    let calls = env.quotas.calls.load(std::sync::atomic::Ordering::Relaxed);
+    p.quota_limits().await.unwrap();
+    assert_eq!(env.quotas.calls.load(std::sync::atomic::Ordering::Relaxed), calls);
+
+    // Pool limits for the launcher come from the configuration.
+    let pools = pool_infos(p.config());
+    assert_eq!(pools[0].limits.get("cores"), 10.0);
+    assert_eq!(pools[0].limits.get("L-1216C47A"), 6.0);
+    assert!(pools[0].limits.get("ram").is_infinite());
+    assert_eq!(pools[0].labels, vec!["ubuntu", "spot", "big"]);
+}
+
+#[tokio::test]
+async fn invalid_instance_type_disables_the_label() {
+    let env = TestEnv::new().await;
+    let labels = r#"
+          - name: ubuntu
+            cloud-image: ubuntu
+            instance-type: t3.medium
+            key-name: zuul
+          - name: bogus
+            cloud-image: ubuntu
+            instance-type: bogus.large
+            key-name: zuul
+"#;
+    let p = env.provider(&yaml(labels, "", ""), PROVIDER).await;
+    let why = p.label_disabled("bogus").expect("disabled");
+    assert!(why.contains("InvalidInstanceType"), "{why}");
+    assert!(p.label_disabled("ubuntu").is_none());
+    let err = run_create(&p, request("0000000005", "bogus"), None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Fatal(ref m) if m.contains("disabled")), "{err:?}");
+    assert_eq!(p.stats().run_instances, 0);
+}
+
+#[tokio::test]
+async fn cloud_errors_are_classified() {
+    let env = TestEnv::new().await;
+    let p = env.provider(&simple(), PROVIDER).await;
+    for (code, check) in [
+        (
+            "VolumeLimitExceeded",
+            (|e: &ProviderError| matches!(e, ProviderError::Quota(_))) as fn(&ProviderError) -> bool,
+        ),
+        ("InsufficientInstanceCapacity", |e| matches!(e, ProviderError::Capacity(_))),
+        ("RequestLimitExceeded", |e| matches!(e, ProviderError::Transient(_))),
+        ("InvalidAMIID.Malformed", |e| matches!(e, ProviderError::Fatal(_))),
+    ] {
+        env.faults.arm("RunInstances", code, 1);
+        let mut m = p.create(request("0000000007", "ubuntu"));
+        let err = m.step().await.unwrap_err();
+        assert!(check(&err), "{code}: {err:?}");
+        assert!(err.to_string().contains(code));
+        assert!(m.external_id().is_none(), "nothing was created");
+    }
+    // Nothing was created by the failed calls.
+    let r = env.ec2().describe_instances().send().await.unwrap();
+    assert!(r.reservations().is_empty());
+    // The launch works once the faults are used up.
+    let inst = run_create(&p, request("0000000008", "ubuntu"), None).await.unwrap();
+    run_delete(&p, &inst.external_id).await.unwrap();
+    // A failed terminate surfaces as an error of the delete.
+    let inst = run_create(&p, request("0000000009", "ubuntu"), None).await.unwrap();
+    env.faults.arm("TerminateInstances", "InternalError", 1);
+    let err = run_delete(&p, &inst.external_id).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+    run_delete(&p, &inst.external_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn throttling_backs_off_and_rate_is_enforced() {
+    let env = TestEnv::new().await;
+    let p = env.provider(&yaml(UBUNTU, "", "    rate: 5\n").replace("    rate: 100\n", ""), PROVIDER).await;
+    // Mutating calls are spaced 200 ms apart at rate 5.
+    let start = Instant::now();
+    let a = run_create(&p, request("0000000020", "ubuntu"), None).await.unwrap();
+    let b = run_create(&p, request("0000000021", "ubuntu"), None).await.unwrap();
+    let c = run_create(&p, request("0000000022", "ubuntu"), None).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
+    // Throttling: classified transient and the next call waits longer.
+    env.faults.arm("RunInstances", "RequestLimitExceeded", 1);
+    let err = run_create(&p, request("0000000023", "ubuntu"), None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Transient(_)));
+    let t = Instant::now();
+    let d = run_create(&p, request("0000000024", "ubuntu"), None).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(600), "200 ms spacing + 500 ms penalty: {:?}", t.elapsed());
+    for i in [a, b, c, d] {
+        run_delete(&p, &i.external_id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dedicated_host_launch_and_release() {
+    let env = TestEnv::new().await;
+    let labels = r#"
+          - name: dedicated
+            cloud-image: ubuntu
+            instance-type: m5.large
+            key-name: zuul
+            dedicated-host: true
+"#;
+    env.quotas.set("ec2", &[("L-8B7BF662", 2.0)]);
+    let p = env.provider(&yaml(labels, "        availability-zone: us-west-2b\n", ""), PROVIDER).await;
+    let q = p.quota_for_label("dedicated");
+    assert_eq!((q.get("instances"), q.get("L-8B7BF662")), (1.0, 1.0));
+    assert_eq!(p.quota_limits().await.unwrap().get("L-8B7BF662"), 2.0);
+
+    let inst = run_create(&p, request("0000000030", "dedicated"), None).await.unwrap();
+    let id = ExternalId::parse(&inst.external_id);
+    let host = id.host.clone().expect("host id");
+    let d = describe(&env, id.instance.as_deref().unwrap()).await;
+    assert_eq!(d.placement().and_then(|p| p.host_id()), Some(host.as_str()));
+    assert_eq!(d.placement().and_then(|p| p.availability_zone()), Some("us-west-2b"));
+    let h = env.ec2().describe_hosts().host_ids(&host).send().await.unwrap();
+    let tags = np_driver_aws::tag_map(h.hosts()[0].tags());
+    assert_eq!(tags["nodepool_node_id"], "0000000030");
+
+    run_delete(&p, &inst.external_id).await.unwrap();
+    let h = env.ec2().describe_hosts().host_ids(&host).send().await.unwrap();
+    let state = h.hosts().first().and_then(|h| h.state()).map(|s| s.as_str().to_owned());
+    assert!(state.is_none() || state.as_deref() == Some("released"), "{state:?}");
+
+    // A host limit on allocation is a quota error, before anything exists.
+    env.faults.arm("AllocateHosts", "HostLimitExceeded", 1);
+    let mut m = p.create(request("0000000031", "dedicated"));
+    assert!(matches!(m.step().await.unwrap_err(), ProviderError::Quota(_)));
+    assert!(m.external_id().is_none());
+}
+
+#[tokio::test]
+async fn new_with_endpoint_override_and_standard_credentials() {
+    let env = TestEnv::new().await;
+    // SAFETY-free: plain environment for the standard credential chain.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    std::env::set_var("AWS_CONFIG_FILE", "/nonexistent");
+    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    let cfg = support::aws_config(&simple(), PROVIDER);
+    let p = AwsProvider::new(PROVIDER, &cfg, Some(env.moto.endpoint.clone())).await.unwrap();
+    assert_eq!(p.quota_for_label("ubuntu").get("cores"), 1.0, "instance types read at construction");
+    let mut m = p.create(request("0000000040", "ubuntu"));
+    // Step until the instance id is known (the default poll is slow).
+    let mut id = None;
+    for _ in 0..3 {
+        let _ = m.step().await.unwrap();
+        if let Some(x) = m.external_id() {
+            id = Some(x);
+            break;
+        }
+    }
+    let id = id.expect("instance created");
+    let d = describe(&env, ExternalId::parse(&id).instance.as_deref().unwrap()).await;
+    assert_eq!(np_driver_aws::tag_map(d.tags())["Name"], "np0000000040");
+}

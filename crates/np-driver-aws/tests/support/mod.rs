@@ -1,0 +1,354 @@
+//! Test support: a moto server on loopback, a Service Quotas stub, and a
+//! fault injector for the errors moto cannot produce.
+//!
+//! * [`moto`] starts one `moto` server per test process from the repository
+//!   venv (`.venv`, made by `tools/setup.sh`) on a free 127.0.0.1 port. The
+//!   server exits when the test process does (it watches its stdin).
+//! * [`TestEnv::new`] serialises the tests of a process (they share the
+//!   server), resets moto (`POST /moto-api/reset`) and starts a Service Quotas
+//!   stub (`ServiceQuotas.ListServiceQuotas`, which moto answers with 500).
+//! * [`Faults`] is an SDK interceptor: an armed fault replaces one operation's
+//!   request by a harmless `DescribeAvailabilityZones` (so moto changes
+//!   nothing) and its answer by an EC2 error with the chosen code.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_ec2 as ec2;
+use aws_sdk_ec2::config::interceptors::{
+    BeforeDeserializationInterceptorContextMut, BeforeTransmitInterceptorContextMut,
+};
+use aws_sdk_ec2::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents};
+use aws_sdk_servicequotas as sq;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+use np_driver_aws::{AwsClients, AwsProvider, AwsSettings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const REGION: &str = "us-west-2";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The moto server of this test process.
+pub struct Moto {
+    pub endpoint: String,
+    pub port: u16,
+    _child: Mutex<Child>,
+}
+
+/// Starts (once) and returns the moto server.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let venv =
+            std::env::var_os("NODEPOOL_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"));
+        let python = venv.join("bin/python");
+        let moto_ok = venv.join("bin/moto_server").exists()
+            && Command::new(&python)
+                .args(["-c", "import moto.server, flask, werkzeug"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        assert!(
+            moto_ok,
+            "moto is not installed in the venv at {}: tools/setup.sh must install moto[server]",
+            venv.display()
+        );
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_server.py");
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let stdout = child.stdout.take().expect("moto stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read moto port");
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("moto did not start: {line:?}"));
+        Moto { endpoint: format!("http://127.0.0.1:{port}"), port, _child: Mutex::new(child) }
+    })
+}
+
+async fn http(port: u16, method: &str, path: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// One test's environment.
+pub struct TestEnv {
+    pub moto: &'static Moto,
+    pub quotas: QuotaStub,
+    pub faults: Faults,
+    _guard: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let guard = LOCK.lock().await;
+        let moto = tokio::task::spawn_blocking(moto).await.unwrap();
+        assert_eq!(http(moto.port, "POST", "/moto-api/reset").await, 200, "moto reset");
+        TestEnv { moto, quotas: QuotaStub::start().await, faults: Faults::default(), _guard: guard }
+    }
+
+    /// Raw EC2 client on moto (no faults), for planting and checking.
+    pub fn ec2(&self) -> ec2::Client {
+        ec2::Client::from_conf(
+            ec2::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(REGION))
+                .endpoint_url(&self.moto.endpoint)
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+                .build(),
+        )
+    }
+
+    /// Clients for a provider: EC2 on moto with the fault injector, Service
+    /// Quotas on the stub; SDK retries off so injected faults reach the driver.
+    pub fn clients(&self) -> AwsClients {
+        let creds = Credentials::new("testing", "testing", None, None, "test");
+        let ec2 = ec2::Client::from_conf(
+            ec2::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(REGION))
+                .endpoint_url(&self.moto.endpoint)
+                .credentials_provider(creds.clone())
+                .retry_config(ec2::config::retry::RetryConfig::disabled())
+                .interceptor(self.faults.clone())
+                .build(),
+        );
+        let quotas = sq::Client::from_conf(
+            sq::Config::builder()
+                .behavior_version(sq::config::BehaviorVersion::latest())
+                .region(sq::config::Region::new(REGION))
+                .endpoint_url(&self.quotas.endpoint)
+                .credentials_provider(creds)
+                .retry_config(sq::config::retry::RetryConfig::disabled())
+                .build(),
+        );
+        AwsClients { ec2, quotas }
+    }
+
+    /// Fast settings for tests.
+    pub fn settings() -> AwsSettings {
+        AwsSettings {
+            cache_ttl: Duration::from_millis(300),
+            quota_cache_ttl: Duration::from_secs(300),
+            image_cache_ttl: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(100),
+            terminate_batch_window: Duration::from_millis(200),
+            service_quotas: true,
+        }
+    }
+
+    /// A provider named `name` from a `nodepool.yaml` text.
+    pub async fn provider(&self, yaml: &str, name: &str) -> AwsProvider {
+        let cfg = aws_config(yaml, name);
+        AwsProvider::with_clients(name, &cfg, self.clients(), Self::settings()).await.unwrap()
+    }
+}
+
+/// The AWS provider `name` of a `nodepool.yaml` text.
+pub fn aws_config(yaml: &str, name: &str) -> np_config::AwsProvider {
+    let config = np_config::load_str(yaml, "nodepool.yaml").unwrap_or_else(|e| panic!("config: {e}"));
+    let p = config.providers.iter().find(|p| p.name == name).expect("provider");
+    match &p.driver {
+        np_config::ProviderDriver::Aws(a) => a.clone(),
+        _ => panic!("not aws"),
+    }
+}
+
+/// A loopback stub of Service Quotas `ListServiceQuotas`.
+pub struct QuotaStub {
+    pub endpoint: String,
+    pub quotas: Arc<Mutex<HashMap<String, HashMap<String, f64>>>>,
+    pub calls: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QuotaStub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl QuotaStub {
+    async fn start() -> QuotaStub {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let quotas: Arc<Mutex<HashMap<String, HashMap<String, f64>>>> = Arc::default();
+        let calls = Arc::new(AtomicU64::new(0));
+        let (q, c) = (quotas.clone(), calls.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (q, c) = (q.clone(), c.clone());
+                tokio::spawn(async move {
+                    let _ = serve_quotas(stream, q, c).await;
+                });
+            }
+        });
+        QuotaStub { endpoint: format!("http://127.0.0.1:{port}"), quotas, calls, task }
+    }
+
+    /// Sets the quotas of `service` (`ec2`, `ebs`).
+    pub fn set(&self, service: &str, values: &[(&str, f64)]) {
+        self.quotas
+            .lock()
+            .unwrap()
+            .insert(service.into(), values.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+    }
+}
+
+async fn serve_quotas(
+    mut stream: TcpStream,
+    quotas: Arc<Mutex<HashMap<String, HashMap<String, f64>>>>,
+    calls: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // One request: headers, then Content-Length bytes of JSON.
+        let header_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < header_end + len {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&buf[header_end..header_end + len]).unwrap_or_default();
+        buf.drain(..header_end + len);
+        calls.fetch_add(1, Ordering::Relaxed);
+        let (status, reply) = if head.contains("servicequotas.listservicequotas") {
+            let service = body.get("ServiceCode").and_then(|s| s.as_str()).unwrap_or("").to_owned();
+            let map = quotas.lock().unwrap().get(&service).cloned().unwrap_or_default();
+            let list: Vec<serde_json::Value> = map
+                .iter()
+                .map(|(k, v)| serde_json::json!({"ServiceCode": service, "QuotaCode": k, "Value": v}))
+                .collect();
+            (200, serde_json::json!({"Quotas": list}))
+        } else {
+            (400, serde_json::json!({"__type": "InvalidParameterValueException", "message": "stub"}))
+        };
+        let text = reply.to_string();
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        stream.write_all(resp.as_bytes()).await?;
+    }
+}
+
+/// An armed fault: the next `count` calls of `operation` fail with `code`.
+#[derive(Debug, Clone)]
+struct Fault {
+    operation: String,
+    code: String,
+    count: u32,
+}
+
+#[derive(Debug, Clone)]
+struct FaultHit(String);
+
+impl Storable for FaultHit {
+    type Storer = StoreReplace<Self>;
+}
+
+/// SDK interceptor injecting EC2 error codes.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    armed: Arc<Mutex<Vec<Fault>>>,
+    pub hits: Arc<AtomicU64>,
+}
+
+impl Faults {
+    /// The next `count` calls of `operation` (e.g. `RunInstances`) fail with `code`.
+    pub fn arm(&self, operation: &str, code: &str, count: u32) {
+        self.armed.lock().unwrap().push(Fault { operation: operation.into(), code: code.into(), count });
+    }
+}
+
+impl Intercept for Faults {
+    fn name(&self) -> &'static str {
+        "FaultInjector"
+    }
+
+    fn modify_before_transmit(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(op) = cfg.load::<Metadata>().map(|m| m.name().to_owned()) else { return Ok(()) };
+        let mut armed = self.armed.lock().unwrap();
+        let Some(f) = armed.iter_mut().find(|f| f.operation == op && f.count > 0) else { return Ok(()) };
+        f.count -= 1;
+        let code = f.code.clone();
+        drop(armed);
+        // Send something harmless instead, so moto changes nothing.
+        let body = "Action=DescribeAvailabilityZones&Version=2016-11-15";
+        let req = context.request_mut();
+        *req.body_mut() = SdkBody::from(body);
+        req.headers_mut().insert("content-length", body.len().to_string());
+        cfg.interceptor_state().store_put(FaultHit(code));
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(FaultHit(code)) = cfg.load::<FaultHit>().cloned() else { return Ok(()) };
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+             <Message>injected {code}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+        );
+        let resp = context.response_mut();
+        *resp.status_mut() = 400u16.try_into().map_err(|e| format!("{e:?}"))?;
+        resp.headers_mut().insert("content-length", xml.len().to_string());
+        *resp.body_mut() = SdkBody::from(xml);
+        Ok(())
+    }
+}
