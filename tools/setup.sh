@@ -3,8 +3,8 @@
 # Debian 12 machine:
 #   * Debian packages: zookeeper (3.8, with a JRE), openssl, openssh-server,
 #     netcat-openbsd (apt is skipped when they are all installed already);
-#   * a Python venv at ${NP_VENV:-<repo>/.venv} with kazoo, nodepool==11.0.0
-#     and cachetools (pip is skipped when the right versions are present).
+#   * a Python venv at ${NP_VENV:-<repo>/.venv} with kazoo, nodepool==11.0.0,
+#     cachetools and moto[server] (the EC2 API server of the AWS driver tests) (pip is skipped when the right versions are present).
 #
 # Output is kept short: the details go to <repo>/.test-env/setup.log, whose
 # tail is printed when a step fails.
@@ -14,7 +14,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${NP_VENV:-$REPO/.venv}"
 NODEPOOL_VERSION="11.0.0"
 APT_PACKAGES=(zookeeper openssl openssh-server netcat-openbsd)
-PIP_PACKAGES=(kazoo "nodepool==$NODEPOOL_VERSION" cachetools)
+PIP_PACKAGES=(kazoo "nodepool==$NODEPOOL_VERSION" cachetools "moto[server]")
 
 STATE_DIR="$REPO/.test-env"
 mkdir -p "$STATE_DIR"
@@ -96,13 +96,15 @@ from importlib.metadata import version
 assert version("nodepool") == sys.argv[1]
 version("kazoo")
 version("cachetools")
+version("moto")
 import kazoo.recipe.lock  # noqa: F401
+import moto.server  # noqa: F401
 import nodepool.zk.zookeeper  # noqa: F401
 EOF
 }
 
 if ! venv_ok; then
-    say "setting up the Python venv at $VENV (kazoo, nodepool==$NODEPOOL_VERSION, cachetools)"
+    say "setting up the Python venv at $VENV (kazoo, nodepool==$NODEPOOL_VERSION, cachetools, moto[server])"
     start=$SECONDS
     if [ ! -x "$VENV/bin/python" ]; then
         run python3 -m venv "$VENV"
