@@ -1,0 +1,133 @@
+//! Our launcher and Python Nodepool 11's launcher on one ZooKeeper, as during
+//! a migration: each serves its own labels, neither declines what the other
+//! can serve, and a request nobody can serve fails only once both declined.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use np_core::{NodeRequest, RequestState};
+use np_driver_fake::{FakeCloud, FakeSettings};
+use np_launcher::launcher::build_providers;
+use np_launcher::Launcher;
+use np_testing::{env, eventually, TestZk};
+
+struct PyLauncher(Child);
+
+impl Drop for PyLauncher {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn zk_block(chroot: &str) -> String {
+    let port = env("NP_ZK_TLS_HOSTS").rsplit(':').next().unwrap().to_owned();
+    format!(
+        "zookeeper-servers:\n  - host: 127.0.0.1\n    port: {port}\n    chroot: {chroot}\nzookeeper-tls:\n  ca: {}\n  cert: {}\n  key: {}\n",
+        env("NP_ZK_TLS_CA"),
+        env("NP_ZK_TLS_CERT"),
+        env("NP_ZK_TLS_KEY")
+    )
+}
+
+fn fake_provider(name: &str, label: &str) -> String {
+    format!(
+        "labels:\n  - name: {label}\nproviders:\n  - name: {name}\n    driver: fake\n    cloud: fake\n    region-name: fake-region\n    rate: 0.0001\n    cloud-images:\n      - name: fake-image\n        image-name: Fake Precise\n    pools:\n      - name: main\n        max-servers: 5\n        host-key-checking: false\n        labels:\n          - name: {label}\n            cloud-image: fake-image\n            flavor-name: Fake Flavor\n"
+    )
+}
+
+fn start_python(chroot: &str, dir: &std::path::Path) -> PyLauncher {
+    let python = env("NP_PYTHON");
+    let bin = std::path::Path::new(&python).with_file_name("nodepool-launcher");
+    let config = dir.join("python.yaml");
+    std::fs::write(&config, format!("{}{}", zk_block(chroot), fake_provider("py-provider", "py-label")))
+        .unwrap();
+    let clouds = dir.join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        "clouds:\n  fake:\n    auth:\n      username: fake\n      password: fake\n      project_id: fake\n      auth_url: fake\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("python-launcher.log")).unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&config)
+        .arg("-f")
+        .arg("--no-webapp")
+        .env("OS_CLIENT_CONFIG_FILE", &clouds)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    PyLauncher(child)
+}
+
+async fn wait_state(t: &TestZk, id: &str, state: RequestState, secs: u64) -> bool {
+    eventually(Duration::from_secs(secs), || async {
+        t.zk.get_request(id).await.unwrap().is_some_and(|(r, _)| r.state == state)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_and_python_launchers_share_one_zookeeper() {
+    let t = TestZk::new_tls().await;
+    let dir = std::env::temp_dir().join(format!("np-py-peer-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _python = start_python(&t.chroot, &dir);
+
+    let ours = np_config::load_str(
+        &format!("{}{}", zk_block(&t.chroot), fake_provider("rs-provider", "rs-label")),
+        "rs.yaml",
+    )
+    .unwrap();
+    let clouds =
+        HashMap::from([("rs-provider".to_owned(), FakeCloud::new("rs-provider", FakeSettings::default()))]);
+    let launcher =
+        Launcher::start(&ours, t.zk.clone(), build_providers(&ours, &clouds).unwrap()).await.unwrap();
+
+    // Both pools registered (Python's takes a few seconds to start).
+    assert!(
+        eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await,
+        "python launcher did not register; see {}",
+        dir.join("python-launcher.log").display()
+    );
+
+    let submit = |labels: &[&str]| {
+        let labels: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        let zk = t.zk.clone();
+        async move {
+            let mut r = NodeRequest::new(labels);
+            zk.create_request(&mut r, 200, false).await.unwrap();
+            r.id
+        }
+    };
+    let py_req = submit(&["py-label"]).await;
+    let rs_req = submit(&["rs-label"]).await;
+    let nobody = submit(&["no-such-label"]).await;
+
+    assert!(wait_state(&t, &rs_req, RequestState::Fulfilled, 20).await);
+    assert!(wait_state(&t, &py_req, RequestState::Fulfilled, 60).await, "python fulfils its label");
+    for (id, provider) in [(&py_req, "py-provider"), (&rs_req, "rs-provider")] {
+        let (r, _) = t.zk.get_request(id).await.unwrap().unwrap();
+        assert!(r.declined_by.is_empty(), "{id} was declined by {:?}", r.declined_by);
+        let (node, _) = t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap();
+        assert_eq!(node.provider.as_deref(), Some(provider));
+    }
+    assert!(wait_state(&t, &nobody, RequestState::Failed, 60).await, "failed once both declined");
+    let (r, _) = t.zk.get_request(&nobody).await.unwrap().unwrap();
+    assert_eq!(r.declined_by.len(), 2, "{:?}", r.declined_by);
+    assert!(r.declined_by.iter().any(|d| d.contains("PoolWorker.py-provider-main-")));
+    assert!(r.declined_by.iter().any(|d| d.contains("PoolWorker.rs-provider-main-")));
+    launcher.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
