@@ -22,7 +22,7 @@ pub const BASE_PENALTY: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
-    next: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
     throttled: AtomicU32,
     calls: AtomicU64,
 }
@@ -35,7 +35,7 @@ impl RateLimiter {
             if rate.is_finite() && rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO };
         RateLimiter {
             interval,
-            next: Mutex::new(None),
+            last: Mutex::new(None),
             throttled: AtomicU32::new(0),
             calls: AtomicU64::new(0),
         }
@@ -56,14 +56,16 @@ impl RateLimiter {
 
     /// Waits for this caller's turn.
     pub async fn acquire(&self) {
-        let mut next = self.next.lock().await;
-        let now = Instant::now();
-        if let Some(at) = *next {
-            if at > now {
+        let mut last = self.last.lock().await;
+        if let Some(at) = *last {
+            // The penalty is read now, so a throttling answer to the
+            // previous call already counts.
+            let at = at + self.interval + self.penalty();
+            if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
         }
-        *next = Some(Instant::now() + self.interval + self.penalty());
+        *last = Some(Instant::now());
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 

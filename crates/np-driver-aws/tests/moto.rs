@@ -180,6 +180,7 @@ async fn run_instances_options_spot_imdsv2_volume_userdata_dynamic_tags() {
               owner: "{request.tenant_name}-{request.requestor}"
               broken: "{request.secret}"
 "##;
+    env.boto("boto3.client('iam').create_instance_profile(InstanceProfileName='nodepool')");
     let p = env.provider(&yaml(labels, "", ""), PROVIDER).await;
     let attrs = json!({"id": "200-0000000042", "requestor": "zuul", "tenant_name": "openstack"});
     let inst = run_create(&p, request("0000000002", "spot"), Some(attrs)).await.unwrap();
@@ -228,17 +229,18 @@ async fn one_shared_listing_and_batched_terminate() {
     let p = env.provider(&simple(), PROVIDER).await;
     let before = p.stats();
     let creates = (1..=4).map(|n| run_create(&p, request(&format!("000000001{n}"), "ubuntu"), None));
-    let instances: Vec<Instance> = futures_join(creates).await.into_iter().map(Result::unwrap).collect();
+    let instances: Vec<Instance> =
+        futures::future::join_all(creates).await.into_iter().map(Result::unwrap).collect();
     let after = p.stats();
     assert_eq!(after.run_instances - before.run_instances, 4);
     // Four machines polled every 100 ms; the listing refreshes at most once
     // per 300 ms TTL, never once per machine and poll.
     let listings = after.instance_listings - before.instance_listings;
-    assert!(listings >= 1 && listings <= 12, "listings: {listings}");
+    assert!((1..=12).contains(&listings), "listings: {listings}");
 
     let t0 = p.stats().terminate_calls;
     let deletes = instances.iter().map(|i| run_delete(&p, &i.external_id));
-    for r in futures_join(deletes).await {
+    for r in futures::future::join_all(deletes).await {
         r.unwrap();
     }
     assert_eq!(p.stats().terminate_calls - t0, 1, "one TerminateInstances for four deletes");
@@ -246,38 +248,6 @@ async fn one_shared_listing_and_batched_terminate() {
         let d = describe(&env, &instance_id(i)).await;
         assert_eq!(d.state().and_then(|s| s.name()).map(|s| s.as_str()), Some("terminated"));
     }
-}
-
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(f);
-    }
-    let mut out = Vec::new();
-    // Poll all at once: join by pinning into a simple select loop.
-    let mut pinned: Vec<_> = set.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => results[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    for r in results {
-        out.push(r.expect("completed"));
-    }
-    out
 }
 
 #[tokio::test]
@@ -381,13 +351,13 @@ async fn quota_from_instance_types_and_service_quotas() {
             use-spot: true
           - name: big
             cloud-image: ubuntu
-            instance-type: p3.2xlarge
+            instance-type: g4dn.xlarge
             key-name: zuul
             volume-type: gp3
             volume-size: 100
 "#;
     env.quotas
-        .set("ec2", &[("L-1216C47A", 4.0), ("L-34B43A08", 8.0), ("L-417A185B", 16.0), ("L-UNUSED", 1.0)]);
+        .set("ec2", &[("L-1216C47A", 4.0), ("L-34B43A08", 8.0), ("L-DB2E81BA", 16.0), ("L-UNUSED", 1.0)]);
     env.quotas.set("ebs", &[("L-7A658B76", 1.5)]);
     let p = env
         .provider(
@@ -403,13 +373,14 @@ async fn quota_from_instance_types_and_service_quotas() {
     assert_eq!(s.get("L-34B43A08"), 2.0, "spot code");
     assert_eq!(s.get("L-1216C47A"), 0.0);
     let b = p.quota_for_label("big");
-    assert_eq!(b.get("L-417A185B"), 8.0, "p3.2xlarge: 8 vCPUs on the P code");
+    assert_eq!(b.get("L-DB2E81BA"), 4.0, "g4dn.xlarge: 4 vCPUs on the G code");
+    assert_eq!((b.get("cores"), b.get("ram")), (2.0, 16384.0));
     assert_eq!(b.get("L-7A658B76"), 100.0, "gp3 storage GiB");
 
     let limits = p.quota_limits().await.unwrap();
     assert_eq!(limits.get("L-1216C47A"), 4.0);
     assert_eq!(limits.get("L-34B43A08"), 8.0);
-    assert_eq!(limits.get("L-417A185B"), 16.0);
+    assert_eq!(limits.get("L-DB2E81BA"), 16.0);
     assert_eq!(limits.get("L-7A658B76"), 1500.0, "TiB limit in GiB");
     assert!(limits.get("L-UNUSED").is_infinite(), "only codes the labels use");
     assert!(limits.get("cores").is_infinite());

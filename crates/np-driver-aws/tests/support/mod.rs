@@ -6,7 +6,7 @@
 //!   server exits when the test process does (it watches its stdin).
 //! * [`TestEnv::new`] serialises the tests of a process (they share the
 //!   server), resets moto (`POST /moto-api/reset`) and starts a Service Quotas
-//!   stub (`ServiceQuotas.ListServiceQuotas`, which moto answers with 500).
+//!   stub (`ServiceQuotasV20190624.ListServiceQuotas`, which moto answers with 500).
 //! * [`Faults`] is an SDK interceptor: an armed fault replaces one operation's
 //!   request by a harmless `DescribeAvailabilityZones` (so moto changes
 //!   nothing) and its answer by an EC2 error with the chosen code.
@@ -38,6 +38,10 @@ pub const REGION: &str = "us-west-2";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn venv() -> PathBuf {
+    std::env::var_os("NODEPOOL_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"))
 }
 
 /// The moto server of this test process.
@@ -110,6 +114,21 @@ impl TestEnv {
         let moto = tokio::task::spawn_blocking(moto).await.unwrap();
         assert_eq!(http(moto.port, "POST", "/moto-api/reset").await, 200, "moto reset");
         TestEnv { moto, quotas: QuotaStub::start().await, faults: Faults::default(), _guard: guard }
+    }
+
+    /// Runs Python `code` (after `import boto3`) against moto, for setup the
+    /// Rust SDK crates of this project cannot do (IAM).
+    pub fn boto(&self, code: &str) {
+        let python = venv().join("bin/python");
+        let out = Command::new(python)
+            .args(["-c", &format!("import boto3\n{code}")])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
+            .output()
+            .expect("run python");
+        assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Raw EC2 client on moto (no faults), for planting and checking.
@@ -258,7 +277,7 @@ async fn serve_quotas(
             serde_json::from_slice(&buf[header_end..header_end + len]).unwrap_or_default();
         buf.drain(..header_end + len);
         calls.fetch_add(1, Ordering::Relaxed);
-        let (status, reply) = if head.contains("servicequotas.listservicequotas") {
+        let (status, reply) = if head.contains(".listservicequotas\r\n") {
             let service = body.get("ServiceCode").and_then(|s| s.as_str()).unwrap_or("").to_owned();
             let map = quotas.lock().unwrap().get(&service).cloned().unwrap_or_default();
             let list: Vec<serde_json::Value> = map
@@ -267,6 +286,7 @@ async fn serve_quotas(
                 .collect();
             (200, serde_json::json!({"Quotas": list}))
         } else {
+            eprintln!("quota stub: unexpected request {head:?}");
             (400, serde_json::json!({"__type": "InvalidParameterValueException", "message": "stub"}))
         };
         let text = reply.to_string();
