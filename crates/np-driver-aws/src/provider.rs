@@ -897,16 +897,6 @@ impl AwsProvider {
         clients: AwsClients,
         settings: AwsSettings,
     ) -> Result<AwsProvider, AwsError> {
-        for pool in &config.pools {
-            for label in &pool.labels {
-                if label.instance.is_none() {
-                    return Err(AwsError::Config {
-                        provider: name.into(),
-                        message: format!("label {} has neither instance-type nor fleet", label.name),
-                    });
-                }
-            }
-        }
         let inner = Inner {
             name: name.to_owned(),
             config: config.clone(),
@@ -1033,11 +1023,15 @@ impl AwsCreate {
     async fn launch_instance(&mut self) -> Result<Step<Instance>, ProviderError> {
         let inner = self.inner.clone();
         let (pool, label) = self.label()?;
-        let Some(AwsInstance::Type(instance_type)) = &label.instance else {
-            return Err(ProviderError::Fatal(format!(
-                "label {}: fleet labels are not supported yet",
-                label.name
-            )));
+        let instance_type = match &label.instance {
+            Some(AwsInstance::Type(t)) => t,
+            Some(AwsInstance::Fleet { .. }) => {
+                return Err(ProviderError::Fatal(format!(
+                    "label {}: fleet labels are not supported yet",
+                    label.name
+                )))
+            }
+            None => return Err(ProviderError::Fatal(format!("label {} has no instance-type", label.name))),
         };
         let image_id =
             match &label.image {

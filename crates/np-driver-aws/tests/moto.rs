@@ -547,3 +547,51 @@ async fn new_with_endpoint_override_and_standard_credentials() {
     let d = describe(&env, ExternalId::parse(&id).instance.as_deref().unwrap()).await;
     assert_eq!(np_driver_aws::tag_map(d.tags())["Name"], "np0000000040");
 }
+
+#[tokio::test]
+async fn network_options_ipv6_subnet_security_group_az() {
+    let env = TestEnv::new().await;
+    let ec2 = env.ec2();
+    let vpc = ec2.create_vpc().cidr_block("10.9.0.0/16").send().await.unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_owned();
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.9.1.0/24")
+        .availability_zone("us-west-2c")
+        .send()
+        .await
+        .unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_owned();
+    let sg =
+        ec2.create_security_group().group_name("np").description("np").vpc_id(&vpc_id).send().await.unwrap();
+    let sg_id = sg.group_id().unwrap().to_owned();
+    let pool = format!(
+        "        subnet-id: {subnet_id}\n        security-group-id: {sg_id}\n        public-ipv4: false\n        public-ipv6: true\n        availability-zone: us-west-2c\n"
+    );
+    let p = env.provider(&yaml(UBUNTU, &pool, ""), PROVIDER).await;
+    let inst = run_create(&p, request("0000000050", "ubuntu"), None).await.unwrap();
+    // moto cannot assign IPv6 addresses: check what was asked for.
+    let sent = env.faults.sent("RunInstances");
+    assert_eq!(sent.len(), 1);
+    let body = &sent[0];
+    for part in [
+        "NetworkInterface.1.Ipv6AddressCount=1",
+        "NetworkInterface.1.AssociatePublicIpAddress=false",
+        "NetworkInterface.1.DeviceIndex=0",
+        &format!("NetworkInterface.1.SubnetId={subnet_id}"),
+        &format!("NetworkInterface.1.SecurityGroupId.1={sg_id}"),
+        "Placement.AvailabilityZone=us-west-2c",
+        "MinCount=1",
+        "MaxCount=1",
+        "BlockDeviceMapping.1.Ebs.DeleteOnTermination=true",
+    ] {
+        assert!(body.contains(part), "{part} not in {body}");
+    }
+    let d = describe(&env, &instance_id(&inst)).await;
+    assert_eq!(d.subnet_id(), Some(subnet_id.as_str()));
+    assert_eq!(inst.az.as_deref(), Some("us-west-2c"));
+    assert!(inst.public_ipv4.is_none(), "no public IPv4 asked for");
+    assert_eq!(inst.interface_ip, inst.private_ipv4);
+    run_delete(&p, &inst.external_id).await.unwrap();
+}

@@ -318,9 +318,16 @@ impl Storable for FaultHit {
 pub struct Faults {
     armed: Arc<Mutex<Vec<Fault>>>,
     pub hits: Arc<AtomicU64>,
+    /// (operation, query-string body) of every EC2 request sent.
+    pub requests: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Faults {
+    /// The bodies of the `operation` requests sent so far.
+    pub fn sent(&self, operation: &str) -> Vec<String> {
+        self.requests.lock().unwrap().iter().filter(|(o, _)| o == operation).map(|(_, b)| b.clone()).collect()
+    }
+
     /// The next `count` calls of `operation` (e.g. `RunInstances`) fail with `code`.
     pub fn arm(&self, operation: &str, code: &str, count: u32) {
         self.armed.lock().unwrap().push(Fault { operation: operation.into(), code: code.into(), count });
@@ -339,6 +346,8 @@ impl Intercept for Faults {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let Some(op) = cfg.load::<Metadata>().map(|m| m.name().to_owned()) else { return Ok(()) };
+        let body = context.request().body().bytes().map(|b| String::from_utf8_lossy(b).into_owned());
+        self.requests.lock().unwrap().push((op.clone(), body.unwrap_or_default()));
         let mut armed = self.armed.lock().unwrap();
         let Some(f) = armed.iter_mut().find(|f| f.operation == op && f.count > 0) else { return Ok(()) };
         f.count -= 1;
