@@ -1,8 +1,8 @@
 //! Test support: a moto server on loopback, a Service Quotas stub, and a
 //! fault injector for the errors moto cannot produce.
 //!
-//! * [`moto`] starts one `moto` server per test process from the repository
-//!   venv (`.venv`, made by `tools/setup.sh`) on a free 127.0.0.1 port. The
+//! * [`moto`] starts one `moto` server per test process with the venv's
+//!   python (`NP_PYTHON`, else `.venv`, made by `tools/setup.sh`) on a free 127.0.0.1 port. The
 //!   server exits when the test process does (it watches its stdin).
 //! * [`TestEnv::new`] serialises the tests of a process (they share the
 //!   server), resets moto (`POST /moto-api/reset`) and starts a Service Quotas
@@ -40,8 +40,14 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-fn venv() -> PathBuf {
-    std::env::var_os("NODEPOOL_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"))
+/// The venv's python: `NP_PYTHON` (set by `tools/test-env.sh`), else
+/// `$NP_VENV/bin/python`, else the repository's `.venv`.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("NP_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = std::env::var_os("NP_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"));
+    venv.join("bin/python")
 }
 
 /// The moto server of this test process.
@@ -55,21 +61,18 @@ pub struct Moto {
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let venv =
-            std::env::var_os("NODEPOOL_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"));
-        let python = venv.join("bin/python");
-        let moto_ok = venv.join("bin/moto_server").exists()
-            && Command::new(&python)
-                .args(["-c", "import moto.server, flask, werkzeug"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+        let python = python();
+        let moto_ok = Command::new(&python)
+            .args(["-c", "import moto.server, flask, werkzeug"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         assert!(
             moto_ok,
-            "moto is not installed in the venv at {}: tools/setup.sh must install moto[server]",
-            venv.display()
+            "moto is not installed for {}: tools/setup.sh must install moto[server]",
+            python.display()
         );
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_server.py");
         let mut child = Command::new(&python)
@@ -119,8 +122,7 @@ impl TestEnv {
     /// Runs Python `code` (after `import boto3`) against moto, for setup the
     /// Rust SDK crates of this project cannot do (IAM).
     pub fn boto(&self, code: &str) {
-        let python = venv().join("bin/python");
-        let out = Command::new(python)
+        let out = Command::new(python())
             .args(["-c", &format!("import boto3\n{code}")])
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
