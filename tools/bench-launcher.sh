@@ -4,6 +4,10 @@
 # ZooKeeper on loopback, one launcher at a time on its own chroot.
 #
 #   tools/bench-launcher.sh [--quick] [bench_launcher.py options]
+#   (rewrite doc/benchmarks.md from a finished run after editing
+#   tools/bench/notes.md: .venv/bin/python tools/bench/bench_launcher.py
+#   --zk-hosts - --zk-tls-hosts - --out .test-env/bench/<run> --doc
+#   doc/benchmarks.md --report-only)
 #
 # Scenarios (per launcher): fake-lat1 and static-lat1 (one request
 # outstanding), fake-churn and static-churn (300 requests, 20 outstanding),

@@ -437,7 +437,20 @@ def main():
     ap.add_argument("--start-timeout", type=float, default=40)
     ap.add_argument("--stop-grace", type=float, default=15)
     ap.add_argument("--settle", type=float, default=1.0)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from <out>/results.json (after editing notes.md)")
     opts = ap.parse_args()
+    if opts.report_only:
+        opts.out = os.path.abspath(opts.out)
+        with open(os.path.join(opts.out, "results.json")) as f:
+            results = json.load(f)
+        started = datetime.datetime.strptime(os.path.basename(opts.out), "%Y%m%dT%H%M%SZ")
+        text = report(results, opts, started)
+        if opts.doc:
+            with open(opts.doc, "w") as f:
+                f.write(text)
+        print(text)
+        return
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     opts.out = os.path.abspath(opts.out)
