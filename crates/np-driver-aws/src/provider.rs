@@ -1307,7 +1307,8 @@ impl Provider for AwsProvider {
     }
 
     fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine> {
-        self.create_for_request(request, None)
+        let attributes = request.request_attributes.clone();
+        self.create_for_request(request, attributes)
     }
 
     fn delete(&self, external_id: &Value) -> Box<dyn DeleteMachine> {

@@ -116,12 +116,14 @@ pub async fn run_launch(
     mut node: Node,
     policy: LaunchPolicy,
     host_key_checking: bool,
+    request_attributes: Option<serde_json::Value>,
 ) -> LaunchOutcome {
     let label = node.node_type.first().cloned().unwrap_or_default();
     let pool = node.pool.clone().unwrap_or_default();
     let mut last_error = String::new();
     for attempt in 1..=policy.retries.max(1) {
-        let request = LaunchRequest::new(&node.id, provider.name(), &pool, &label);
+        let mut request = LaunchRequest::new(&node.id, provider.name(), &pool, &label);
+        request.request_attributes = request_attributes.clone();
         let mut machine = provider.create(request);
         let deadline = Instant::now() + policy.timeout;
         let result = loop {

@@ -31,37 +31,79 @@ pub fn build_providers(
 ) -> anyhow::Result<ProviderSet> {
     let mut out: ProviderSet = HashMap::new();
     for p in &config.providers {
-        match &p.driver {
-            ProviderDriver::Fake(os) => {
-                let cloud = fake_clouds.get(&p.name).cloned().unwrap_or_else(|| {
-                    let delay = std::env::var("NODEPOOL_FAKE_LAUNCH_DELAY_MS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .map(Duration::from_millis)
-                        .unwrap_or_default();
-                    FakeCloud::new(&p.name, FakeSettings { launch_delay: delay, ..FakeSettings::default() })
-                });
-                out.insert(p.name.clone(), Arc::new(FakeProvider::new(cloud, os.region_name.clone())));
+        match build_one(p, fake_clouds)? {
+            Some(provider) => {
+                out.insert(p.name.clone(), provider);
             }
-            ProviderDriver::Static(_) => {
-                out.insert(p.name.clone(), Arc::new(np_driver_static::StaticProvider::new(&p.name)));
-            }
-            other => {
-                anyhow::bail!(
-                    "provider '{}': driver '{}' is not supported by this launcher yet",
-                    p.name,
-                    match other {
-                        ProviderDriver::OpenStack(_) => "openstack",
-                        ProviderDriver::Aws(_) => "aws",
-                        ProviderDriver::Static(_) => "static",
-                        ProviderDriver::Kubernetes(_) => "kubernetes",
-                        ProviderDriver::Fake(_) => "fake",
-                    }
-                )
-            }
+            None => anyhow::bail!(
+                "provider '{}': driver '{}' needs build_providers_async",
+                p.name,
+                p.driver_name().as_str()
+            ),
         }
     }
     Ok(out)
+}
+
+/// Like [`build_providers`], for every driver, including those whose
+/// construction talks to the cloud (AWS reads its instance types). Only the
+/// providers named in `only` are built when it is given.
+pub async fn build_providers_async(
+    config: &Config,
+    fake_clouds: &HashMap<String, FakeCloud>,
+    only: Option<&std::collections::BTreeSet<String>>,
+) -> anyhow::Result<ProviderSet> {
+    let mut out: ProviderSet = HashMap::new();
+    for p in &config.providers {
+        if only.is_some_and(|names| !names.contains(&p.name)) {
+            continue;
+        }
+        let provider: Arc<dyn Provider> = match &p.driver {
+            ProviderDriver::Aws(aws) => Arc::new(
+                np_driver_aws::AwsProvider::new(
+                    &p.name,
+                    aws,
+                    std::env::var("NODEPOOL_AWS_ENDPOINT_URL").ok(),
+                )
+                .await
+                .with_context(|| format!("provider '{}': cannot set up AWS", p.name))?,
+            ),
+            _ => match build_one(p, fake_clouds)? {
+                Some(provider) => provider,
+                None => continue,
+            },
+        };
+        out.insert(p.name.clone(), provider);
+    }
+    Ok(out)
+}
+
+/// The provider for one config entry, for drivers that need no I/O to set
+/// up; `None` for those that do (AWS).
+fn build_one(
+    p: &np_config::Provider,
+    fake_clouds: &HashMap<String, FakeCloud>,
+) -> anyhow::Result<Option<Arc<dyn Provider>>> {
+    Ok(Some(match &p.driver {
+        ProviderDriver::Fake(os) => {
+            let cloud = fake_clouds.get(&p.name).cloned().unwrap_or_else(|| {
+                let delay = std::env::var("NODEPOOL_FAKE_LAUNCH_DELAY_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_millis)
+                    .unwrap_or_default();
+                FakeCloud::new(&p.name, FakeSettings { launch_delay: delay, ..FakeSettings::default() })
+            });
+            Arc::new(FakeProvider::new(cloud, os.region_name.clone()))
+        }
+        ProviderDriver::Static(_) => Arc::new(np_driver_static::StaticProvider::new(&p.name)),
+        ProviderDriver::Aws(_) => return Ok(None),
+        ProviderDriver::OpenStack(_) | ProviderDriver::Kubernetes(_) => anyhow::bail!(
+            "provider '{}': driver '{}' is not supported by this launcher yet",
+            p.name,
+            p.driver_name().as_str()
+        ),
+    }))
 }
 
 /// The pool workers' specifications.
@@ -90,6 +132,48 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                     cloud: None,
                     tenant_limits: tenant_limits(config),
                     never_launch: true,
+                });
+            }
+            continue;
+        }
+        if let ProviderDriver::Aws(aws) = &p.driver {
+            for info in np_driver_aws::pool_infos(aws) {
+                let label_settings = info
+                    .labels
+                    .iter()
+                    .filter_map(|l| np_driver_aws::label_info(aws, &info.name, l))
+                    .map(|l| {
+                        let settings = crate::launch::LabelSettings {
+                            username: l.username.clone(),
+                            python_path: l.python_path.clone(),
+                            shell_type: l.shell_type.clone(),
+                            connection_type: l.connection_type.clone(),
+                            connection_port: l.connection_port,
+                            host_key_checking: l.host_key_checking,
+                            image_id: None,
+                        };
+                        (l.name, settings)
+                    })
+                    .collect();
+                out.push(PoolSpec {
+                    provider: p.name.clone(),
+                    pool: info.name.clone(),
+                    labels: info.labels.iter().cloned().collect(),
+                    max_servers: info.max_servers,
+                    limits: info.limits.clone(),
+                    ignore_provider_quota: false,
+                    priority: p.effective_priority(info.priority),
+                    node_attributes: info.node_attributes.clone(),
+                    launch: LaunchPolicy {
+                        retries: info.launch_retries,
+                        timeout: info.launch_timeout,
+                        boot_timeout: info.boot_timeout,
+                    },
+                    label_settings,
+                    max_concurrency: p.max_concurrency,
+                    cloud: Some(np_driver_aws::CLOUD.to_owned()),
+                    tenant_limits: tenant_limits(config),
+                    never_launch: false,
                 });
             }
             continue;
@@ -385,9 +469,12 @@ impl Launcher {
                 clouds.insert(name.clone(), fake.cloud().clone());
             }
         }
-        let providers = build_providers(new, &clouds)?;
         let affected: std::collections::BTreeSet<String> =
             diff.affected_providers().into_iter().map(str::to_owned).collect();
+        let mut rebuild = affected.clone();
+        rebuild
+            .extend(new.providers.iter().map(|p| p.name.clone()).filter(|n| !self.providers.contains_key(n)));
+        let providers = build_providers_async(new, &clouds, Some(&rebuild)).await?;
         let new_specs: HashMap<(String, String), PoolSpec> =
             pool_specs(new).into_iter().map(|s| ((s.provider.clone(), s.pool.clone()), s)).collect();
         let keys: Vec<(String, String)> = self.pools.keys().cloned().collect();
@@ -407,7 +494,7 @@ impl Launcher {
         // Providers whose config did not change keep their instance.
         let mut merged = providers;
         for (name, provider) in &self.providers {
-            if !affected.contains(name) && merged.contains_key(name) {
+            if !rebuild.contains(name) && new.provider(name).is_some() {
                 merged.insert(name.clone(), provider.clone());
             }
         }

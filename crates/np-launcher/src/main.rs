@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(pidfile, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing pid file {}", pidfile.display()))?;
     }
-    let providers = np_launcher::launcher::build_providers(&config, &HashMap::new())?;
+    let providers = np_launcher::launcher::build_providers_async(&config, &HashMap::new(), None).await?;
     let zk_config = ZkConfig {
         hosts: config.zookeeper.connect_string(),
         tls: config.zookeeper.tls.as_ref().map(|t| ZkTls {

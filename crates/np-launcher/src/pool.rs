@@ -703,10 +703,20 @@ impl PoolWorker {
         let provider = self.provider.clone();
         let policy = self.spec.launch.clone();
         let request = handler.request.id.clone();
+        // Upstream's "safe attributes" of a request, for templated properties.
+        let attributes = serde_json::json!({
+            "id": handler.request.id,
+            "requestor": handler.request.requestor,
+            "tenant_name": handler.request.tenant_name,
+            "requestor_data": handler.request.requestor_data,
+            "event_id": handler.request.event_id,
+        });
         let span = info_span!("launch", node = %node.id, request = %request, label);
         tokio::spawn(
             async move {
-                let outcome = run_launch(zk, provider, node, policy, settings.host_key_checking).await;
+                let outcome =
+                    run_launch(zk, provider, node, policy, settings.host_key_checking, Some(attributes))
+                        .await;
                 let _ = tx.send(LaunchDone { request, slot: i, outcome });
             }
             .instrument(span),

@@ -69,6 +69,10 @@ pub struct LaunchRequest {
     pub label: String,
     /// Metadata/tags to put on every resource.
     pub metadata: BTreeMap<String, String>,
+    /// The request's safe attributes (`id`, `requestor`, `tenant_name`,
+    /// `requestor_data`...), for templated properties such as AWS
+    /// `dynamic-tags` or OpenStack `dynamic-instance-properties`.
+    pub request_attributes: Option<Value>,
 }
 
 impl LaunchRequest {
@@ -85,6 +89,7 @@ impl LaunchRequest {
             pool: pool.to_owned(),
             label: label.to_owned(),
             metadata,
+            request_attributes: None,
         }
     }
 }

@@ -74,7 +74,10 @@ pub fn moto() -> &'static Moto {
             "moto is not installed for {}: tools/setup.sh must install moto[server]",
             python.display()
         );
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/moto_server.py");
+        // Relative to the crates directory, so crates that include this
+        // module with #[path] (the launcher's end-to-end test) find it too.
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../np-driver-aws/tests/support/moto_server.py");
         let mut child = Command::new(&python)
             .arg(&script)
             .stdin(Stdio::piped())
