@@ -207,7 +207,15 @@ fn configured(config: &np_config::StaticProvider) -> BTreeMap<NodeTuple, (Static
                 warn!(%tuple, pool = %pool.name, "static node defined twice; using the first definition");
                 continue;
             }
-            let pool_only = StaticPool { nodes: Vec::new(), ..pool.clone() };
+            // The pool's own settings only (cloning `nodes` here would make
+            // every pass quadratic in the number of hosts).
+            let pool_only = StaticPool {
+                name: pool.name.clone(),
+                max_servers: pool.max_servers,
+                node_attributes: pool.node_attributes.clone(),
+                priority: pool.priority,
+                nodes: Vec::new(),
+            };
             out.insert(tuple, (pool_only, node.clone()));
         }
     }
@@ -377,16 +385,25 @@ impl StaticSync {
                     _ = cancel.cancelled() => break,
                     next = self.pass() => next,
                 };
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    r = events.recv(), if events_open => {
-                        if matches!(r, Err(broadcast::error::RecvError::Closed)) {
-                            warn!("node cache stopped; syncing on timers only");
-                            events_open = false;
-                        }
+                // Wait for something that can change what to register: a
+                // node gone (its slot is free), one of ours becoming free (a
+                // pending update or deregistration can proceed), a resync, a
+                // new configuration or a timer. Other node changes are ignored.
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = events.recv(), if events_open => match r {
+                            Ok(ev) if !self.matters(&ev) => continue,
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => {
+                                warn!("node cache stopped; syncing on timers only");
+                                events_open = false;
+                            }
+                        },
+                        _ = self.config_rx.changed() => debug!("configuration updated"),
+                        _ = tokio::time::sleep_until(next) => {}
                     }
-                    _ = self.config_rx.changed() => debug!("configuration updated"),
-                    _ = tokio::time::sleep_until(next) => {}
+                    break;
                 }
                 // Everything already queued is covered by the next pass.
                 while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
@@ -395,6 +412,23 @@ impl StaticSync {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether a node-cache event can change what this provider registers.
+    fn matters(&self, event: &np_zk::CacheEvent) -> bool {
+        use np_zk::CacheEventKind;
+        match event.kind {
+            CacheEventKind::Removed | CacheEventKind::Resynced => true,
+            CacheEventKind::Upserted | CacheEventKind::LockChanged => {
+                self.inner.nodes.get(&event.id).is_some_and(|e| {
+                    let n = &e.value;
+                    n.provider.as_deref() == Some(self.inner.provider.as_str())
+                        && n.state == np_core::NodeState::Ready
+                        && n.allocated_to.is_none()
+                        && !e.is_locked()
+                })
+            }
+        }
     }
 
     /// One pass; returns when the next timer-driven pass is due.

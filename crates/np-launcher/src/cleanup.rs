@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use np_core::{NodeRequest, NodeState, RequestState};
 use np_provider::Provider;
-use np_zk::LockOptions;
+use np_zk::{CacheEvent, CacheEventKind, LockOptions};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -35,17 +36,61 @@ pub async fn run(
     let mut req_events = shared.requests.subscribe();
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
     loop {
+        // Only the nodes an event names are looked at; the sweep (and a
+        // lagging or resynced stream) looks at everything.
+        let mut dirty: HashSet<String> = HashSet::new();
+        let mut full = false;
+        let mut requests_gone = false;
+        let mut requests_changed = false;
+        let note_node =
+            |ev: Result<CacheEvent, broadcast::error::RecvError>, dirty: &mut HashSet<String>| match ev {
+                Ok(ev) if ev.kind == CacheEventKind::Resynced => true,
+                Ok(ev) => {
+                    dirty.insert(ev.id);
+                    false
+                }
+                Err(_) => true,
+            };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            r = node_events.recv() => if r.is_err() { node_events = node_events.resubscribe(); },
-            r = req_events.recv() => if r.is_err() { req_events = req_events.resubscribe(); },
-            _ = sweep.tick() => {}
+            r = node_events.recv() => full |= note_node(r, &mut dirty),
+            r = req_events.recv() => match r {
+                Ok(ev) if ev.kind == CacheEventKind::Removed => requests_gone = true,
+                Ok(ev) if ev.kind == CacheEventKind::Resynced => full = true,
+                Ok(_) => requests_changed = true,
+                Err(_) => full = true,
+            },
+            _ = sweep.tick() => full = true,
         }
-        while node_events.try_recv().is_ok() {}
-        while req_events.try_recv().is_ok() {}
-        delete_nodes(&shared, &providers, &deleting).await;
-        deallocate_orphans(&shared).await;
-        min_ready_pass(&shared, &min_ready).await;
+        loop {
+            match node_events.try_recv() {
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => full = true,
+                Err(broadcast::error::TryRecvError::Closed) => return,
+                Ok(ev) => full |= note_node(Ok(ev), &mut dirty),
+            }
+        }
+        loop {
+            match req_events.try_recv() {
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => full = true,
+                Err(broadcast::error::TryRecvError::Closed) => return,
+                Ok(ev) if ev.kind == CacheEventKind::Removed => requests_gone = true,
+                Ok(_) => requests_changed = true,
+            }
+        }
+        if full {
+            node_events = node_events.resubscribe();
+            req_events = req_events.resubscribe();
+        }
+        let scope = if full { None } else { Some(&dirty) };
+        delete_nodes(&shared, &providers, &deleting, scope).await;
+        if full || requests_gone || !dirty.is_empty() {
+            deallocate_orphans(&shared, if full || requests_gone { None } else { Some(&dirty) }).await;
+        }
+        if !min_ready.is_empty() && (full || requests_changed || requests_gone || !dirty.is_empty()) {
+            min_ready_pass(&shared, &min_ready).await;
+        }
     }
 }
 
@@ -53,8 +98,14 @@ async fn delete_nodes(
     shared: &SharedState,
     providers: &HashMap<String, Arc<dyn Provider>>,
     deleting: &Arc<Mutex<HashSet<String>>>,
+    only: Option<&HashSet<String>>,
 ) {
-    for entry in shared.nodes.entries() {
+    let candidates: Vec<String> = match only {
+        Some(ids) => ids.iter().cloned().collect(),
+        None => shared.nodes.ids(),
+    };
+    for id in candidates {
+        let Some(entry) = shared.nodes.get(&id) else { continue };
         let node = &entry.value;
         let cleanup = node.state.is_cleanup_state();
         let Some(provider) = node.provider.as_deref().and_then(|p| providers.get(p)) else { continue };
@@ -82,7 +133,13 @@ async fn delete_nodes(
 }
 
 async fn delete_one(zk: &np_zk::Zk, provider: &dyn Provider, id: &str) -> anyhow::Result<()> {
-    let Some(lock) = zk.lock_node(id, LockOptions::try_once()).await? else { return Ok(()) };
+    let lock = match zk.lock_node(id, LockOptions::try_once()).await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return Ok(()),
+        // Already deleted (by us a moment ago, or by another launcher).
+        Err(e) if e.is_no_node() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     let Some((mut node, _)) = zk.get_node(id).await? else {
         let _ = lock.release().await;
         return Ok(());
@@ -108,8 +165,13 @@ async fn delete_one(zk: &np_zk::Zk, provider: &dyn Provider, id: &str) -> anyhow
     Ok(())
 }
 
-async fn deallocate_orphans(shared: &SharedState) {
-    for entry in shared.nodes.entries() {
+async fn deallocate_orphans(shared: &SharedState, only: Option<&HashSet<String>>) {
+    let candidates: Vec<String> = match only {
+        Some(ids) => ids.iter().cloned().collect(),
+        None => shared.nodes.ids(),
+    };
+    for id in candidates {
+        let Some(entry) = shared.nodes.get(&id) else { continue };
         let node = &entry.value;
         let Some(request) = node.allocated_to.as_deref() else { continue };
         if node.state != NodeState::Ready || entry.is_locked() || shared.requests.get(request).is_some() {

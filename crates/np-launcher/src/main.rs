@@ -62,6 +62,12 @@ fn watch_files(
     Ok((watcher, rx))
 }
 
+/// mimalloc: the launcher's work is many small, short-lived allocations
+/// (JSON records, ZooKeeper packets); it costs noticeably less CPU than glibc's
+/// allocator here (see doc/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -19,8 +19,12 @@ use std::sync::Arc;
 
 use np_core::{Node, NodeRequest, NodeState, Quota, RequestState};
 use np_provider::Provider;
-use np_zk::{ComponentRegistration, LockGuard, LockOptions, NodeCache, PoolComponentCache, RequestCache, Zk};
+use np_zk::{
+    CacheEvent, CacheEventKind, ComponentRegistration, LockGuard, LockOptions, NodeCache, PoolComponentCache,
+    RequestCache, Zk,
+};
 use serde_json::Value;
+use tokio::sync::broadcast;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -173,30 +177,65 @@ impl PoolWorker {
             info!(id = %worker.id, "pool worker started");
             let drain_deadline = tokio::time::sleep(std::time::Duration::from_secs(86400));
             tokio::pin!(drain_deadline);
+            // Only events that can change this pool's decisions trigger a pass.
+            let mut wake = true;
             loop {
-                worker.work().await;
+                if wake {
+                    worker.work().await;
+                }
                 if worker.draining && worker.handlers.is_empty() {
                     break;
                 }
+                wake = false;
                 tokio::select! {
                     _ = cancel.cancelled(), if !worker.draining => {
                         // Stop taking requests; finish the ones in flight (bounded).
                         info!(in_flight = worker.handlers.len(), "pool worker draining");
                         worker.draining = true;
+                        wake = true;
                         drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                     }
                     _ = &mut drain_deadline, if worker.draining => break,
-                    r = req_events.recv() => if r.is_err() { req_events = req_events.resubscribe(); },
-                    r = node_events.recv() => if r.is_err() { node_events = node_events.resubscribe(); },
-                    r = pool_events.recv() => if r.is_err() { pool_events = pool_events.resubscribe(); },
-                    Some(done) = done_rx.recv() => worker.launch_done(done).await,
+                    r = req_events.recv() => wake |= worker.request_event_matters(r.ok()),
+                    r = node_events.recv() => wake |= worker.node_event_matters(r.ok()),
+                    _ = pool_events.recv() => wake = true,
+                    Some(done) = done_rx.recv() => {
+                        worker.launch_done(done).await;
+                        wake = true;
+                    }
                 }
                 // Coalesce bursts: everything already queued is covered by one pass.
-                while req_events.try_recv().is_ok() {}
-                while node_events.try_recv().is_ok() {}
-                while pool_events.try_recv().is_ok() {}
+                loop {
+                    match req_events.try_recv() {
+                        Ok(ev) => wake |= worker.request_event_matters(Some(ev)),
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        Err(_) => {
+                            req_events = req_events.resubscribe();
+                            wake = true;
+                            break;
+                        }
+                    }
+                }
+                loop {
+                    match node_events.try_recv() {
+                        Ok(ev) => wake |= worker.node_event_matters(Some(ev)),
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        Err(_) => {
+                            node_events = node_events.resubscribe();
+                            wake = true;
+                            break;
+                        }
+                    }
+                }
+                while pool_events.try_recv().is_ok() {
+                    wake = true;
+                }
                 while let Ok(done) = done_rx.try_recv() {
                     worker.launch_done(done).await;
+                    wake = true;
+                }
+                if pool_events.is_closed() {
+                    pool_events = pool_events.resubscribe();
                 }
             }
             worker.shutdown().await;
@@ -204,6 +243,39 @@ impl PoolWorker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether a request-cache event can change this pool's decisions: a
+    /// request it could take, or one it is working on (`None`: events were
+    /// lost, re-scan).
+    fn request_event_matters(&self, event: Option<CacheEvent>) -> bool {
+        let Some(event) = event else { return true };
+        match event.kind {
+            CacheEventKind::Resynced => true,
+            _ if self.handlers.contains_key(&event.id) => true,
+            CacheEventKind::Removed | CacheEventKind::LockChanged => false,
+            CacheEventKind::Upserted => self.shared.requests.get(&event.id).is_some_and(|r| {
+                r.value.state == RequestState::Requested && !r.value.declined_by.contains(&self.id)
+            }),
+        }
+    }
+
+    /// Whether a node-cache event can change this pool's decisions: a node
+    /// went away (quota freed), or one of this pool's nodes became reusable.
+    fn node_event_matters(&self, event: Option<CacheEvent>) -> bool {
+        let Some(event) = event else { return true };
+        match event.kind {
+            CacheEventKind::Resynced | CacheEventKind::Removed => true,
+            CacheEventKind::Upserted | CacheEventKind::LockChanged => {
+                self.shared.nodes.get(&event.id).is_some_and(|e| {
+                    let n = &e.value;
+                    n.provider.as_deref() == Some(&self.spec.provider)
+                        && n.state == NodeState::Ready
+                        && n.allocated_to.is_none()
+                        && !e.is_locked()
+                })
+            }
+        }
     }
 
     async fn shutdown(&mut self) {
@@ -757,8 +829,11 @@ impl PoolWorker {
     async fn fulfil(&mut self, mut handler: Handler) {
         let zk = self.shared.zk.clone();
         let id = handler.request.id.clone();
-        // Upstream checks that the request still exists before fulfilling.
-        if !matches!(zk.exists(&np_zk::paths::request(&id)).await, Ok(Some(_))) {
+        // The request may have vanished (Zuul cancelled it): the cache knows
+        // without a round trip. A delete racing with the write below makes the
+        // write fail; the nodes then keep a dangling `allocated_to`, which
+        // cleanup clears, as upstream's DeletedNodeWorker does.
+        if self.shared.requests.get(&id).is_none() {
             info!(request = %id, "request vanished; releasing its nodes");
             self.release_nodes(&mut handler, true).await;
             let _ = handler.lock.release().await;

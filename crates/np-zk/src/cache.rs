@@ -176,6 +176,18 @@ impl<T: Cached> TreeCache<T> {
         self.read().get(id).cloned()
     }
 
+    /// The ids of all cached records.
+    pub fn ids(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Runs `f` over every entry under the read lock, without cloning.
+    pub fn scan<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Entry<T>>) -> R) -> R {
+        let map = self.read();
+        let mut iter = map.values();
+        f(&mut iter)
+    }
+
     /// All records (unordered).
     pub fn values(&self) -> Vec<Arc<T>> {
         self.read().values().map(|e| e.value.clone()).collect()
