@@ -161,7 +161,7 @@ async fn delete_one(zk: &np_zk::Zk, provider: &dyn Provider, id: &str) -> anyhow
     }
     zk.delete_node(&mut node).await?;
     // The lock went away with the node.
-    drop(lock);
+    lock.disarm();
     Ok(())
 }
 

@@ -130,6 +130,12 @@ impl LockGuard {
         let _ = rx.wait_for(|s| s.generation != generation || s.closed).await;
     }
 
+    /// Forgets the lock without a round trip: for when the contender is known
+    /// to be gone already (e.g. deleted together with the locked node).
+    pub fn disarm(mut self) {
+        self.released = true;
+    }
+
     /// Releases the lock: deletes our contender (a missing one is fine).
     pub async fn release(mut self) -> Result<(), ZkError> {
         self.released = true;
@@ -169,16 +175,30 @@ impl Zk {
             CreateMode::PersistentSequential
         };
         let mut own: Option<(String, u64)> = None; // (child name, generation)
+        let mut dir_known = false;
         loop {
             let generation = self.status().generation;
             let client = self.client();
             let lock_child_prefix = format!("{lock_path}/{prefix}");
             // Create (first pass, or after our contender vanished) and list in one flight.
             let (created, listed) = if own.as_ref().is_none_or(|(_, g)| *g != generation) {
+                // First flight: the lock directory (new requests and nodes have
+                // none yet; an existing one answers NodeExists), our contender
+                // and the listing, all in one round trip.
+                let dir = (!dir_known).then(|| client.create(lock_path, &[], &open_acl()));
                 let create =
                     client.create(&lock_child_prefix, options.identifier.as_bytes(), &mode_options(mode));
                 let list = client.list_children(lock_path);
-                let (c, l) = tokio::join!(create, list);
+                let dir = async move {
+                    match dir {
+                        Some(d) => Some(d.await),
+                        None => None,
+                    }
+                };
+                let (d, c, l) = tokio::join!(dir, create, list);
+                if matches!(d, Some(Ok(_)) | Some(Err(zookeeper_client::Error::NodeExists))) {
+                    dir_known = true;
+                }
                 (Some(c), l)
             } else {
                 (None, client.list_children(lock_path).await)
@@ -188,6 +208,7 @@ impl Zk {
                     Ok((_, seq)) => own = Some((format!("{prefix}{seq}"), generation)),
                     Err(zookeeper_client::Error::NoNode) => {
                         self.create_lock_dir(lock_path, options.make_parents).await?;
+                        dir_known = true;
                         continue;
                     }
                     Err(e) if is_retryable(&e) => {

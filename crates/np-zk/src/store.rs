@@ -52,16 +52,37 @@ impl Zk {
         self.set(&paths::node(&node.id), &node.to_json(), None).await
     }
 
-    /// Deletes a node the way upstream does: write `state: deleted`, then
-    /// remove the znode with its lock directory.
+    /// Deletes a node with its lock directory in one atomic transaction
+    /// (list the lock contenders, then one multi-delete of contenders, lock
+    /// directory and node). Upstream writes `state: deleted` first and then
+    /// deletes recursively, so that a half-finished delete is recognisable;
+    /// with a single transaction there is no half-finished state, so the
+    /// extra write is skipped. If the transaction fails (a contender arrived
+    /// meanwhile, or unexpected children), upstream's sequence is used.
     pub async fn delete_node(&self, node: &mut Node) -> Result<(), ZkError> {
+        let path = paths::node(&node.id);
+        let lock = paths::node_lock(&node.id);
+        let contenders = self.children(&lock).await?;
+        let client = self.client();
+        let mut multi = client.new_multi_writer();
+        let mut queued = Ok(());
+        if let Some(contenders) = &contenders {
+            for c in contenders {
+                queued = queued.and(multi.add_delete(&format!("{lock}/{c}"), None));
+            }
+            queued = queued.and(multi.add_delete(&lock, None));
+        }
+        queued = queued.and(multi.add_delete(&path, None));
+        if queued.is_ok() && multi.commit().await.is_ok() {
+            return Ok(());
+        }
         node.set_state(NodeState::Deleted);
         match self.update_node(node).await {
             Ok(_) => {}
             Err(e) if e.is_no_node() => return Ok(()),
             Err(e) => return Err(e),
         }
-        self.delete_recursive(&paths::node(&node.id)).await
+        self.delete_recursive(&path).await
     }
 
     /// The ids of all nodes.
