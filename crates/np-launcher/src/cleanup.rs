@@ -119,11 +119,12 @@ async fn delete_nodes(
             }
         }
         let zk = shared.zk.clone();
+        let cache = shared.nodes.clone();
         let provider = provider.clone();
         let id = node.id.clone();
         let deleting = deleting.clone();
         tokio::spawn(async move {
-            let result = delete_one(&zk, provider.as_ref(), &id).await;
+            let result = delete_one(&zk, Some(&cache), provider.as_ref(), &id).await;
             if let Err(e) = result {
                 warn!(node = %id, error = %e, "node deletion failed; will retry");
             }
@@ -132,7 +133,12 @@ async fn delete_nodes(
     }
 }
 
-async fn delete_one(zk: &np_zk::Zk, provider: &dyn Provider, id: &str) -> anyhow::Result<()> {
+async fn delete_one(
+    zk: &np_zk::Zk,
+    nodes: Option<&np_zk::NodeCache>,
+    provider: &dyn Provider,
+    id: &str,
+) -> anyhow::Result<()> {
     let lock = match zk.lock_node(id, LockOptions::try_once()).await {
         Ok(Some(lock)) => lock,
         Ok(None) => return Ok(()),
@@ -151,7 +157,10 @@ async fn delete_one(zk: &np_zk::Zk, provider: &dyn Provider, id: &str) -> anyhow
     info!(node = %id, state = %node.state, "deleting node");
     if node.state != NodeState::Deleting {
         node.set_state(NodeState::Deleting);
-        zk.update_node(&node).await?;
+        match nodes {
+            Some(cache) => zk.update_node_cached(cache, &node).await?,
+            None => zk.update_node(&node).await?,
+        };
     }
     if let Some(external_id) = node.external_id.clone() {
         if let Err(e) = delete_instance(provider, &external_id).await {

@@ -496,8 +496,8 @@ impl PoolWorker {
             return true;
         }
         handler.request.set_state(RequestState::Pending);
-        match zk.update_request(&handler.request).await {
-            Ok(stat) => self.shared.requests.note_write(id, handler.request.clone(), &stat),
+        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
+            Ok(_) => {}
             Err(e) => {
                 debug!(request = id, error = %e, "request vanished while accepting");
                 let _ = handler.lock.release().await;
@@ -605,8 +605,8 @@ impl PoolWorker {
             node.allocated_to = Some(handler.request.id.clone());
             node.tenant_name = handler.request.tenant_name.clone();
             node.requestor = handler.request.requestor.clone();
-            match zk.update_node(&node).await {
-                Ok(stat) => self.shared.nodes.note_write(&node.id, node.clone(), &stat),
+            match zk.update_node_cached(&self.shared.nodes, &node).await {
+                Ok(_) => {}
                 Err(_) => {
                     let _ = lock.release().await;
                     continue;
@@ -762,8 +762,8 @@ impl PoolWorker {
             }
         };
         node.set_state(NodeState::Building);
-        match zk.update_node(&node).await {
-            Ok(stat) => self.shared.nodes.note_write(&node.id, node.clone(), &stat),
+        match zk.update_node_cached(&self.shared.nodes, &node).await {
+            Ok(_) => {}
             Err(e) => warn!(node = %node.id, error = %e, "cannot mark node building"),
         }
         let slot = &mut handler.slots[i];
@@ -843,8 +843,8 @@ impl PoolWorker {
         handler.request.set_state(RequestState::Fulfilled);
         // Unlock the nodes before writing `fulfilled`: Zuul locks them next.
         self.release_nodes(&mut handler, false).await;
-        match zk.update_request(&handler.request).await {
-            Ok(stat) => self.shared.requests.note_write(&id, handler.request.clone(), &stat),
+        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
+            Ok(_) => {}
             Err(e) => warn!(request = %id, error = %e, "cannot store fulfilled request"),
         }
         let _ = handler.lock.release().await;
@@ -899,8 +899,8 @@ impl PoolWorker {
         handler.request.set_state(RequestState::Requested);
         handler.request.nodes.clear();
         let zk = self.shared.zk.clone();
-        match zk.update_request(&handler.request).await {
-            Ok(stat) => self.shared.requests.note_write(id, handler.request.clone(), &stat),
+        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
+            Ok(_) => {}
             Err(e) => debug!(request = id, error = %e, "cannot store released request"),
         }
         let _ = handler.lock.release().await;
@@ -917,8 +917,8 @@ impl PoolWorker {
         let state = if everyone_declined { RequestState::Failed } else { RequestState::Requested };
         handler.request.set_state(state);
         self.release_nodes(&mut handler, true).await;
-        match zk.update_request(&handler.request).await {
-            Ok(stat) => self.shared.requests.note_write(&id, handler.request.clone(), &stat),
+        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
+            Ok(_) => {}
             Err(e) => debug!(request = %id, error = %e, "cannot store declined request"),
         }
         let _ = handler.lock.release().await;

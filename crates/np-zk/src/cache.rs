@@ -110,6 +110,9 @@ pub struct CacheEvent {
 
 struct Shared<T> {
     entries: RwLock<HashMap<String, Entry<T>>>,
+    /// Writes this process announced (see [`TreeCache::expect_write`]): the
+    /// watch event of each is not followed by a read.
+    own_writes: std::sync::Mutex<HashMap<String, u32>>,
     events: broadcast::Sender<CacheEvent>,
     ready: watch::Sender<bool>,
     cancel: CancellationToken,
@@ -141,6 +144,7 @@ impl<T: Cached> TreeCache<T> {
         let (ready, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             entries: RwLock::new(HashMap::new()),
+            own_writes: std::sync::Mutex::new(HashMap::new()),
             events,
             ready,
             cancel: CancellationToken::new(),
@@ -206,6 +210,29 @@ impl<T: Cached> TreeCache<T> {
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Announces a write this process is about to make to `id`, whose result
+    /// it will hand to [`TreeCache::note_write`]: the watch event of that write
+    /// then needs no read. (ZooKeeper sends a session the watch event of its
+    /// own write before the write's reply, so the announcement must come
+    /// first.) Correct even if someone else writes concurrently: every event
+    /// still maps to one write, and a read after any skipped event returns the
+    /// latest data. Call [`TreeCache::cancel_write`] if the write fails.
+    pub fn expect_write(&self, id: &str) {
+        let mut own = self.shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());
+        *own.entry(id.to_owned()).or_default() += 1;
+    }
+
+    /// Withdraws an [`TreeCache::expect_write`] whose write failed.
+    pub fn cancel_write(&self, id: &str) {
+        let mut own = self.shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = own.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                own.remove(id);
+            }
+        }
     }
 
     /// Records a value this process just wrote (read-your-writes); ignored
@@ -395,6 +422,9 @@ async fn run<T: Cached>(zk: Zk, shared: Arc<Shared<T>>) {
                                 let id = (*id).to_owned();
                                 pending.push_back(async move { Update::Deleted { id } }.boxed());
                             }
+                            ([id], EventType::NodeDataChanged) if take_own_write(&shared, id) => {
+                                pending.push_back(async { Update::Ignore(std::marker::PhantomData) }.boxed());
+                            }
                             ([id], EventType::NodeCreated | EventType::NodeDataChanged) => {
                                 let id = (*id).to_owned();
                                 let fetch = client.get_data(&event.path);
@@ -420,6 +450,21 @@ async fn run<T: Cached>(zk: Zk, shared: Arc<Shared<T>>) {
                 }
             }
         }
+    }
+}
+
+/// Consumes one announced own write of `id`, if any.
+fn take_own_write<T>(shared: &Shared<T>, id: &str) -> bool {
+    let mut own = shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());
+    match own.get_mut(id) {
+        Some(n) => {
+            *n -= 1;
+            if *n == 0 {
+                own.remove(id);
+            }
+            true
+        }
+        None => false,
     }
 }
 

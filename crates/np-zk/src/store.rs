@@ -85,6 +85,42 @@ impl Zk {
         self.delete_recursive(&path).await
     }
 
+    /// [`Zk::update_node`] for a node this process holds locked, keeping
+    /// `cache` current without the read its watch event would cause.
+    pub async fn update_node_cached(&self, cache: &crate::NodeCache, node: &Node) -> Result<Stat, ZkError> {
+        cache.expect_write(&node.id);
+        match self.update_node(node).await {
+            Ok(stat) => {
+                cache.note_write(&node.id, node.clone(), &stat);
+                Ok(stat)
+            }
+            Err(e) => {
+                cache.cancel_write(&node.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Zk::update_request`] for a request this process holds locked,
+    /// keeping `cache` current without the read its watch event would cause.
+    pub async fn update_request_cached(
+        &self,
+        cache: &crate::RequestCache,
+        request: &NodeRequest,
+    ) -> Result<Stat, ZkError> {
+        cache.expect_write(&request.id);
+        match self.update_request(request).await {
+            Ok(stat) => {
+                cache.note_write(&request.id, request.clone(), &stat);
+                Ok(stat)
+            }
+            Err(e) => {
+                cache.cancel_write(&request.id);
+                Err(e)
+            }
+        }
+    }
+
     /// The ids of all nodes.
     pub async fn node_ids(&self) -> Result<Vec<String>, ZkError> {
         Ok(self.children(paths::NODES).await?.unwrap_or_default())
