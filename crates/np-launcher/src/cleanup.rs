@@ -158,7 +158,7 @@ async fn delete_one(
     if node.state != NodeState::Deleting {
         node.set_state(NodeState::Deleting);
         match nodes {
-            Some(cache) => zk.update_node_cached(cache, &node).await?,
+            Some(cache) => zk.update_node_cached(cache, &node, None).await?,
             None => zk.update_node(&node).await?,
         };
     }

@@ -465,17 +465,26 @@ impl PoolWorker {
                 return false;
             }
         };
-        let request = match zk.get_request(id).await {
-            Ok(Some((r, _))) if r.state == RequestState::Requested && !r.declined_by.contains(&self.id) => r,
-            Ok(_) => {
-                let _ = lock.release().await;
-                return false;
-            }
-            Err(e) => {
-                warn!(request = id, error = %e, "cannot read request");
-                let _ = lock.release().await;
-                return false;
-            }
+        // After taking the lock upstream re-reads the request. The cached copy
+        // is used instead, and the `pending` write below is conditional on its
+        // version: if anyone changed the request meanwhile, the write fails
+        // and the request is read again.
+        let wanted =
+            |r: &NodeRequest| r.state == RequestState::Requested && !r.declined_by.contains(&self.id);
+        let (request, mut version) = match self.shared.requests.get(id) {
+            Some(e) if wanted(&e.value) => ((*e.value).clone(), Some(e.version)),
+            _ => match zk.get_request(id).await {
+                Ok(Some((r, stat))) if wanted(&r) => (r, Some(stat.version)),
+                Ok(_) => {
+                    let _ = lock.release().await;
+                    return false;
+                }
+                Err(e) => {
+                    warn!(request = id, error = %e, "cannot read request");
+                    let _ = lock.release().await;
+                    return false;
+                }
+            },
         };
         let too_big = !lacks && !self.could_ever_fit(&request.node_types).await;
         let slots = request
@@ -496,7 +505,25 @@ impl PoolWorker {
             return true;
         }
         handler.request.set_state(RequestState::Pending);
-        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
+        let mut written =
+            zk.update_request_cached(&self.shared.requests, &handler.request, version.take()).await;
+        if written.as_ref().is_err_and(|e| e.is_bad_version()) {
+            // The cached copy was stale: read it now, as upstream always does.
+            match zk.get_request(id).await {
+                Ok(Some((r, stat))) if wanted(&r) => {
+                    handler.request = r;
+                    handler.request.set_state(RequestState::Pending);
+                    written = zk
+                        .update_request_cached(&self.shared.requests, &handler.request, Some(stat.version))
+                        .await;
+                }
+                _ => {
+                    let _ = handler.lock.release().await;
+                    return false;
+                }
+            }
+        }
+        match written {
             Ok(_) => {}
             Err(e) => {
                 debug!(request = id, error = %e, "request vanished while accepting");
@@ -594,8 +621,11 @@ impl PoolWorker {
         let zk = &self.shared.zk;
         for node_id in candidates {
             let Ok(Some(lock)) = zk.lock_node(&node_id, LockOptions::try_once()).await else { continue };
-            let node = match zk.get_node(&node_id).await {
-                Ok(Some((n, _))) if n.state == NodeState::Ready && n.allocated_to.is_none() => n,
+            // As for requests: the cached copy, written back only over the
+            // version it was read at (upstream re-reads after the lock).
+            let free = |n: &Node| n.state == NodeState::Ready && n.allocated_to.is_none();
+            let (node, version) = match self.shared.nodes.get(&node_id) {
+                Some(e) if free(&e.value) => ((*e.value).clone(), e.version),
                 _ => {
                     let _ = lock.release().await;
                     continue;
@@ -605,7 +635,7 @@ impl PoolWorker {
             node.allocated_to = Some(handler.request.id.clone());
             node.tenant_name = handler.request.tenant_name.clone();
             node.requestor = handler.request.requestor.clone();
-            match zk.update_node_cached(&self.shared.nodes, &node).await {
+            match zk.update_node_cached(&self.shared.nodes, &node, Some(version)).await {
                 Ok(_) => {}
                 Err(_) => {
                     let _ = lock.release().await;
@@ -762,7 +792,7 @@ impl PoolWorker {
             }
         };
         node.set_state(NodeState::Building);
-        match zk.update_node_cached(&self.shared.nodes, &node).await {
+        match zk.update_node_cached(&self.shared.nodes, &node, None).await {
             Ok(_) => {}
             Err(e) => warn!(node = %node.id, error = %e, "cannot mark node building"),
         }
@@ -841,21 +871,30 @@ impl PoolWorker {
         }
         handler.request.nodes = handler.slots.iter().filter_map(|s| s.node.clone()).collect();
         handler.request.set_state(RequestState::Fulfilled);
-        // Unlock the nodes before writing `fulfilled`: Zuul locks them next.
-        self.release_nodes(&mut handler, false).await;
-        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
-            Ok(_) => {}
-            Err(e) => warn!(request = %id, error = %e, "cannot store fulfilled request"),
+        // Unlock the nodes, write `fulfilled`, release the request lock: in
+        // this order (Zuul locks the nodes next), as one transaction.
+        let node_locks: Vec<LockGuard> = handler.slots.iter_mut().filter_map(|s| s.lock.take()).collect();
+        let Handler { request, lock, started, .. } = handler;
+        if let Err((e, node_locks, lock)) =
+            zk.fulfil_request(&self.shared.requests, &request, node_locks, lock).await
+        {
+            debug!(request = %id, error = %e, "fulfilment transaction failed; stepping");
+            for l in node_locks {
+                let _ = l.release().await;
+            }
+            if let Err(e) = zk.update_request_cached(&self.shared.requests, &request, None).await {
+                warn!(request = %id, error = %e, "cannot store fulfilled request");
+            }
+            let _ = lock.release().await;
         }
-        let _ = handler.lock.release().await;
-        let latency = match handler.request.created_time {
+        let latency = match request.created_time {
             Some(created) if created > 0.0 => {
                 std::time::Duration::from_secs_f64((np_core::now() - created).max(0.0))
             }
-            _ => handler.started.elapsed(),
+            _ => started.elapsed(),
         };
         self.shared.metrics.record_fulfilled(&self.spec.provider, latency);
-        info!(request = %id, nodes = ?handler.request.nodes, elapsed_ms = handler.started.elapsed().as_millis() as u64, "fulfilled request");
+        info!(request = %id, nodes = ?request.nodes, elapsed_ms = started.elapsed().as_millis() as u64, "fulfilled request");
     }
 
     /// Unlocks every node of the handler; with `deallocate`, clears
@@ -899,7 +938,7 @@ impl PoolWorker {
         handler.request.set_state(RequestState::Requested);
         handler.request.nodes.clear();
         let zk = self.shared.zk.clone();
-        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
+        match zk.update_request_cached(&self.shared.requests, &handler.request, None).await {
             Ok(_) => {}
             Err(e) => debug!(request = id, error = %e, "cannot store released request"),
         }
@@ -917,7 +956,7 @@ impl PoolWorker {
         let state = if everyone_declined { RequestState::Failed } else { RequestState::Requested };
         handler.request.set_state(state);
         self.release_nodes(&mut handler, true).await;
-        match zk.update_request_cached(&self.shared.requests, &handler.request).await {
+        match zk.update_request_cached(&self.shared.requests, &handler.request, None).await {
             Ok(_) => {}
             Err(e) => debug!(request = %id, error = %e, "cannot store declined request"),
         }

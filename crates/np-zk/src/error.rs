@@ -50,6 +50,11 @@ impl ZkError {
         ZkError::Op { op, path: path.to_owned(), source }
     }
 
+    /// True when a versioned write lost to another writer.
+    pub fn is_bad_version(&self) -> bool {
+        matches!(self, ZkError::Op { source: zookeeper_client::Error::BadVersion, .. })
+    }
+
     /// True when the error means the znode is missing.
     pub fn is_no_node(&self) -> bool {
         matches!(self, ZkError::NoNode { .. })

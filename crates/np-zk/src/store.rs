@@ -86,10 +86,17 @@ impl Zk {
     }
 
     /// [`Zk::update_node`] for a node this process holds locked, keeping
-    /// `cache` current without the read its watch event would cause.
-    pub async fn update_node_cached(&self, cache: &crate::NodeCache, node: &Node) -> Result<Stat, ZkError> {
+    /// `cache` current without the read its watch event would cause. With
+    /// `version`, the write only succeeds over that znode version (a
+    /// `BadVersion` error otherwise).
+    pub async fn update_node_cached(
+        &self,
+        cache: &crate::NodeCache,
+        node: &Node,
+        version: Option<i32>,
+    ) -> Result<Stat, ZkError> {
         cache.expect_write(&node.id);
-        match self.update_node(node).await {
+        match self.set(&paths::node(&node.id), &node.to_json(), version).await {
             Ok(stat) => {
                 cache.note_write(&node.id, node.clone(), &stat);
                 Ok(stat)
@@ -107,9 +114,10 @@ impl Zk {
         &self,
         cache: &crate::RequestCache,
         request: &NodeRequest,
+        version: Option<i32>,
     ) -> Result<Stat, ZkError> {
         cache.expect_write(&request.id);
-        match self.update_request(request).await {
+        match self.set(&paths::request(&request.id), &request.to_json(), version).await {
             Ok(stat) => {
                 cache.note_write(&request.id, request.clone(), &stat);
                 Ok(stat)
@@ -117,6 +125,62 @@ impl Zk {
             Err(e) => {
                 cache.cancel_write(&request.id);
                 Err(e)
+            }
+        }
+    }
+
+    /// Fulfils a request the way upstream does (unlock every node, write the
+    /// request, release the request lock), in that order but as one
+    /// transaction: Zuul sees `fulfilled` only with every node already
+    /// unlocked, and it costs one round trip instead of one per step. On
+    /// failure (e.g. the request was deleted, or a lock was lost) nothing
+    /// changed and the locks are handed back so the caller can step.
+    #[allow(clippy::type_complexity)]
+    pub async fn fulfil_request(
+        &self,
+        cache: &crate::RequestCache,
+        request: &NodeRequest,
+        node_locks: Vec<LockGuard>,
+        request_lock: LockGuard,
+    ) -> Result<(), (ZkError, Vec<LockGuard>, LockGuard)> {
+        let path = paths::request(&request.id);
+        if !request_lock.is_valid() || node_locks.iter().any(|l| !l.is_valid()) {
+            let e = ZkError::op("multi", &path, zookeeper_client::Error::SessionExpired);
+            return Err((e, node_locks, request_lock));
+        }
+        let client = self.client();
+        let mut multi = client.new_multi_writer();
+        let mut queued = Ok(());
+        for lock in &node_locks {
+            queued = queued.and(multi.add_delete(lock.contender_path(), None));
+        }
+        let data = request.to_json();
+        queued = queued.and(multi.add_set_data(&path, &data, None));
+        queued = queued.and(multi.add_delete(request_lock.contender_path(), None));
+        if let Err(e) = queued {
+            return Err((ZkError::op("multi", &path, e), node_locks, request_lock));
+        }
+        cache.expect_write(&request.id);
+        match multi.commit().await {
+            Ok(results) => {
+                for r in results {
+                    if let zookeeper_client::MultiWriteResult::SetData { stat } = r {
+                        cache.note_write(&request.id, request.clone(), &stat);
+                    }
+                }
+                for lock in node_locks {
+                    lock.disarm();
+                }
+                request_lock.disarm();
+                Ok(())
+            }
+            Err(e) => {
+                cache.cancel_write(&request.id);
+                let source = match e {
+                    zookeeper_client::MultiWriteError::OperationFailed { source, .. } => source,
+                    zookeeper_client::MultiWriteError::RequestFailed { source } => source,
+                };
+                Err((ZkError::op("multi", &path, source), node_locks, request_lock))
             }
         }
     }

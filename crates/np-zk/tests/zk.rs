@@ -423,3 +423,54 @@ async fn connecting_to_a_dead_server_fails_with_the_address_in_time() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }
+
+#[tokio::test]
+async fn fulfilment_transaction_unlocks_nodes_writes_request_and_releases_its_lock() {
+    let t = TestZk::new().await;
+    let py = t.python();
+    let requests = RequestCache::start(&t.zk);
+    assert!(requests.wait_ready(Duration::from_secs(10)).await);
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    let mut req = NodeRequest::new(vec!["ubuntu-jammy".into()]);
+    t.zk.create_request(&mut req, 200, false).await.unwrap();
+    let req_lock = t.zk.lock_request(&req.id, LockOptions::try_once()).await.unwrap().unwrap();
+    let node_lock = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    req.nodes = vec![node.id.clone()];
+    req.set_state(RequestState::Fulfilled);
+    t.zk.fulfil_request(&requests, &req, vec![node_lock], req_lock).await.map_err(|(e, _, _)| e).unwrap();
+    assert_eq!(t.zk.get_request(&req.id).await.unwrap().unwrap().0.state, RequestState::Fulfilled);
+    assert_eq!(
+        py.run(&["try-lock", &format!("/nodepool/nodes/{}/lock", node.id)], "").await,
+        json!({"acquired": true})
+    );
+    assert_eq!(
+        py.run(&["try-lock", &format!("/nodepool/requests-lock/{}", req.id)], "").await,
+        json!({"acquired": true})
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            requests.get(&req.id).is_some_and(|e| e.value.state == RequestState::Fulfilled)
+        })
+        .await
+    );
+
+    // A request deleted meanwhile (Zuul cancelled it): nothing changes and
+    // the locks come back, still held.
+    let mut gone = NodeRequest::new(vec!["x".into()]);
+    t.zk.create_request(&mut gone, 200, false).await.unwrap();
+    let req_lock = t.zk.lock_request(&gone.id, LockOptions::try_once()).await.unwrap().unwrap();
+    let node_lock = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    t.zk.delete_request(&gone.id).await.unwrap();
+    let (err, node_locks, req_lock) =
+        t.zk.fulfil_request(&requests, &gone, vec![node_lock], req_lock).await.unwrap_err();
+    assert!(err.is_no_node(), "{err}");
+    assert_eq!(
+        py.run(&["try-lock", &format!("/nodepool/nodes/{}/lock", node.id)], "").await,
+        json!({"acquired": false})
+    );
+    for l in node_locks {
+        l.release().await.unwrap();
+    }
+    req_lock.release().await.unwrap();
+}
