@@ -112,6 +112,7 @@ async fn scan_keys(node: &mut Node, policy: &LaunchPolicy, host_key_checking: bo
 /// Launches `node` (locked by the caller, state `building`).
 pub async fn run_launch(
     zk: Zk,
+    nodes: np_zk::NodeCache,
     provider: Arc<dyn Provider>,
     mut node: Node,
     policy: LaunchPolicy,
@@ -131,7 +132,7 @@ pub async fn run_launch(
             if let Some(id) = machine.external_id() {
                 if node.external_id.as_ref() != Some(&id) {
                     node.external_id = Some(id);
-                    if let Err(e) = zk.update_node(&node).await {
+                    if let Err(e) = zk.update_node_cached(&nodes, &node, None).await {
                         warn!(node = %node.id, error = %e, "cannot record external id");
                     }
                 }
@@ -178,7 +179,7 @@ pub async fn run_launch(
                     node.node_properties = Some(props);
                 }
                 node.set_state(NodeState::Ready);
-                if let Err(e) = zk.update_node(&node).await {
+                if let Err(e) = zk.update_node_cached(&nodes, &node, None).await {
                     last_error = format!("cannot store ready node: {e}");
                     warn!(node = %node.id, error = %e, "cannot store ready node");
                     break;
@@ -189,7 +190,7 @@ pub async fn run_launch(
             Err(ProviderError::Quota(msg)) => {
                 info!(node = %node.id, label, %msg, "launch hit cloud quota; node aborted");
                 node.set_state(NodeState::Aborted);
-                let _ = zk.update_node(&node).await;
+                let _ = zk.update_node_cached(&nodes, &node, None).await;
                 return LaunchOutcome::Aborted(node);
             }
             Err(e) => {
@@ -207,6 +208,6 @@ pub async fn run_launch(
         }
     }
     node.set_state(NodeState::Failed);
-    let _ = zk.update_node(&node).await;
+    let _ = zk.update_node_cached(&nodes, &node, None).await;
     LaunchOutcome::Failed(node, last_error)
 }

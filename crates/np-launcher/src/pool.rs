@@ -802,6 +802,7 @@ impl PoolWorker {
         slot.state = SlotState::Launching;
         slot.launched = Some(std::time::Instant::now());
         let tx = self.done_tx.clone();
+        let nodes = self.shared.nodes.clone();
         let provider = self.provider.clone();
         let policy = self.spec.launch.clone();
         let request = handler.request.id.clone();
@@ -816,9 +817,16 @@ impl PoolWorker {
         let span = info_span!("launch", node = %node.id, request = %request, label);
         tokio::spawn(
             async move {
-                let outcome =
-                    run_launch(zk, provider, node, policy, settings.host_key_checking, Some(attributes))
-                        .await;
+                let outcome = run_launch(
+                    zk,
+                    nodes,
+                    provider,
+                    node,
+                    policy,
+                    settings.host_key_checking,
+                    Some(attributes),
+                )
+                .await;
                 let _ = tx.send(LaunchDone { request, slot: i, outcome });
             }
             .instrument(span),
