@@ -20,7 +20,6 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::launch::delete_instance;
 use crate::pool::SharedState;
 use crate::MIN_READY_REQUESTOR;
 
@@ -146,26 +145,54 @@ async fn delete_one(
         Err(e) if e.is_no_node() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let Some((mut node, _)) = zk.get_node(id).await? else {
-        let _ = lock.release().await;
-        return Ok(());
+    // Under our lock the cached record is current (its writers all hold the
+    // lock); without a cache, read it.
+    let cached = nodes.and_then(|c| c.get(id)).map(|e| (*e.value).clone());
+    let mut node = match cached {
+        Some(node) => node,
+        None => match zk.get_node(id).await? {
+            Some((node, _)) => node,
+            None => {
+                let _ = lock.release().await;
+                return Ok(());
+            }
+        },
     };
     if !node.state.is_cleanup_state() {
         lock.release().await?;
         return Ok(());
     }
     info!(node = %id, state = %node.state, "deleting node");
-    if node.state != NodeState::Deleting {
-        node.set_state(NodeState::Deleting);
-        match nodes {
-            Some(cache) => zk.update_node_cached(cache, &node, None).await?,
-            None => zk.update_node(&node).await?,
-        };
-    }
-    if let Some(external_id) = node.external_id.clone() {
-        if let Err(e) = delete_instance(provider, &external_id).await {
+    // Upstream marks the node `deleting` before the cloud delete. When the
+    // driver finishes the delete in its first step (static nodes, instant
+    // clouds) there is nothing for anyone to see in between, so the write is
+    // only made when the delete actually takes time.
+    let mut machine = node.external_id.clone().map(|ext| provider.delete(&ext));
+    let first = match machine.as_mut() {
+        Some(m) => Some(m.step().await),
+        None => None,
+    };
+    let finished = matches!(
+        first,
+        None | Some(Ok(np_provider::Step::Done(()))) | Some(Err(np_provider::ProviderError::NotFound(_)))
+    );
+    if !finished {
+        if node.state != NodeState::Deleting {
+            node.set_state(NodeState::Deleting);
+            match nodes {
+                Some(cache) => zk.update_node_cached(cache, &node, None).await?,
+                None => zk.update_node(&node).await?,
+            };
+        }
+        if let Some(Err(e)) = first {
             let _ = lock.release().await;
             anyhow::bail!("cloud delete failed: {e}");
+        }
+        if let Some(machine) = machine {
+            if let Err(e) = crate::launch::drive_delete(machine).await {
+                let _ = lock.release().await;
+                anyhow::bail!("cloud delete failed: {e}");
+            }
         }
     }
     zk.delete_node(&mut node).await?;
@@ -192,11 +219,13 @@ async fn deallocate_orphans(shared: &SharedState, only: Option<&HashSet<String>>
             continue;
         }
         let Ok(Some(lock)) = zk.lock_node(&node.id, LockOptions::try_once()).await else { continue };
-        if let Ok(Some((mut fresh, _))) = zk.get_node(&node.id).await {
+        if let Ok(Some((mut fresh, stat))) = zk.get_node(&node.id).await {
             if fresh.state == NodeState::Ready && fresh.allocated_to.as_deref() == Some(request) {
                 debug!(node = %fresh.id, request, "request gone; deallocating node");
                 fresh.allocated_to = None;
-                let _ = zk.update_node(&fresh).await;
+                // Versioned: an unconditional writer (a client that changed the
+                // node without locking it) must not be overwritten.
+                let _ = zk.set(&np_zk::paths::node(&fresh.id), &fresh.to_json(), Some(stat.version)).await;
             }
         }
         let _ = lock.release().await;

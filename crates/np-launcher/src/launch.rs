@@ -71,7 +71,11 @@ pub async fn delete_instance(
     provider: &dyn Provider,
     external_id: &serde_json::Value,
 ) -> Result<(), ProviderError> {
-    let mut machine = provider.delete(external_id);
+    drive_delete(provider.delete(external_id)).await
+}
+
+/// Steps a delete machine until the instance is gone (bounded to 10 minutes).
+pub async fn drive_delete(mut machine: Box<dyn np_provider::DeleteMachine>) -> Result<(), ProviderError> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         match machine.step().await {

@@ -111,12 +111,12 @@ async fn requests_are_fulfilled_by_ec2_instances_and_cleaned_up() {
 
     // Zuul uses and returns the nodes: they are deleted, the instances
     // terminated, and the second request goes through.
-    t.zk.delete_request(&first.id).await.unwrap();
     for id in &first.nodes {
         let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
         node.set_state(NodeState::Used);
         t.zk.update_node(&node).await.unwrap();
     }
+    t.zk.delete_request(&first.id).await.unwrap();
     let second = ids.iter().find(|id| **id != first.id).unwrap().clone();
     assert!(
         eventually(Duration::from_secs(60), || async {
@@ -125,19 +125,25 @@ async fn requests_are_fulfilled_by_ec2_instances_and_cleaned_up() {
         .await
     );
     let (second_req, _) = t.zk.get_request(&second).await.unwrap().unwrap();
-    t.zk.delete_request(&second).await.unwrap();
     for id in &second_req.nodes {
         let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
         node.set_state(NodeState::Used);
         t.zk.update_node(&node).await.unwrap();
     }
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            t.zk.node_ids().await.unwrap().is_empty() && running_instances(&env).await == 0
-        })
-        .await,
-        "every node deleted and every instance terminated"
-    );
+    t.zk.delete_request(&second).await.unwrap();
+    let gone = eventually(Duration::from_secs(60), || async {
+        t.zk.node_ids().await.unwrap().is_empty() && running_instances(&env).await == 0
+    })
+    .await;
+    if !gone {
+        let mut left = Vec::new();
+        for id in t.zk.node_ids().await.unwrap() {
+            let zk_view = t.zk.get_node(&id).await.unwrap().map(|(n, _)| (n.state, n.allocated_to));
+            let cache_view = launcher.shared().nodes.get(&id).map(|e| (e.value.state, e.is_locked()));
+            left.push(format!("{id}: zk {zk_view:?} cache {cache_view:?}"));
+        }
+        panic!("nodes left: {left:?}; running instances: {}", running_instances(&env).await);
+    }
 
     // And the whole Zuul 14 sequence through the real-protocol Python client.
     let hosts = format!("{}{}", np_testing::env("NP_ZK_HOSTS"), t.chroot);
