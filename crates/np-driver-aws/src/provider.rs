@@ -246,26 +246,43 @@ impl Inner {
             .find_map(|p| p.labels.iter().find(|l| l.name == label).map(|l| (p, l)))
     }
 
+    /// Every page of a paginated, non-mutating Describe call, rate limited.
+    async fn describe_all<P, T, E, R, Fut>(
+        &self,
+        operation: &str,
+        fetch: impl Fn(Option<String>) -> Fut,
+        items: impl Fn(&P) -> Vec<T>,
+        next: impl Fn(&P) -> Option<&str>,
+    ) -> Result<Vec<T>, ProviderError>
+    where
+        Fut: std::future::Future<Output = Result<P, SdkError<E, R>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let t = token.take();
+            let page = self.call(&self.non_mutating, operation, || fetch(t)).await?;
+            out.extend(items(&page));
+            token = next(&page).filter(|t| !t.is_empty()).map(str::to_owned);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn list_instances_cached(&self) -> Result<Arc<Vec<Ec2Instance>>, ProviderError> {
         self.instances
             .get(|| async {
-                let mut out = Vec::new();
-                let mut token: Option<String> = None;
-                loop {
-                    let t = token.take();
-                    let page = self
-                        .call(&self.non_mutating, "DescribeInstances", || {
-                            self.ec2().describe_instances().set_next_token(t).send()
-                        })
-                        .await?;
-                    for r in page.reservations() {
-                        out.extend(r.instances().iter().cloned());
-                    }
-                    token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
-                    if token.is_none() {
-                        break;
-                    }
-                }
+                let out = self
+                    .describe_all(
+                        "DescribeInstances",
+                        |t| self.ec2().describe_instances().set_next_token(t).send(),
+                        |p| p.reservations().iter().flat_map(|r| r.instances().iter().cloned()).collect(),
+                        |p| p.next_token(),
+                    )
+                    .await?;
                 debug!(provider = %self.name, count = out.len(), "listed instances");
                 Ok(out)
             })
@@ -274,46 +291,26 @@ impl Inner {
 
     async fn list_volumes_cached(&self) -> Result<Arc<Vec<Volume>>, ProviderError> {
         self.volumes
-            .get(|| async {
-                let mut out = Vec::new();
-                let mut token: Option<String> = None;
-                loop {
-                    let t = token.take();
-                    let page = self
-                        .call(&self.non_mutating, "DescribeVolumes", || {
-                            self.ec2().describe_volumes().set_next_token(t).send()
-                        })
-                        .await?;
-                    out.extend(page.volumes().iter().cloned());
-                    token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
-                    if token.is_none() {
-                        break;
-                    }
-                }
-                Ok(out)
+            .get(|| {
+                self.describe_all(
+                    "DescribeVolumes",
+                    |t| self.ec2().describe_volumes().set_next_token(t).send(),
+                    |p| p.volumes().to_vec(),
+                    |p| p.next_token(),
+                )
             })
             .await
     }
 
     async fn list_hosts_cached(&self) -> Result<Arc<Vec<Host>>, ProviderError> {
         self.hosts
-            .get(|| async {
-                let mut out = Vec::new();
-                let mut token: Option<String> = None;
-                loop {
-                    let t = token.take();
-                    let page = self
-                        .call(&self.non_mutating, "DescribeHosts", || {
-                            self.ec2().describe_hosts().set_next_token(t).send()
-                        })
-                        .await?;
-                    out.extend(page.hosts().iter().cloned());
-                    token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
-                    if token.is_none() {
-                        break;
-                    }
-                }
-                Ok(out)
+            .get(|| {
+                self.describe_all(
+                    "DescribeHosts",
+                    |t| self.ec2().describe_hosts().set_next_token(t).send(),
+                    |p| p.hosts().to_vec(),
+                    |p| p.next_token(),
+                )
             })
             .await
     }

@@ -84,40 +84,46 @@ pub async fn run(
     }
 }
 
+/// How long `node` may stay in its state (seconds), if a limit applies:
+/// `max-ready-age` of its labels for unallocated ready nodes, the smaller of
+/// `hold_expiration` and `max-hold-age` for held nodes.
+fn age_limit(node: &np_core::Node, config: &MaintenanceConfig) -> Option<f64> {
+    match node.state {
+        NodeState::Ready if node.allocated_to.is_none() => {
+            node.node_type.iter().filter_map(|l| config.max_ready_age.get(l)).min().map(Duration::as_secs_f64)
+        }
+        NodeState::Hold => {
+            let per_node = node.hold_expiration.filter(|h| *h > 0).map(|h| h as f64);
+            let global = config.max_hold_age.map(|d| d.as_secs_f64()).filter(|d| *d > 0.0);
+            match (per_node, global) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Marks expired ready/held nodes `deleting`; returns the next deadline
 /// (epoch seconds) among the nodes that are not yet expired.
 async fn expire_aged_nodes(shared: &SharedState, config: &MaintenanceConfig, now: f64) -> Option<f64> {
-    let mut next: Option<f64> = None;
-    let mut expired = Vec::new();
-    for entry in shared.nodes.entries() {
-        let node = &entry.value;
-        let limit = match node.state {
-            NodeState::Ready if node.allocated_to.is_none() => node
-                .node_type
-                .iter()
-                .filter_map(|l| config.max_ready_age.get(l))
-                .min()
-                .map(Duration::as_secs_f64),
-            NodeState::Hold => {
-                let per_node = node.hold_expiration.filter(|h| *h > 0).map(|h| h as f64);
-                let global = config.max_hold_age.map(|d| d.as_secs_f64()).filter(|d| *d > 0.0);
-                match (per_node, global) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
+    let (expired, next) = shared.nodes.scan(|entries| {
+        let mut next: Option<f64> = None;
+        let mut expired = Vec::new();
+        for entry in entries {
+            let node = &entry.value;
+            let Some(limit) = age_limit(node, config) else { continue };
+            let due = node.state_time + limit;
+            if due <= now {
+                if !entry.is_locked() {
+                    expired.push((node.id.clone(), node.state));
                 }
+            } else {
+                next = Some(next.map_or(due, |n: f64| n.min(due)));
             }
-            _ => None,
-        };
-        let Some(limit) = limit else { continue };
-        let due = node.state_time + limit;
-        if due <= now {
-            if !entry.is_locked() {
-                expired.push((node.id.clone(), node.state));
-            }
-        } else {
-            next = Some(next.map_or(due, |n: f64| n.min(due)));
         }
-    }
+        (expired, next)
+    });
     for (id, state) in expired {
         let zk = &shared.zk;
         let Ok(Some(lock)) = zk.lock_node(&id, LockOptions::try_once()).await else { continue };

@@ -408,31 +408,36 @@ impl PoolWorker {
         }
     }
 
+    /// A node this pool could hand out now: ready, unallocated, unlocked, of
+    /// this provider and pool, and not already picked for another request.
+    fn is_free_here(&self, e: &np_zk::cache::Entry<Node>, claimed: &HashSet<String>) -> bool {
+        let n = &e.value;
+        n.state == NodeState::Ready
+            && n.allocated_to.is_none()
+            && n.provider.as_deref() == Some(&self.spec.provider)
+            && n.pool.as_deref() == Some(&self.spec.pool)
+            && !e.is_locked()
+            && !claimed.contains(&n.id)
+    }
+
     /// Whether this pool has enough free (ready, unallocated, unlocked) nodes
     /// for every label of the request (upstream's label quota for static pools).
     fn has_free_nodes(&self, labels: &[String]) -> bool {
         let claimed = self.claimed();
-        let mut free: HashMap<&str, usize> = HashMap::new();
-        let entries = self.shared.nodes.entries();
-        for e in &entries {
-            let n = &e.value;
-            if n.state == NodeState::Ready
-                && n.allocated_to.is_none()
-                && n.provider.as_deref() == Some(&self.spec.provider)
-                && n.pool.as_deref() == Some(&self.spec.pool)
-                && !e.is_locked()
-                && !claimed.contains(&n.id)
-            {
-                for l in &n.node_type {
-                    *free.entry(l.as_str()).or_default() += 1;
-                }
-            }
-        }
         let mut wanted: HashMap<&str, usize> = HashMap::new();
         for l in labels {
             *wanted.entry(l.as_str()).or_default() += 1;
         }
-        wanted.iter().all(|(l, n)| free.get(l).copied().unwrap_or(0) >= *n)
+        let free: HashMap<String, usize> = self.shared.nodes.scan(|entries| {
+            let mut free = HashMap::new();
+            for e in entries.filter(|e| self.is_free_here(e, &claimed)) {
+                for l in &e.value.node_type {
+                    *free.entry(l.clone()).or_default() += 1;
+                }
+            }
+            free
+        });
+        wanted.iter().all(|(l, n)| free.get(*l).copied().unwrap_or(0) >= *n)
     }
 
     /// Upstream's tenant check: the tenant's usage over all nodes plus this
@@ -601,23 +606,12 @@ impl PoolWorker {
         let label = handler.slots[i].label.clone();
         let mut claimed = self.claimed();
         claimed.extend(handler.slots.iter().filter_map(|s| s.node.clone()));
-        let candidates: Vec<String> = self
-            .shared
-            .nodes
-            .entries()
-            .into_iter()
-            .filter(|e| {
-                let n = &e.value;
-                n.state == NodeState::Ready
-                    && n.allocated_to.is_none()
-                    && n.provider.as_deref() == Some(&self.spec.provider)
-                    && n.pool.as_deref() == Some(&self.spec.pool)
-                    && n.has_label(&label)
-                    && !e.is_locked()
-                    && !claimed.contains(&n.id)
-            })
-            .map(|e| e.value.id.clone())
-            .collect();
+        let candidates: Vec<String> = self.shared.nodes.scan(|entries| {
+            entries
+                .filter(|e| e.value.has_label(&label) && self.is_free_here(e, &claimed))
+                .map(|e| e.value.id.clone())
+                .collect::<Vec<_>>()
+        });
         let zk = &self.shared.zk;
         for node_id in candidates {
             let Ok(Some(lock)) = zk.lock_node(&node_id, LockOptions::try_once()).await else { continue };
@@ -722,22 +716,9 @@ impl PoolWorker {
     /// that another label can be launched.
     async fn free_oldest_unused_node(&self) {
         let claimed = self.claimed();
-        let mut idle: Vec<Arc<Node>> = self
-            .shared
-            .nodes
-            .entries()
-            .into_iter()
-            .filter(|e| {
-                let n = &e.value;
-                n.state == NodeState::Ready
-                    && n.allocated_to.is_none()
-                    && n.provider.as_deref() == Some(&self.spec.provider)
-                    && n.pool.as_deref() == Some(&self.spec.pool)
-                    && !e.is_locked()
-                    && !claimed.contains(&n.id)
-            })
-            .map(|e| e.value)
-            .collect();
+        let mut idle: Vec<Arc<Node>> = self.shared.nodes.scan(|entries| {
+            entries.filter(|e| self.is_free_here(e, &claimed)).map(|e| e.value.clone()).collect()
+        });
         idle.sort_by(|a, b| a.state_time.total_cmp(&b.state_time));
         let Some(oldest) = idle.first() else { return };
         let zk = &self.shared.zk;
