@@ -30,7 +30,7 @@ pub async fn run(
     min_ready: BTreeMap<String, u32>,
     cancel: CancellationToken,
 ) {
-    let deleting: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let deleting: InFlight = Arc::default();
     let mut node_events = shared.nodes.subscribe();
     let mut req_events = shared.requests.subscribe();
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
@@ -93,10 +93,25 @@ pub async fn run(
     }
 }
 
+/// Node deletions under way: id -> whether an event arrived meanwhile (the
+/// node must then be looked at again when the deletion attempt returns, or
+/// that event, e.g. the lock holder letting go, would be lost).
+type InFlight = Arc<Mutex<HashMap<String, bool>>>;
+
+/// Whether cleanup should delete this cached node now.
+fn deletable(shared: &SharedState, providers: &HashMap<String, Arc<dyn Provider>>, id: &str) -> bool {
+    shared.nodes.get(id).is_some_and(|entry| {
+        let node = &entry.value;
+        node.state.is_cleanup_state()
+            && !entry.is_locked()
+            && node.provider.as_deref().is_some_and(|p| providers.contains_key(p))
+    })
+}
+
 async fn delete_nodes(
     shared: &SharedState,
     providers: &HashMap<String, Arc<dyn Provider>>,
-    deleting: &Arc<Mutex<HashSet<String>>>,
+    deleting: &InFlight,
     only: Option<&HashSet<String>>,
 ) {
     let candidates: Vec<String> = match only {
@@ -104,30 +119,35 @@ async fn delete_nodes(
         None => shared.nodes.ids(),
     };
     for id in candidates {
-        let Some(entry) = shared.nodes.get(&id) else { continue };
-        let node = &entry.value;
-        let cleanup = node.state.is_cleanup_state();
-        let Some(provider) = node.provider.as_deref().and_then(|p| providers.get(p)) else { continue };
-        if !cleanup || entry.is_locked() {
-            continue;
-        }
         {
-            let mut set = deleting.lock().unwrap_or_else(|p| p.into_inner());
-            if !set.insert(node.id.clone()) {
+            let mut map = deleting.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(again) = map.get_mut(&id) {
+                *again = true;
                 continue;
             }
+            if !deletable(shared, providers, &id) {
+                continue;
+            }
+            map.insert(id.clone(), false);
         }
-        let zk = shared.zk.clone();
-        let cache = shared.nodes.clone();
-        let provider = provider.clone();
-        let id = node.id.clone();
+        let Some(provider) = shared.nodes.get(&id).and_then(|e| e.value.provider.clone()) else { continue };
+        let Some(provider) = providers.get(&provider).cloned() else { continue };
+        let shared = shared.clone();
+        let providers = providers.clone();
         let deleting = deleting.clone();
         tokio::spawn(async move {
-            let result = delete_one(&zk, Some(&cache), provider.as_ref(), &id).await;
-            if let Err(e) = result {
-                warn!(node = %id, error = %e, "node deletion failed; will retry");
+            loop {
+                let result = delete_one(&shared.zk, Some(&shared.nodes), provider.as_ref(), &id).await;
+                if let Err(e) = result {
+                    warn!(node = %id, error = %e, "node deletion failed; will retry");
+                }
+                let mut map = deleting.lock().unwrap_or_else(|p| p.into_inner());
+                let again = map.get_mut(&id).is_some_and(|again| std::mem::replace(again, false));
+                if !again || !deletable(&shared, &providers, &id) {
+                    map.remove(&id);
+                    break;
+                }
             }
-            deleting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
     }
 }
@@ -140,7 +160,10 @@ async fn delete_one(
 ) -> anyhow::Result<()> {
     let lock = match zk.lock_node(id, LockOptions::try_once()).await {
         Ok(Some(lock)) => lock,
-        Ok(None) => return Ok(()),
+        Ok(None) => {
+            debug!(node = %id, "node is locked by someone else; not deleting it now");
+            return Ok(());
+        }
         // Already deleted (by us a moment ago, or by another launcher).
         Err(e) if e.is_no_node() => return Ok(()),
         Err(e) => return Err(e.into()),

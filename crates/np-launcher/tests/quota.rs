@@ -9,6 +9,7 @@ use np_driver_fake::{FakeCloud, FakeSettings};
 use np_launcher::launcher::build_providers;
 use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
+use np_zk::LockOptions;
 
 fn config(pool_limits: &str, ignore_provider_quota: bool) -> np_config::Config {
     let text = format!(
@@ -79,12 +80,20 @@ async fn at_quota(config: np_config::Config, settings: FakeSettings) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cloud.server_ids().len(), 2, "exactly the quota is used");
     assert_eq!(state(&t, &second).await, RequestState::Pending);
+    // As Zuul does: lock the nodes, delete the request, and after the job
+    // mark the nodes used and unlock them, one by one.
     let nodes = t.zk.get_request(&first).await.unwrap().unwrap().0.nodes;
+    let mut locks = Vec::new();
+    for id in &nodes {
+        let lock = t.zk.lock_node(id, LockOptions::blocking(Some(Duration::from_secs(5)))).await.unwrap();
+        locks.push(lock.unwrap());
+    }
     t.zk.delete_request(&first).await.unwrap();
-    for id in nodes {
-        let (mut node, _) = t.zk.get_node(&id).await.unwrap().unwrap();
+    for (id, lock) in nodes.iter().zip(locks) {
+        let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
         node.set_state(NodeState::Used);
         t.zk.update_node(&node).await.unwrap();
+        lock.release().await.unwrap();
     }
     assert!(wait_state(&t, &second, RequestState::Fulfilled).await);
     assert!(cloud.server_ids().len() <= 2);

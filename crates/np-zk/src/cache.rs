@@ -113,6 +113,9 @@ struct Shared<T> {
     /// Writes this process announced (see [`TreeCache::expect_write`]): the
     /// watch event of each is not followed by a read.
     own_writes: std::sync::Mutex<HashMap<String, u32>>,
+    /// Ids to re-read: a withdrawn own write may have swallowed the watch
+    /// event of someone else's write (see [`TreeCache::cancel_write`]).
+    refresh: tokio::sync::mpsc::UnboundedSender<String>,
     events: broadcast::Sender<CacheEvent>,
     ready: watch::Sender<bool>,
     cancel: CancellationToken,
@@ -142,14 +145,16 @@ impl<T: Cached> TreeCache<T> {
     pub fn start(zk: &Zk) -> Self {
         let (events, _) = broadcast::channel(4096);
         let (ready, _) = watch::channel(false);
+        let (refresh, refresh_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             entries: RwLock::new(HashMap::new()),
             own_writes: std::sync::Mutex::new(HashMap::new()),
+            refresh,
             events,
             ready,
             cancel: CancellationToken::new(),
         });
-        tokio::spawn(run(zk.clone(), shared.clone()));
+        tokio::spawn(run(zk.clone(), shared.clone(), refresh_rx));
         TreeCache { shared }
     }
 
@@ -216,23 +221,29 @@ impl<T: Cached> TreeCache<T> {
     /// it will hand to [`TreeCache::note_write`]: the watch event of that write
     /// then needs no read. (ZooKeeper sends a session the watch event of its
     /// own write before the write's reply, so the announcement must come
-    /// first.) Correct even if someone else writes concurrently: every event
-    /// still maps to one write, and a read after any skipped event returns the
+    /// first.) Correct even if someone else writes concurrently: a successful
+    /// write maps to one event, and a read after any skipped event returns the
     /// latest data. Call [`TreeCache::cancel_write`] if the write fails.
     pub fn expect_write(&self, id: &str) {
         let mut own = self.shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());
         *own.entry(id.to_owned()).or_default() += 1;
     }
 
-    /// Withdraws an [`TreeCache::expect_write`] whose write failed.
+    /// Withdraws an [`TreeCache::expect_write`] whose write failed. A write
+    /// that failed on its version lost to someone else's write, whose watch
+    /// event may already have been taken for ours and skipped: the record is
+    /// therefore re-read.
     pub fn cancel_write(&self, id: &str) {
-        let mut own = self.shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = own.get_mut(id) {
-            *n -= 1;
-            if *n == 0 {
-                own.remove(id);
+        {
+            let mut own = self.shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = own.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    own.remove(id);
+                }
             }
         }
+        let _ = self.shared.refresh.send(id.to_owned());
     }
 
     /// Records a value this process just wrote (read-your-writes); ignored
@@ -346,7 +357,11 @@ fn resync<T: Cached>(
     shared.ready.send_replace(true);
 }
 
-async fn run<T: Cached>(zk: Zk, shared: Arc<Shared<T>>) {
+async fn run<T: Cached>(
+    zk: Zk,
+    shared: Arc<Shared<T>>,
+    mut refresh: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let mut status = zk.subscribe();
     'session: loop {
         if shared.cancel.is_cancelled() || zk.status().closed {
@@ -397,6 +412,9 @@ async fn run<T: Cached>(zk: Zk, shared: Arc<Shared<T>>) {
                     Some(update) = pending.next(), if !pending.is_empty() => {
                         apply(&shared, update);
                     }
+                    Some(id) = refresh.recv() => {
+                        pending.push_back(fetch(&client, format!("{root_prefix}{id}"), id));
+                    }
                     event = watcher.changed() => {
                         if event.event_type == EventType::Session {
                             match event.session_state {
@@ -426,16 +444,7 @@ async fn run<T: Cached>(zk: Zk, shared: Arc<Shared<T>>) {
                                 pending.push_back(async { Update::Ignore(std::marker::PhantomData) }.boxed());
                             }
                             ([id], EventType::NodeCreated | EventType::NodeDataChanged) => {
-                                let id = (*id).to_owned();
-                                let fetch = client.get_data(&event.path);
-                                pending.push_back(async move {
-                                    let result = match fetch.await {
-                                        Ok(v) => Ok(Some(v)),
-                                        Err(zookeeper_client::Error::NoNode) => Ok(None),
-                                        Err(e) => Err(e),
-                                    };
-                                    Update::Fetched { id, result }
-                                }.boxed());
+                                pending.push_back(fetch(&client, event.path.clone(), (*id).to_owned()));
                             }
                             ([id, "lock", name], kind) if T::TRACK_LOCKS && contender_sequence(name).is_some() => {
                                 let present = kind == EventType::NodeCreated;
@@ -451,6 +460,24 @@ async fn run<T: Cached>(zk: Zk, shared: Arc<Shared<T>>) {
             }
         }
     }
+}
+
+/// Reads one record (the read is issued now, in event order).
+fn fetch<T: Cached>(
+    client: &zookeeper_client::Client,
+    path: String,
+    id: String,
+) -> futures::future::BoxFuture<'static, Update<T>> {
+    let read = client.get_data(&path);
+    async move {
+        let result = match read.await {
+            Ok(v) => Ok(Some(v)),
+            Err(zookeeper_client::Error::NoNode) => Ok(None),
+            Err(e) => Err(e),
+        };
+        Update::Fetched { id, result }
+    }
+    .boxed()
 }
 
 /// Consumes one announced own write of `id`, if any.

@@ -354,6 +354,39 @@ async fn caches_follow_changes_and_converge_after_session_expiry() {
     );
 }
 
+/// A versioned write that loses to someone else's write must not leave the
+/// cache stale: the other write's watch event may have been taken for ours.
+#[tokio::test]
+async fn failed_own_write_does_not_hide_a_concurrent_write() {
+    let t = TestZk::new().await;
+    let nodes = NodeCache::start(&t.zk);
+    assert!(nodes.wait_ready(Duration::from_secs(10)).await);
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { nodes.get(&node.id).is_some() }).await);
+    let version = nodes.get(&node.id).unwrap().version;
+
+    // Our write is announced; Zuul's write lands first and its event is
+    // taken for ours; our versioned write then fails.
+    nodes.expect_write(&node.id);
+    let mut theirs = node.clone();
+    theirs.set_state(NodeState::Used);
+    t.zk.update_node(&theirs).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ours = node.clone();
+    ours.allocated_to = None;
+    let stat = t.zk.set(&format!("/nodepool/nodes/{}", node.id), &ours.to_json(), Some(version)).await;
+    assert!(stat.is_err(), "the stale versioned write fails");
+    nodes.cancel_write(&node.id);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            nodes.get(&node.id).unwrap().value.state == NodeState::Used
+        })
+        .await,
+        "the cache re-reads the record after a failed own write"
+    );
+}
+
 #[tokio::test]
 async fn component_registration_is_python_compatible_and_survives_expiry() {
     let t = TestZk::new().await;
