@@ -35,6 +35,7 @@ providers:
   - name: fake-provider
     cloud: fake
     driver: fake
+    rate: 0.0001
     diskimages:
       - name: fake-image
     pools:

@@ -26,7 +26,8 @@ pub mod listing;
 pub mod pools;
 pub mod provider;
 pub mod quota;
-pub mod rate;
+/// The shared rate limiter (kept at this path for the driver's modules).
+pub use np_provider::rate;
 pub mod tags;
 
 pub use error::AwsError;

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use np_core::Quota;
-use np_provider::{CreateMachine, DeleteMachine, Instance, LaunchRequest, Provider, ProviderError, Step};
+use np_provider::{
+    CreateMachine, DeleteMachine, Instance, LaunchRequest, Provider, ProviderError, RateLimiter, Step,
+};
 use serde_json::Value;
 
 /// Cores per fake instance (upstream's "Fake Flavor").
@@ -158,12 +160,26 @@ impl FakeCloud {
 pub struct FakeProvider {
     cloud: FakeCloud,
     region: Option<String>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl FakeProvider {
     /// A provider named after the cloud.
     pub fn new(cloud: FakeCloud, region: Option<String>) -> Self {
-        FakeProvider { cloud, region }
+        FakeProvider { cloud, region, limiter: Arc::new(RateLimiter::new(0.0)) }
+    }
+
+    /// Spaces the cloud API calls (server create and delete) `seconds`
+    /// apart, as upstream's OpenStack-based fake does with the provider's
+    /// `rate` (default 1 s; upstream's test fixtures use 0.0001).
+    pub fn with_rate(mut self, seconds: f64) -> Self {
+        self.limiter = Arc::new(RateLimiter::every(seconds));
+        self
+    }
+
+    /// The API call limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     /// The underlying cloud.
@@ -174,6 +190,7 @@ impl FakeProvider {
 
 struct FakeCreate {
     cloud: FakeCloud,
+    limiter: Arc<RateLimiter>,
     request: LaunchRequest,
     region: Option<String>,
     server: Option<String>,
@@ -184,6 +201,7 @@ impl CreateMachine for FakeCreate {
     async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
         let settings = self.cloud.settings();
         let Some(id) = self.server.clone() else {
+            self.limiter.acquire().await;
             let (count, cores, ram) = self.cloud.usage();
             {
                 let mut state = self.cloud.state();
@@ -260,12 +278,18 @@ impl CreateMachine for FakeCreate {
 
 struct FakeDelete {
     cloud: FakeCloud,
+    limiter: Arc<RateLimiter>,
+    called: bool,
     id: Option<String>,
 }
 
 #[async_trait]
 impl DeleteMachine for FakeDelete {
     async fn step(&mut self) -> Result<Step<()>, ProviderError> {
+        if !self.called {
+            self.called = true;
+            self.limiter.acquire().await;
+        }
         let mut state = self.cloud.state();
         if state.stuck_deletes {
             return Ok(Step::Pending(Duration::from_millis(100)));
@@ -286,11 +310,22 @@ impl Provider for FakeProvider {
     }
 
     fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine> {
-        Box::new(FakeCreate { cloud: self.cloud.clone(), request, region: self.region.clone(), server: None })
+        Box::new(FakeCreate {
+            cloud: self.cloud.clone(),
+            limiter: self.limiter.clone(),
+            request,
+            region: self.region.clone(),
+            server: None,
+        })
     }
 
     fn delete(&self, external_id: &Value) -> Box<dyn DeleteMachine> {
-        Box::new(FakeDelete { cloud: self.cloud.clone(), id: external_id.as_str().map(str::to_owned) })
+        Box::new(FakeDelete {
+            cloud: self.cloud.clone(),
+            limiter: self.limiter.clone(),
+            called: false,
+            id: external_id.as_str().map(str::to_owned),
+        })
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
@@ -365,5 +400,27 @@ mod tests {
         assert!(matches!(block_on(run(&mut m3)), Err(ProviderError::Fatal(_))));
         assert_eq!(cloud.counts(), (1, 1));
         assert!(block_on(p.list_instances()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rate_spaces_creates_and_deletes() {
+        let p = FakeProvider::new(FakeCloud::new("fake", FakeSettings::default()), None).with_rate(0.05);
+        let start = std::time::Instant::now();
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let mut m = p.create(LaunchRequest::new(&format!("000000000{n}"), "fake", "main", "small"));
+            loop {
+                match m.step().await.unwrap() {
+                    Step::Done(i) => break ids.push(i.external_id),
+                    Step::Pending(d) => tokio::time::sleep(d).await,
+                }
+            }
+        }
+        for id in &ids {
+            assert_eq!(p.delete(id).step().await.unwrap(), Step::Done(()));
+        }
+        // Six calls, 50 ms apart.
+        assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+        assert_eq!(p.limiter().calls(), 6);
     }
 }

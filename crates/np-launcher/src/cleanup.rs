@@ -218,9 +218,7 @@ async fn delete_one(
             }
         }
     }
-    zk.delete_node(&mut node).await?;
-    // The lock went away with the node.
-    lock.disarm();
+    zk.delete_locked_node(&mut node, lock).await?;
     Ok(())
 }
 

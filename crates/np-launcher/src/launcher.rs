@@ -94,7 +94,7 @@ fn build_one(
                     .unwrap_or_default();
                 FakeCloud::new(&p.name, FakeSettings { launch_delay: delay, ..FakeSettings::default() })
             });
-            Arc::new(FakeProvider::new(cloud, os.region_name.clone()))
+            Arc::new(FakeProvider::new(cloud, os.region_name.clone()).with_rate(os.rate))
         }
         ProviderDriver::Static(_) => Arc::new(np_driver_static::StaticProvider::new(&p.name)),
         ProviderDriver::Aws(_) => return Ok(None),

@@ -68,8 +68,30 @@ fn watch_files(
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The async runtime: one thread by default. The launcher's work is short
+/// reactions to ZooKeeper events; on one thread no task wake-up has to cross
+/// threads, which takes a quarter off its CPU per request (doc/benchmarks.md).
+/// `NODEPOOL_RUNTIME_THREADS=N` (N > 1) selects a multi-threaded runtime for
+/// launchers with very many providers.
+fn main() -> anyhow::Result<()> {
+    let threads = match std::env::var("NODEPOOL_RUNTIME_THREADS") {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .with_context(|| format!("NODEPOOL_RUNTIME_THREADS={v:?} is not a positive number"))?,
+        Err(_) => 1,
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let default = if args.debug { "debug" } else { "info" };
     tracing_subscriber::fmt()

@@ -21,6 +21,7 @@ labels:
 providers:
   - name: fake-provider
     driver: fake
+    rate: 0.0001
     cloud: fake
     boot-timeout: 2
     launch-retries: 2

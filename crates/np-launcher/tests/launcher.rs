@@ -23,6 +23,7 @@ labels:
 providers:
   - name: fake-provider
     driver: fake
+    rate: 0.0001
     cloud: fake
     cloud-images:
       - name: img
@@ -255,6 +256,7 @@ labels:
 providers:
   - name: fake-provider
     driver: fake
+    rate: 0.0001
     cloud: fake
     cloud-images:
       - name: img

@@ -22,6 +22,7 @@ labels:
 providers:
   - name: fake-provider
     driver: fake
+    rate: 0.0001
     cloud: fake
     cloud-images:
       - name: img

@@ -20,7 +20,7 @@ fn config(chroot: &str, labels: &[&str]) -> String {
         })
         .collect();
     format!(
-        "zookeeper-servers:\n  - host: 127.0.0.1\n    port: {port}\n    chroot: {chroot}\nlabels:\n{top}providers:\n  - name: fake-provider\n    driver: fake\n    cloud: fake\n    cloud-images:\n      - name: img\n    pools:\n      - name: main\n        max-servers: 5\n        labels:\n{pool}"
+        "zookeeper-servers:\n  - host: 127.0.0.1\n    port: {port}\n    chroot: {chroot}\nlabels:\n{top}providers:\n  - name: fake-provider\n    driver: fake\n    cloud: fake\n    rate: 0.0001\n    cloud-images:\n      - name: img\n    pools:\n      - name: main\n        max-servers: 5\n        labels:\n{pool}"
     )
 }
 

@@ -20,7 +20,7 @@ fn provider(name: &str, priority: i64, max_servers: u32, labels: &[&str]) -> Str
         })
         .collect();
     format!(
-        "  - name: {name}\n    driver: fake\n    cloud: fake\n    priority: {priority}\n    cloud-images:\n      - name: img\n    pools:\n      - name: main\n        max-servers: {max_servers}\n        labels:\n{labels}"
+        "  - name: {name}\n    driver: fake\n    cloud: fake\n    rate: 0.0001\n    priority: {priority}\n    cloud-images:\n      - name: img\n    pools:\n      - name: main\n        max-servers: {max_servers}\n        labels:\n{labels}"
     )
 }
 

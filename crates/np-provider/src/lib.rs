@@ -25,6 +25,9 @@ use async_trait::async_trait;
 use np_core::Quota;
 use serde_json::Value;
 
+pub mod rate;
+pub use rate::RateLimiter;
+
 /// Metadata key naming the provider that owns an instance.
 pub const META_PROVIDER: &str = "nodepool_provider_name";
 /// Metadata key naming the pool.

@@ -85,6 +85,32 @@ impl Zk {
         self.delete_recursive(&path).await
     }
 
+    /// Deletes a node this process holds locked, with the lock: usually one
+    /// transaction (our contender, the lock directory, the node) and no
+    /// listing, since nobody else contends for a node being deleted. If
+    /// someone does, [`Zk::delete_node`]'s listing sequence follows. The
+    /// lock is gone afterwards either way.
+    pub async fn delete_locked_node(&self, node: &mut Node, lock: crate::LockGuard) -> Result<(), ZkError> {
+        let path = paths::node(&node.id);
+        let client = self.client();
+        let mut multi = client.new_multi_writer();
+        let queued = multi
+            .add_delete(lock.contender_path(), None)
+            .and(multi.add_delete(lock.lock_path(), None))
+            .and(multi.add_delete(&path, None));
+        if queued.is_ok() && multi.commit().await.is_ok() {
+            lock.disarm();
+            return Ok(());
+        }
+        let result = self.delete_node(node).await;
+        if result.is_ok() {
+            lock.disarm();
+        } else {
+            let _ = lock.release().await;
+        }
+        result
+    }
+
     /// [`Zk::update_node`] for a node this process holds locked, keeping
     /// `cache` current without the read its watch event would cause. With
     /// `version`, the write only succeeds over that znode version (a

@@ -244,6 +244,42 @@ async fn locking_a_deleted_node_does_not_resurrect_it() {
 }
 
 #[tokio::test]
+async fn deleting_a_locked_node_removes_it_with_its_lock_even_with_a_waiter() {
+    let t = TestZk::new().await;
+    // Nobody else contends: one transaction.
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    let lock = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    t.zk.delete_locked_node(&mut node, lock).await.unwrap();
+    assert!(t.zk.exists(&format!("/nodepool/nodes/{}", node.id)).await.unwrap().is_none());
+
+    // A second session waits for the lock: the node still goes, and the
+    // waiter is told the node is gone rather than getting a lock on nothing.
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    let lock = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    let other = t.second().await;
+    let id = node.id.clone();
+    let waiter = tokio::spawn(async move {
+        other
+            .zk
+            .lock_node(&id, LockOptions::blocking(Some(Duration::from_secs(10))))
+            .await
+            .map(|g| g.is_some())
+    });
+    let lock_dir = format!("/nodepool/nodes/{}/lock", node.id);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            t.zk.children(&lock_dir).await.unwrap().unwrap_or_default().len() == 2
+        })
+        .await
+    );
+    t.zk.delete_locked_node(&mut node, lock).await.unwrap();
+    assert!(t.zk.exists(&format!("/nodepool/nodes/{}", node.id)).await.unwrap().is_none());
+    assert!(!matches!(waiter.await.unwrap(), Ok(true)), "the waiter must not hold a lock on a deleted node");
+}
+
+#[tokio::test]
 async fn waiter_gets_the_lock_when_the_holders_session_dies() {
     let t = TestZk::new().await;
     let py = t.python();

@@ -1,11 +1,13 @@
-//! Request spacing (`rate`, requests per second) with throttling back-off.
+//! Spacing of a provider's cloud API calls, with throttling back-off: the
+//! rate limiter every driver shares.
 //!
-//! Like upstream's `RateLimiter`: one lock and a minimum spacing of `1/rate`
-//! between calls. The provider keeps one limiter for mutating calls (at
-//! `rate`), one for non-mutating calls (at `10 × rate`) and one for Service
-//! Quotas (at `rate`). When EC2 answers with a throttling code the limiter
-//! adds an exponentially growing pause (up to [`MAX_PENALTY`]) until a call
-//! succeeds again.
+//! Like upstream's `RateLimiter`: one lock and a minimum spacing between
+//! calls. Drivers build it from their `rate` setting, whose unit depends on
+//! the driver upstream: AWS gives calls per second ([`RateLimiter::new`]),
+//! OpenStack and the fake driver seconds between calls
+//! ([`RateLimiter::every`]). When the cloud answers that it is throttling
+//! the caller, [`RateLimiter::throttled`] adds an exponentially growing pause
+//! (up to [`MAX_PENALTY`]) until a call succeeds again.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,6 +40,16 @@ impl RateLimiter {
             last: Mutex::new(None),
             throttled: AtomicU32::new(0),
             calls: AtomicU64::new(0),
+        }
+    }
+
+    /// A limiter spacing calls `seconds` apart (`seconds <= 0` or not
+    /// finite: no spacing).
+    pub fn every(seconds: f64) -> Self {
+        if seconds.is_finite() && seconds > 0.0 {
+            Self::new(1.0 / seconds)
+        } else {
+            Self::new(0.0)
         }
     }
 
@@ -109,5 +121,8 @@ mod tests {
         assert_eq!(r.penalty(), MAX_PENALTY);
         assert_eq!(r.calls(), 3);
         assert_eq!(RateLimiter::new(0.0).interval(), Duration::ZERO);
+        assert_eq!(RateLimiter::every(0.5).interval(), Duration::from_millis(500));
+        assert_eq!(RateLimiter::every(0.0).interval(), Duration::ZERO);
+        assert_eq!(RateLimiter::every(f64::NAN).interval(), Duration::ZERO);
     }
 }
