@@ -29,6 +29,7 @@ pub mod quota;
 /// The shared rate limiter (kept at this path for the driver's modules).
 pub use np_provider::rate;
 pub mod tags;
+pub mod templates;
 
 pub use error::AwsError;
 pub use pools::{label_info, pool_infos, AwsLabelInfo, AwsPoolInfo, CLOUD};

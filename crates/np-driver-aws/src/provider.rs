@@ -34,6 +34,7 @@ use crate::listing::Listing;
 use crate::quota::{self, InstanceTypeInfo, Market};
 use crate::rate::RateLimiter;
 use crate::tags::node_tags;
+use crate::templates;
 
 /// The most instances one `TerminateInstances` call names (AWS recommends
 /// small batches; upstream uses 50).
@@ -150,6 +151,10 @@ struct Inner {
     images: Mutex<HashMap<String, Image>>,
     service_quotas: Mutex<Option<(Instant, QuotaMaps)>>,
     terminator: std::sync::Mutex<Option<mpsc::UnboundedSender<TerminateJob>>>,
+    /// Launch template name per (pool, label) for `fleet` labels.
+    templates: HashMap<(String, String), String>,
+    /// Whether the launch templates were made sure of (held while doing so).
+    templates_ready: Mutex<bool>,
     run_instances: std::sync::atomic::AtomicU64,
     terminate_calls: std::sync::atomic::AtomicU64,
 }
@@ -728,6 +733,232 @@ impl Inner {
             .ok_or_else(|| ProviderError::Fatal("RunInstances returned no instance".into()))
     }
 
+    /// Creates the launch templates of the `fleet` labels that do not exist
+    /// yet and deletes templates of this provider that no label uses any
+    /// more (upstream's `_createLaunchTemplates`). Done once; a failure is
+    /// retried by the next fleet launch.
+    async fn ensure_launch_templates(&self) -> Result<(), ProviderError> {
+        use ec2::types::{
+            LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+            LaunchTemplateHttpTokensState, LaunchTemplateInstanceMetadataEndpointState,
+            LaunchTemplateInstanceMetadataOptionsRequest, RequestLaunchTemplateData, ResourceType,
+            VolumeType,
+        };
+        let mut ready = self.templates_ready.lock().await;
+        if *ready || self.templates.is_empty() {
+            *ready = true;
+            return Ok(());
+        }
+        let existing = self
+            .describe_all(
+                "DescribeLaunchTemplates",
+                |t| {
+                    self.ec2()
+                        .describe_launch_templates()
+                        .filters(
+                            Filter::builder()
+                                .name("launch-template-name")
+                                .values(format!("{}-*", templates::PREFIX))
+                                .build(),
+                        )
+                        .set_next_token(t)
+                        .send()
+                },
+                |p| p.launch_templates().to_vec(),
+                |p| p.next_token(),
+            )
+            .await?;
+        let existing_names: std::collections::HashSet<&str> =
+            existing.iter().filter_map(|t| t.launch_template_name()).collect();
+        let mut created = std::collections::HashSet::new();
+        for pool in &self.config.pools {
+            for label in &pool.labels {
+                let Some(name) = self.templates.get(&(pool.name.clone(), label.name.clone())) else {
+                    continue;
+                };
+                if existing_names.contains(name.as_str()) || created.contains(name) {
+                    debug!(provider = %self.name, template = %name, "launch template exists");
+                    continue;
+                }
+                let mut ebs = LaunchTemplateEbsBlockDeviceRequest::builder().delete_on_termination(true);
+                if let Some(size) = label.volume_size.filter(|v| *v != 0) {
+                    ebs = ebs.set_volume_size(i32::try_from(size).ok());
+                }
+                if let Some(t) = label.volume_type.as_deref().filter(|t| !t.is_empty()) {
+                    ebs = ebs.volume_type(VolumeType::from(t));
+                }
+                if let Some(iops) = label.iops.filter(|v| *v != 0) {
+                    ebs = ebs.set_iops(i32::try_from(iops).ok());
+                }
+                if let Some(tp) = label.throughput.filter(|v| *v != 0) {
+                    ebs = ebs.set_throughput(i32::try_from(tp).ok());
+                }
+                let mut data = RequestLaunchTemplateData::builder()
+                    .key_name(&label.key_name)
+                    .set_security_group_ids(pool.security_group_id.clone().map(|g| vec![g]))
+                    .block_device_mappings(
+                        LaunchTemplateBlockDeviceMappingRequest::builder()
+                            .device_name("/dev/sda1")
+                            .ebs(ebs.build())
+                            .build(),
+                    );
+                let tokens = match label.imdsv2.as_deref() {
+                    Some("required") => Some(LaunchTemplateHttpTokensState::Required),
+                    Some("optional") => Some(LaunchTemplateHttpTokensState::Optional),
+                    _ => None,
+                };
+                if let Some(tokens) = tokens {
+                    data = data.metadata_options(
+                        LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                            .http_tokens(tokens)
+                            .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                            .build(),
+                    );
+                }
+                if let Some(userdata) = label.userdata.as_deref().filter(|u| !u.is_empty()) {
+                    data = data.user_data(aws_smithy_types::base64::encode(userdata.as_bytes()));
+                }
+                let tags: Vec<Tag> = templates::template_tags(&self.name)
+                    .into_iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect();
+                let req = self
+                    .ec2()
+                    .create_launch_template()
+                    .launch_template_name(name)
+                    .launch_template_data(data.build())
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ResourceType::LaunchTemplate)
+                            .set_tags(Some(tags))
+                            .build(),
+                    );
+                match self.call(&self.mutating, "CreateLaunchTemplate", || req.send()).await {
+                    Ok(_) => {
+                        info!(provider = %self.name, template = %name, label = %label.name, "launch template created")
+                    }
+                    // Another launcher (ours or Python's) made it meanwhile.
+                    Err(e) if e.to_string().contains("AlreadyExists") => {}
+                    Err(e) => return Err(e),
+                }
+                created.insert(name.clone());
+            }
+        }
+        let configured: std::collections::HashSet<&String> = self.templates.values().collect();
+        for template in &existing {
+            let Some(name) = template.launch_template_name() else { continue };
+            let ours = template
+                .tags()
+                .iter()
+                .any(|t| t.key() == Some("nodepool_provider_name") && t.value() == Some(self.name.as_str()));
+            if ours && !configured.contains(&name.to_owned()) {
+                let req = self.ec2().delete_launch_template().launch_template_name(name);
+                self.call(&self.mutating, "DeleteLaunchTemplate", || req.send()).await?;
+                info!(provider = %self.name, template = %name, "unused launch template deleted");
+            }
+        }
+        *ready = true;
+        Ok(())
+    }
+
+    /// Launches one instance of a `fleet` label with an instant fleet
+    /// (upstream's `_createFleet`); returns its id.
+    async fn create_fleet(
+        &self,
+        pool: &AwsPool,
+        label: &AwsLabel,
+        image_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        use ec2::types::{
+            DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest, FleetLaunchTemplateOverridesRequest,
+            FleetLaunchTemplateSpecificationRequest, FleetOnDemandAllocationStrategy, FleetType,
+            OnDemandOptionsRequest, ResourceType, SpotAllocationStrategy, SpotOptionsRequest,
+            TargetCapacitySpecificationRequest,
+        };
+        let Some(AwsInstance::Fleet { instance_types, allocation_strategy }) = &label.instance else {
+            return Err(ProviderError::Fatal(format!("label {} is not a fleet label", label.name)));
+        };
+        self.ensure_launch_templates().await?;
+        let template = self
+            .templates
+            .get(&(pool.name.clone(), label.name.clone()))
+            .ok_or_else(|| ProviderError::Fatal(format!("label {} has no launch template", label.name)))?;
+        let overrides: Vec<FleetLaunchTemplateOverridesRequest> = instance_types
+            .iter()
+            .map(|t| {
+                let t = t.as_str().map(str::to_owned).unwrap_or_else(|| t.to_string());
+                FleetLaunchTemplateOverridesRequest::builder()
+                    .image_id(image_id)
+                    .instance_type(ec2::types::InstanceType::from(t.as_str()))
+                    .set_subnet_id(pool.subnet_id.clone())
+                    .build()
+            })
+            .collect();
+        let capacity = TargetCapacitySpecificationRequest::builder().total_target_capacity(1);
+        let tag_list = tag_list(tags);
+        let mut req = self
+            .ec2()
+            .create_fleet()
+            .r#type(FleetType::Instant)
+            .launch_template_configs(
+                FleetLaunchTemplateConfigRequest::builder()
+                    .launch_template_specification(
+                        FleetLaunchTemplateSpecificationRequest::builder()
+                            .launch_template_name(template)
+                            .version("$Latest")
+                            .build(),
+                    )
+                    .set_overrides(Some(overrides))
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(tag_list.clone()))
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .set_tags(Some(tag_list))
+                    .build(),
+            );
+        req = if label.use_spot {
+            req.spot_options(
+                SpotOptionsRequest::builder()
+                    .allocation_strategy(SpotAllocationStrategy::from(allocation_strategy.as_str()))
+                    .build(),
+            )
+            .target_capacity_specification(
+                capacity.default_target_capacity_type(DefaultTargetCapacityType::Spot).build(),
+            )
+        } else {
+            req.on_demand_options(
+                OnDemandOptionsRequest::builder()
+                    .allocation_strategy(FleetOnDemandAllocationStrategy::from(allocation_strategy.as_str()))
+                    .build(),
+            )
+            .target_capacity_specification(
+                capacity.default_target_capacity_type(DefaultTargetCapacityType::OnDemand).build(),
+            )
+        };
+        self.run_instances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let resp = self.call(&self.mutating, "CreateFleet", || req.send()).await?;
+        if let Some(id) = resp.instances().iter().flat_map(|i| i.instance_ids()).next() {
+            return Ok(id.clone());
+        }
+        // An instant fleet reports launch failures in the answer, not as an
+        // API error: classify them like RunInstances errors.
+        match resp.errors().first() {
+            Some(e) => Err(crate::error::classify_code(
+                e.error_code().unwrap_or("Unknown"),
+                &format!("CreateFleet: {}", e.error_message().unwrap_or_default()),
+            )),
+            None => Err(ProviderError::Fatal("CreateFleet returned no instance".into())),
+        }
+    }
+
     async fn allocate_host(
         &self,
         pool: &AwsPool,
@@ -911,12 +1142,28 @@ impl AwsProvider {
             images: Mutex::new(HashMap::new()),
             service_quotas: Mutex::new(None),
             terminator: std::sync::Mutex::new(None),
+            templates: config
+                .pools
+                .iter()
+                .flat_map(|p| {
+                    p.labels.iter().filter(|l| matches!(l.instance, Some(AwsInstance::Fleet { .. }))).map(
+                        |l| {
+                            let name = templates::template_name(&templates::template_args(name, p, l));
+                            ((p.name.clone(), l.name.clone()), name)
+                        },
+                    )
+                })
+                .collect(),
+            templates_ready: Mutex::new(false),
             run_instances: Default::default(),
             terminate_calls: Default::default(),
         };
         let provider = AwsProvider { inner: Arc::new(inner) };
         if let Err(e) = provider.inner.load_instance_types().await {
             warn!(provider = name, error = %e, "cannot read instance types yet");
+        }
+        if let Err(e) = provider.inner.ensure_launch_templates().await {
+            warn!(provider = name, error = %e, "cannot set up launch templates yet; retried at the first fleet launch");
         }
         Ok(provider)
     }
@@ -1021,13 +1268,8 @@ impl AwsCreate {
         let inner = self.inner.clone();
         let (pool, label) = self.label()?;
         let instance_type = match &label.instance {
-            Some(AwsInstance::Type(t)) => t,
-            Some(AwsInstance::Fleet { .. }) => {
-                return Err(ProviderError::Fatal(format!(
-                    "label {}: fleet labels are not supported yet",
-                    label.name
-                )))
-            }
+            Some(AwsInstance::Type(t)) => Some(t),
+            Some(AwsInstance::Fleet { .. }) => None,
             None => return Err(ProviderError::Fatal(format!("label {} has no instance-type", label.name))),
         };
         let image_id =
@@ -1048,13 +1290,24 @@ impl AwsCreate {
                 None => return Err(ProviderError::Fatal(format!("label {} has no image", label.name))),
             };
         let tags = self.tags(label);
-        let instance =
-            inner.run_instance(pool, label, instance_type, &image_id, &tags, self.host_id.as_deref()).await?;
-        let id = instance
-            .instance_id()
-            .map(str::to_owned)
-            .ok_or_else(|| ProviderError::Fatal("RunInstances returned no instance id".into()))?;
-        info!(instance = %id, image = %image_id, instance_type = %instance_type, "instance created");
+        let id = match instance_type {
+            Some(instance_type) => {
+                let instance = inner
+                    .run_instance(pool, label, instance_type, &image_id, &tags, self.host_id.as_deref())
+                    .await?;
+                let id = instance
+                    .instance_id()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ProviderError::Fatal("RunInstances returned no instance id".into()))?;
+                info!(instance = %id, image = %image_id, instance_type = %instance_type, "instance created");
+                id
+            }
+            None => {
+                let id = inner.create_fleet(pool, label, &image_id, &tags).await?;
+                info!(instance = %id, image = %image_id, "instance created through an instant fleet");
+                id
+            }
+        };
         self.instance_id = Some(id);
         self.state = CreateState::Creating;
         Ok(Step::Pending(inner.settings.poll_interval))

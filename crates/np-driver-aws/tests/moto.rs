@@ -595,3 +595,135 @@ async fn network_options_ipv6_subnet_security_group_az() {
     assert_eq!(inst.interface_ip, inst.private_ipv4);
     run_delete(&p, &inst.external_id).await.unwrap();
 }
+
+const FLEET: &str = r#"
+          - name: ubuntu
+            cloud-image: ubuntu
+            key-name: zuul
+            volume-size: 40
+            fleet:
+              instance-types: [t3.medium, t3.large]
+              allocation-strategy: prioritized
+          - name: spot
+            cloud-image: ubuntu
+            key-name: zuul
+            use-spot: true
+            fleet:
+              instance-types: [t3.medium]
+              allocation-strategy: price-capacity-optimized
+"#;
+
+async fn template_names(env: &TestEnv) -> Vec<String> {
+    let r = env.ec2().describe_launch_templates().send().await.unwrap();
+    let mut names: Vec<String> =
+        r.launch_templates().iter().filter_map(|t| t.launch_template_name().map(str::to_owned)).collect();
+    names.sort();
+    names
+}
+
+async fn plant_template(env: &TestEnv, name: &str, provider: &str) {
+    use aws_sdk_ec2::types::RequestLaunchTemplateData;
+    env.ec2()
+        .create_launch_template()
+        .launch_template_name(name)
+        .launch_template_data(RequestLaunchTemplateData::builder().key_name("zuul").build())
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::LaunchTemplate)
+                .tags(Tag::builder().key("nodepool_provider_name").value(provider).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn fleet_labels_launch_through_templates_and_instant_fleets() {
+    let env = TestEnv::new().await;
+    // Left from an older configuration of this provider (deleted), another
+    // provider's (kept) and one that is not Nodepool's (kept).
+    plant_template(&env, "nodepool-launch-template-old", PROVIDER).await;
+    plant_template(&env, "nodepool-launch-template-other", "other-provider").await;
+    plant_template(&env, "my-own-template", PROVIDER).await;
+
+    let yaml = yaml(FLEET, "        security-group-id: sg-0123\n", "");
+    let p = env.provider(&yaml, PROVIDER).await;
+    let cfg = support::aws_config(&yaml, PROVIDER);
+    let pool = &cfg.pools[0];
+    let expected: Vec<String> = pool
+        .labels
+        .iter()
+        .map(|l| {
+            np_driver_aws::templates::template_name(&np_driver_aws::templates::template_args(
+                PROVIDER, pool, l,
+            ))
+        })
+        .collect();
+    let mut want = vec!["my-own-template".to_owned(), "nodepool-launch-template-other".to_owned()];
+    want.extend(expected.iter().cloned());
+    want.sort();
+    assert_eq!(template_names(&env).await, want, "configured templates made, our stale one deleted");
+    let created = env.faults.sent("CreateLaunchTemplate");
+    assert_eq!(created.len(), 2);
+    assert!(created.iter().any(|b| b.contains("LaunchTemplateData.BlockDeviceMapping.1.Ebs.VolumeSize=40")));
+    assert!(created.iter().all(|b| b.contains("LaunchTemplateData.SecurityGroupId.1=sg-0123")));
+
+    // On-demand fleet: one instance of one of the listed types, tagged.
+    let inst = run_create(&p, request("0000000001", "ubuntu"), None).await.unwrap();
+    let id = instance_id(&inst);
+    assert_eq!(inst.node_properties, Some(json!({"fleet": true, "spot": false})));
+    let d = describe(&env, &id).await;
+    let itype = d.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default();
+    assert!(itype == "t3.medium" || itype == "t3.large", "{itype}");
+    let tags = np_driver_aws::tag_map(d.tags());
+    assert_eq!(tags["nodepool_node_id"], "0000000001");
+    assert_eq!(tags["nodepool_provider_name"], PROVIDER);
+    let fleets = env.faults.sent("CreateFleet");
+    assert_eq!(fleets.len(), 1);
+    let body = &fleets[0];
+    for part in [
+        "Type=instant",
+        &format!("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateName={}", expected[0]),
+        "LaunchTemplateConfigs.1.LaunchTemplateSpecification.Version=%24Latest",
+        "LaunchTemplateConfigs.1.Overrides.1.InstanceType=t3.medium",
+        "LaunchTemplateConfigs.1.Overrides.2.InstanceType=t3.large",
+        "OnDemandOptions.AllocationStrategy=prioritized",
+        "TargetCapacitySpecification.TotalTargetCapacity=1",
+        "TargetCapacitySpecification.DefaultTargetCapacityType=on-demand",
+        "TagSpecification.2.ResourceType=volume",
+    ] {
+        assert!(body.contains(part), "CreateFleet lacks {part}: {body}");
+    }
+    // A fleet label counts one instance (its type is only known afterwards).
+    assert_eq!(p.quota_for_label("ubuntu").get("instances"), 1.0);
+
+    // Spot fleet.
+    let spot = run_create(&p, request("0000000002", "spot"), None).await.unwrap();
+    assert_eq!(spot.node_properties, Some(json!({"fleet": true, "spot": true})));
+    let body = env.faults.sent("CreateFleet").pop().unwrap();
+    assert!(body.contains("SpotOptions.AllocationStrategy=price-capacity-optimized"), "{body}");
+    assert!(body.contains("TargetCapacitySpecification.DefaultTargetCapacityType=spot"), "{body}");
+
+    for i in [&inst, &spot] {
+        run_delete(&p, &i.external_id).await.unwrap();
+    }
+    // A second launcher on the same provider finds the templates and makes none.
+    let _again = env.provider(&yaml, PROVIDER).await;
+    assert_eq!(env.faults.sent("CreateLaunchTemplate").len(), 2);
+    assert_eq!(template_names(&env).await, want);
+}
+
+#[tokio::test]
+async fn fleet_api_errors_are_classified() {
+    let env = TestEnv::new().await;
+    let p = env.provider(&yaml(FLEET, "", ""), PROVIDER).await;
+    env.faults.arm("CreateFleet", "InsufficientInstanceCapacity", 1);
+    let err = run_create(&p, request("0000000003", "ubuntu"), None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Capacity(_)), "{err:?}");
+    env.faults.arm("CreateFleet", "VcpuLimitExceeded", 1);
+    let err = run_create(&p, request("0000000004", "ubuntu"), None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Quota(_)), "{err:?}");
+    // And the next launch goes through.
+    run_create(&p, request("0000000005", "ubuntu"), None).await.unwrap();
+}
