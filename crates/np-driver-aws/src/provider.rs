@@ -343,13 +343,16 @@ impl Inner {
     /// `InvalidInstanceType` marks the type invalid (its labels are disabled);
     /// other errors are returned and the type is tried again later.
     async fn load_instance_types(&self) -> Result<(), ProviderError> {
+        self.load_types(self.label_instance_types()).await
+    }
+
+    /// Reads the instance types of `types` not known yet (see
+    /// [`Inner::load_instance_types`]).
+    async fn load_types(&self, types: Vec<String>) -> Result<(), ProviderError> {
         let missing: Vec<String> = {
             let known = read(&self.instance_types);
             let invalid = read(&self.invalid_types);
-            self.label_instance_types()
-                .into_iter()
-                .filter(|t| !known.contains_key(t) && !invalid.contains_key(t))
-                .collect()
+            types.into_iter().filter(|t| !known.contains_key(t) && !invalid.contains_key(t)).collect()
         };
         for t in missing {
             let result = self
@@ -1628,6 +1631,70 @@ impl Provider for AwsProvider {
 
     async fn quota_limits(&self) -> Result<Quota, ProviderError> {
         self.inner.quota_limits().await
+    }
+
+    /// Every instance that is not terminated (from the shared listing), as
+    /// upstream's `listInstances`: an instance on a dedicated host costs the
+    /// host's quota, any other its type's cores, RAM, one instance and its
+    /// family's vCPU code (spot or on-demand), plus its attached volumes.
+    async fn instance_usage(&self) -> Result<Vec<np_provider::InstanceUsage>, ProviderError> {
+        let inner = &self.inner;
+        let instances = inner.list_instances_cached().await?;
+        let live: Vec<&Ec2Instance> = instances
+            .iter()
+            .filter(|i| i.state().and_then(|s| s.name()) != Some(&InstanceStateName::Terminated))
+            .collect();
+        let types: Vec<String> =
+            live.iter().filter_map(|i| i.instance_type().map(|t| t.as_str().to_owned())).collect();
+        if let Err(e) = inner.load_types(types).await {
+            debug!(provider = %inner.name, error = %e, "cannot read every instance type yet");
+        }
+        let volumes = inner.list_volumes_cached().await?;
+        let volumes: HashMap<&str, &Volume> =
+            volumes.iter().filter_map(|v| v.volume_id().map(|id| (id, v))).collect();
+        let known = read(&inner.instance_types).clone();
+        let mut out = Vec::with_capacity(live.len());
+        for i in live {
+            let itype = i.instance_type().map(|t| t.as_str()).unwrap_or_default();
+            let mut q = if i.placement().and_then(|p| p.host_id()).is_some() {
+                quota::host_quota(itype)
+            } else {
+                let market = if i.instance_lifecycle() == Some(&ec2::types::InstanceLifecycleType::Spot) {
+                    Market::Spot
+                } else {
+                    Market::OnDemand
+                };
+                match known.get(itype) {
+                    Some(info) => quota::instance_quota(itype, info, market),
+                    None => {
+                        let mut q = Quota::zero();
+                        q.set("instances", 1.0);
+                        q
+                    }
+                }
+            };
+            for mapping in i.block_device_mappings() {
+                let Some(id) = mapping.ebs().and_then(|e| e.volume_id()) else { continue };
+                match volumes.get(id) {
+                    Some(v) => {
+                        q.add(&quota::volume_quota(
+                            v.volume_type().map(|t| t.as_str()).unwrap_or_default(),
+                            v.size().map(f64::from),
+                            v.iops().map(f64::from),
+                        ));
+                    }
+                    None => {
+                        debug!(provider = %inner.name, volume = id, "volume of an instance not listed yet")
+                    }
+                }
+            }
+            out.push(np_provider::InstanceUsage { metadata: tag_map(i.tags()), quota: q });
+        }
+        Ok(out)
+    }
+
+    fn usage_refresh(&self) -> Option<Duration> {
+        Some(self.inner.settings.cache_ttl)
     }
 
     fn quota_for_label(&self, label: &str) -> Quota {

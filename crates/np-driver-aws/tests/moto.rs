@@ -727,3 +727,78 @@ async fn fleet_api_errors_are_classified() {
     // And the next launch goes through.
     run_create(&p, request("0000000005", "ubuntu"), None).await.unwrap();
 }
+
+#[tokio::test]
+async fn instance_usage_covers_every_instance_with_its_type_and_volumes() {
+    let env = TestEnv::new().await;
+    let p = env.provider(&simple(), PROVIDER).await;
+    let ours = run_create(&p, request("0000000001", "ubuntu"), None).await.unwrap();
+    let ec2 = env.ec2();
+    let ami = ec2
+        .describe_images()
+        .filters(Filter::builder().name("name").values("*ubuntu*").build())
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_owned();
+    // Someone else's m5.large, untagged, and a spot t3.medium.
+    let foreign = ec2
+        .run_instances()
+        .image_id(&ami)
+        .min_count(1)
+        .max_count(1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_owned();
+    let spot = ec2
+        .run_instances()
+        .image_id(&ami)
+        .min_count(1)
+        .max_count(1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Medium)
+        .instance_market_options(
+            aws_sdk_ec2::types::InstanceMarketOptionsRequest::builder()
+                .market_type(aws_sdk_ec2::types::MarketType::Spot)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_owned();
+    p.invalidate_caches().await;
+    let usage = p.instance_usage().await.unwrap();
+    assert_eq!(usage.len(), 3, "{usage:?}");
+    let mine: Vec<_> = usage
+        .iter()
+        .filter(|u| u.metadata.get("nodepool_node_id").map(String::as_str) == Some("0000000001"))
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].metadata["nodepool_provider_name"], PROVIDER);
+    assert_eq!(mine[0].quota.get("cores"), 1.0);
+    assert_eq!(mine[0].quota.get("L-1216C47A"), 2.0);
+    let untagged: Vec<_> = usage.iter().filter(|u| u.metadata.is_empty()).collect();
+    assert_eq!(untagged.len(), 2);
+    // m5.large: 1 core, 2 vCPUs, 8 GiB, standard on-demand family; the
+    // spot t3.medium counts against the spot code.
+    let m5 = untagged.iter().find(|u| u.quota.get("ram") == 8192.0).expect("m5.large usage");
+    assert_eq!(m5.quota.get("instances"), 1.0);
+    assert_eq!(m5.quota.get("L-1216C47A"), 2.0);
+    let t3 = untagged.iter().find(|u| u.quota.get("ram") == 4096.0).expect("spot t3.medium usage");
+    assert_eq!(t3.quota.get("L-34B43A08"), 2.0);
+    assert_eq!(t3.quota.get("L-1216C47A"), 0.0);
+    // The root volumes count too (moto gives each an 8 GiB gp2 volume).
+    assert!(m5.quota.get("L-D18FCD1D") > 0.0, "{:?}", m5.quota);
+    assert_eq!(p.usage_refresh(), Some(TestEnv::settings().cache_ttl));
+    let _ = (foreign, spot, ours);
+}

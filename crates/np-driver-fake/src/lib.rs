@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use np_core::Quota;
 use np_provider::{
-    CreateMachine, DeleteMachine, Instance, LaunchRequest, Provider, ProviderError, RateLimiter, Step,
+    CreateMachine, DeleteMachine, Instance, InstanceUsage, LaunchRequest, Provider, ProviderError,
+    RateLimiter, Step,
 };
 use serde_json::Value;
 
@@ -74,6 +75,7 @@ struct CloudState {
     stuck_deletes: bool,
     creates: u64,
     deletes: u64,
+    quota_rejections: u64,
 }
 
 /// The simulated cloud, shared by providers and test code.
@@ -133,9 +135,24 @@ impl FakeCloud {
         id
     }
 
+    /// Removes an instance as if someone deleted it outside Nodepool.
+    pub fn remove_instance(&self, id: &str) -> bool {
+        self.state().servers.remove(id).is_some()
+    }
+
     /// Ids of the instances that exist.
     pub fn server_ids(&self) -> Vec<String> {
         self.state().servers.keys().cloned().collect()
+    }
+
+    /// Injected quota errors not handed out yet.
+    pub fn quota_errors_left(&self) -> u32 {
+        self.state().quota_errors
+    }
+
+    /// Creates refused because the simulated quota was exhausted.
+    pub fn quota_rejections(&self) -> u64 {
+        self.state().quota_rejections
     }
 
     /// (creates, deletes) so far.
@@ -219,6 +236,7 @@ impl CreateMachine for FakeCreate {
                     || settings.max_cores.is_some_and(|m| cores + FAKE_CORES > m as f64)
                     || settings.max_ram.is_some_and(|m| ram + FAKE_RAM > m as f64));
             if over {
+                self.cloud.state().quota_rejections += 1;
                 return Err(ProviderError::Quota("fake cloud quota exceeded".into()));
             }
             let id = self.cloud.next_id();
@@ -350,6 +368,24 @@ impl Provider for FakeProvider {
 
     fn quota_for_label(&self, _label: &str) -> Quota {
         Quota::new(Some(FAKE_CORES), Some(1.0), Some(FAKE_RAM), 0.0)
+    }
+
+    async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, ProviderError> {
+        let state = self.cloud.state();
+        Ok(state
+            .servers
+            .values()
+            .map(|s| InstanceUsage {
+                metadata: s.metadata.clone(),
+                quota: Quota::new(Some(FAKE_CORES), Some(1.0), Some(FAKE_RAM), 0.0),
+            })
+            .collect())
+    }
+
+    fn usage_refresh(&self) -> Option<Duration> {
+        // The simulated cloud changes only through its API: re-checking
+        // often costs nothing.
+        Some(Duration::from_secs(1))
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

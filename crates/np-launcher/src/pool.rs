@@ -112,9 +112,17 @@ pub struct PoolWorker {
     handlers: HashMap<String, Handler>,
     order: Vec<String>,
     paused: bool,
+    /// After the cloud refused a launch for quota, the pool counts as at
+    /// quota until then, whatever its own accounting says (else it would
+    /// relaunch at once, over and over).
+    quota_blocked_until: Option<tokio::time::Instant>,
     draining: bool,
     done_tx: mpsc::UnboundedSender<LaunchDone>,
 }
+
+/// How long a pool counts as at quota after the cloud refused a launch for
+/// quota (upstream's pool loop looks again after about a second).
+pub const QUOTA_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a stopping pool worker may spend finishing in-flight requests.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -167,6 +175,7 @@ impl PoolWorker {
             handlers: HashMap::new(),
             order: Vec::new(),
             paused: false,
+            quota_blocked_until: None,
             draining: false,
             done_tx,
         };
@@ -175,6 +184,7 @@ impl PoolWorker {
             let mut node_events = worker.shared.nodes.subscribe();
             let mut pool_events = worker.shared.pools.subscribe();
             info!(id = %worker.id, "pool worker started");
+            let recheck = worker.provider.usage_refresh();
             let drain_deadline = tokio::time::sleep(std::time::Duration::from_secs(86400));
             tokio::pin!(drain_deadline);
             // Only events that can change this pool's decisions trigger a pass.
@@ -199,6 +209,12 @@ impl PoolWorker {
                     r = req_events.recv() => wake |= worker.request_event_matters(r.ok()),
                     r = node_events.recv() => wake |= worker.node_event_matters(r.ok()),
                     _ = pool_events.recv() => wake = true,
+                    // Paused at quota: cloud-side usage and limits change
+                    // without ZooKeeper events; look again now and then.
+                    _ = tokio::time::sleep(worker.recheck_in(recheck).unwrap_or_default()),
+                        if worker.paused && worker.recheck_in(recheck).is_some() => {
+                        wake = true;
+                    }
                     Some(done) = done_rx.recv() => {
                         worker.launch_done(done).await;
                         wake = true;
@@ -275,6 +291,20 @@ impl PoolWorker {
                         && !e.is_locked()
                 })
             }
+        }
+    }
+
+    /// When a paused pool should look at its quota again without an event:
+    /// the provider's cloud-side refresh interval, or the end of a quota
+    /// back-off, whichever comes first.
+    fn recheck_in(&self, refresh: Option<std::time::Duration>) -> Option<std::time::Duration> {
+        let backoff = self
+            .quota_blocked_until
+            .map(|t| t.saturating_duration_since(tokio::time::Instant::now()))
+            .filter(|d| !d.is_zero());
+        match (refresh, backoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -669,6 +699,9 @@ impl PoolWorker {
     /// pool limits minus the pool's usage, and (unless ignored) the cloud's
     /// limits minus the provider's usage.
     async fn has_quota(&self, label: &str) -> bool {
+        if self.quota_blocked_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            return false;
+        }
         let needed = self.provider.quota_for_label(label);
         let (_, pool_used) = self.usage(true);
         let mut pool_left = self.spec.limits.clone();
@@ -688,8 +721,33 @@ impl PoolWorker {
         };
         let (_, used) = self.usage(false);
         let mut left = limits;
-        left.subtract(&used).subtract(&needed);
+        left.subtract(&used).subtract(&self.unmanaged_usage().await).subtract(&needed);
         left.non_negative()
+    }
+
+    /// What the cloud's instances that are not nodes of this provider use
+    /// (upstream's `unmanagedQuotaUsed`): instances without this provider's
+    /// tag, and leaked ones whose node is gone. Unknown (an error): none.
+    async fn unmanaged_usage(&self) -> Quota {
+        let mut used = Quota::zero();
+        let instances = match self.provider.instance_usage().await {
+            Ok(i) => i,
+            Err(e) => {
+                debug!(error = %e, "cannot list the cloud's instances; not counting unmanaged ones");
+                return used;
+            }
+        };
+        for i in instances {
+            let ours = i.metadata.get(np_provider::META_PROVIDER).is_some_and(|p| *p == self.spec.provider);
+            let known = i
+                .metadata
+                .get(np_provider::META_NODE_ID)
+                .is_some_and(|id| self.shared.nodes.get(id).is_some());
+            if !(ours && known) {
+                used.add(&i.quota);
+            }
+        }
+        used
     }
 
     /// Whether the whole request could ever fit an empty pool and provider
@@ -831,7 +889,8 @@ impl PoolWorker {
             LaunchOutcome::Ready(_) => slot.state = SlotState::Ready,
             LaunchOutcome::Aborted(_) => {
                 // Unlocked, the aborted node is deleted by cleanup; the label is
-                // launched again once quota allows.
+                // launched again once quota allows, and not before the back-off.
+                self.quota_blocked_until = Some(tokio::time::Instant::now() + QUOTA_ERROR_BACKOFF);
                 if let Some(lock) = slot.lock.take() {
                     let _ = lock.release().await;
                 }

@@ -200,3 +200,55 @@ async fn idle_ready_node_of_another_label_is_deleted_at_quota() {
     assert!(wait_state(&t, &second, RequestState::Fulfilled).await);
     launcher.stop().await;
 }
+
+/// Upstream's unmanaged quota: instances in the cloud that are not nodes of
+/// this provider (someone else's, or leaked ones whose node is gone) use up
+/// the cloud's limits. The pool pauses instead of hitting the cloud's quota
+/// error, and resumes when the instance goes, with no ZooKeeper event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmanaged_instances_count_against_cloud_quota() {
+    let t = TestZk::new().await;
+    let cloud =
+        FakeCloud::new("fake-provider", FakeSettings { max_instances: Some(2), ..FakeSettings::default() });
+    let foreign =
+        cloud.plant_instance(std::collections::BTreeMap::from([("owner".into(), "someone".into())]));
+    let launcher = start(&t, &config("", false), &cloud).await;
+    let first = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
+    let second = request(&t, &["small"]).await;
+    assert!(wait_state(&t, &second, RequestState::Pending).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cloud.quota_rejections(), 0, "the launcher knew the cloud was full");
+    assert_eq!(state(&t, &second).await, RequestState::Pending);
+    // The foreign instance goes away: no ZooKeeper change, yet the pool
+    // notices within its re-check interval.
+    assert!(cloud.remove_instance(&foreign));
+    assert!(wait_state(&t, &second, RequestState::Fulfilled).await);
+    assert_eq!(cloud.quota_rejections(), 0);
+    launcher.stop().await;
+}
+
+/// A cloud that keeps refusing launches for quota although the launcher's
+/// own accounting sees room is not hammered: after each refusal the pool
+/// counts as at quota for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_cloud_quota_errors_back_off() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config("", false), &cloud).await;
+    cloud.quota_error_next_launches(1000);
+    let id = request(&t, &["small"]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let attempts = 1000 - cloud.quota_errors_left();
+    assert!((2..=4).contains(&attempts), "{attempts} launches in 2.5 s");
+    assert_eq!(state(&t, &id).await, RequestState::Pending);
+    cloud.quota_error_next_launches(0);
+    assert!(wait_state(&t, &id, RequestState::Fulfilled).await);
+    launcher.stop().await;
+}

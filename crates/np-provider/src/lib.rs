@@ -118,6 +118,16 @@ pub struct Instance {
     pub node_properties: Option<Value>,
 }
 
+/// One cloud instance's tags and resource use (see [`Provider::instance_usage`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceUsage {
+    /// The instance's metadata or tags (`nodepool_provider_name`,
+    /// `nodepool_node_id` for Nodepool's instances).
+    pub metadata: BTreeMap<String, String>,
+    /// What it consumes.
+    pub quota: Quota,
+}
+
 /// The result of one step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step<T> {
@@ -160,6 +170,20 @@ pub trait Provider: Send + Sync {
     async fn quota_limits(&self) -> Result<Quota, ProviderError>;
     /// What one node of `label` consumes.
     fn quota_for_label(&self, label: &str) -> Quota;
+    /// Every instance the cloud account runs where this provider launches,
+    /// ours or not, with what it consumes: the launcher counts those that
+    /// are not nodes of this provider against the cloud's limits (upstream's
+    /// unmanaged quota). Default: the driver knows of none.
+    async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, ProviderError> {
+        Ok(Vec::new())
+    }
+    /// How often the cloud-side usage ([`Provider::instance_usage`]) or
+    /// limits can change without any ZooKeeper event: a pool paused at this
+    /// provider's quota re-checks that often. `None` (the default): only
+    /// ZooKeeper changes free quota.
+    fn usage_refresh(&self) -> Option<Duration> {
+        None
+    }
     /// The concrete provider, for code that must keep driver state across a
     /// configuration reload (e.g. the fake driver's simulated cloud).
     fn as_any(&self) -> Option<&dyn std::any::Any> {
