@@ -51,6 +51,8 @@ pub struct AwsLabelInfo {
     pub python_path: String,
     /// `shell-type`.
     pub shell_type: Option<String>,
+    /// The `diskimage` the label boots (None: a cloud image).
+    pub diskimage: Option<String>,
 }
 
 /// The pools of an AWS provider.
@@ -90,6 +92,7 @@ pub fn label_info(config: &AwsProvider, pool: &str, label: &str) -> Option<AwsLa
         connection_port: 22,
         python_path: "auto".into(),
         shell_type: None,
+        diskimage: None,
     };
     match &l.image {
         Some(LabelImage::CloudImage(name)) => {
@@ -102,6 +105,7 @@ pub fn label_info(config: &AwsProvider, pool: &str, label: &str) -> Option<AwsLa
             }
         }
         Some(LabelImage::DiskImage(name)) => {
+            info.diskimage = Some(name.clone());
             if let Some(di) = config.diskimages.iter().find(|d| &d.name == name) {
                 info.username = di.username.clone();
                 info.connection_type = di.connection_type.clone();

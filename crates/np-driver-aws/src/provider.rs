@@ -1275,23 +1275,22 @@ impl AwsCreate {
             Some(AwsInstance::Fleet { .. }) => None,
             None => return Err(ProviderError::Fatal(format!("label {} has no instance-type", label.name))),
         };
-        let image_id =
-            match &label.image {
-                Some(LabelImage::CloudImage(name)) => {
-                    let ci =
-                        inner.config.cloud_images.iter().find(|c| &c.name == name).ok_or_else(|| {
-                            ProviderError::Fatal(format!("cloud-image {name} is not defined"))
-                        })?;
-                    inner.image_id(ci).await?
-                }
-                Some(LabelImage::DiskImage(name)) => {
-                    return Err(ProviderError::Fatal(format!(
-                        "label {}: diskimage {name} needs an uploaded image, not supported yet",
-                        label.name
-                    )))
-                }
-                None => return Err(ProviderError::Fatal(format!("label {} has no image", label.name))),
-            };
+        let image_id = match &label.image {
+            Some(LabelImage::CloudImage(name)) => {
+                let ci = inner
+                    .config
+                    .cloud_images
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .ok_or_else(|| ProviderError::Fatal(format!("cloud-image {name} is not defined")))?;
+                inner.image_id(ci).await?
+            }
+            // The launcher looked up the newest ready upload (an AMI).
+            Some(LabelImage::DiskImage(name)) => self.request.image_external_id.clone().ok_or_else(|| {
+                ProviderError::Fatal(format!("label {}: no uploaded image of diskimage {name}", label.name))
+            })?,
+            None => return Err(ProviderError::Fatal(format!("label {} has no image", label.name))),
+        };
         let tags = self.tags(label);
         let id = match instance_type {
             Some(instance_type) => {

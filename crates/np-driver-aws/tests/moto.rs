@@ -802,3 +802,55 @@ async fn instance_usage_covers_every_instance_with_its_type_and_volumes() {
     assert_eq!(p.usage_refresh(), Some(TestEnv::settings().cache_ttl));
     let _ = (foreign, spot, ours);
 }
+
+#[tokio::test]
+async fn diskimage_labels_boot_the_upload_the_launcher_names() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: built
+diskimages:
+  - name: built-image
+    elements: [vm]
+providers:
+  - name: {PROVIDER}
+    driver: aws
+    region-name: us-west-2
+    rate: 100
+    diskimages:
+      - name: built-image
+        username: builder
+    pools:
+      - name: main
+        host-key-checking: false
+        labels:
+          - name: built
+            diskimage: built-image
+            instance-type: t3.medium
+            key-name: zuul
+"#
+    );
+    let p = env.provider(&yaml, PROVIDER).await;
+    let ami = env
+        .ec2()
+        .describe_images()
+        .filters(Filter::builder().name("name").values("*ubuntu*").build())
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_owned();
+    let err = run_create(&p, request("0000000001", "built"), None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Fatal(ref m) if m.contains("no uploaded image")), "{err:?}");
+    let mut req = request("0000000002", "built");
+    req.image_external_id = Some(ami.clone());
+    let inst = run_create(&p, req, None).await.unwrap();
+    let d = describe(&env, &instance_id(&inst)).await;
+    assert_eq!(d.image_id(), Some(ami.as_str()));
+    run_delete(&p, &inst.external_id).await.unwrap();
+}

@@ -65,6 +65,8 @@ struct FakeServer {
     ready_at: Instant,
     metadata: BTreeMap<String, String>,
     ip: String,
+    /// The uploaded image it boots (diskimage labels).
+    image: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -129,8 +131,13 @@ impl FakeCloud {
     /// Plants an instance that no ZooKeeper node knows about.
     pub fn plant_instance(&self, metadata: BTreeMap<String, String>) -> String {
         let id = self.next_id();
-        let server =
-            FakeServer { id: id.clone(), ready_at: Instant::now(), metadata, ip: "127.0.0.1".into() };
+        let server = FakeServer {
+            id: id.clone(),
+            ready_at: Instant::now(),
+            metadata,
+            ip: "127.0.0.1".into(),
+            image: None,
+        };
         self.state().servers.insert(id.clone(), server);
         id
     }
@@ -143,6 +150,11 @@ impl FakeCloud {
     /// Ids of the instances that exist.
     pub fn server_ids(&self) -> Vec<String> {
         self.state().servers.keys().cloned().collect()
+    }
+
+    /// The uploaded image (its cloud id) a server boots, for diskimage labels.
+    pub fn server_image(&self, id: &str) -> Option<String> {
+        self.state().servers.get(id).and_then(|s| s.image.clone())
     }
 
     /// Injected quota errors not handed out yet.
@@ -250,6 +262,7 @@ impl CreateMachine for FakeCreate {
                 ready_at: Instant::now() + settings.launch_delay,
                 metadata: self.request.metadata.clone(),
                 ip,
+                image: self.request.image_external_id.clone(),
             };
             let mut state = self.cloud.state();
             state.creates += 1;

@@ -39,6 +39,10 @@ pub struct LabelSettings {
     pub host_key_checking: bool,
     /// What `image_id` records (the cloud image name).
     pub image_id: Option<String>,
+    /// The diskimage the label boots: the launcher looks up its newest ready
+    /// upload in this provider, declines requests while there is none, and
+    /// hands the upload's cloud id to the driver.
+    pub diskimage: Option<String>,
 }
 
 impl Default for LabelSettings {
@@ -51,8 +55,18 @@ impl Default for LabelSettings {
             connection_port: 22,
             host_key_checking: true,
             image_id: None,
+            diskimage: None,
         }
     }
+}
+
+/// What a launch passes on to the driver besides the node.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchContext {
+    /// The request's safe attributes (for templated driver properties).
+    pub request_attributes: Option<serde_json::Value>,
+    /// The cloud id of the diskimage upload to boot, for diskimage labels.
+    pub image_external_id: Option<String>,
 }
 
 /// How a launch ended. The node has been written to ZooKeeper in every case.
@@ -121,14 +135,15 @@ pub async fn run_launch(
     mut node: Node,
     policy: LaunchPolicy,
     host_key_checking: bool,
-    request_attributes: Option<serde_json::Value>,
+    context: LaunchContext,
 ) -> LaunchOutcome {
     let label = node.node_type.first().cloned().unwrap_or_default();
     let pool = node.pool.clone().unwrap_or_default();
     let mut last_error = String::new();
     for attempt in 1..=policy.retries.max(1) {
         let mut request = LaunchRequest::new(&node.id, provider.name(), &pool, &label);
-        request.request_attributes = request_attributes.clone();
+        request.request_attributes = context.request_attributes.clone();
+        request.image_external_id = context.image_external_id.clone();
         let mut machine = provider.create(request);
         let deadline = Instant::now() + policy.timeout;
         let result = loop {

@@ -151,6 +151,7 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
                             connection_port: l.connection_port,
                             host_key_checking: l.host_key_checking,
                             image_id: None,
+                            diskimage: l.diskimage.clone(),
                         };
                         (l.name, settings)
                     })
@@ -247,6 +248,7 @@ fn openstack_label_settings(
             }
         }
         np_config::LabelImage::DiskImage(name) => {
+            s.diskimage = Some(name.clone());
             if let Some(img) = os.diskimage(name) {
                 s.username = Some(img.username.clone());
                 s.python_path = img.python_path.clone();

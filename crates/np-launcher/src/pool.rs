@@ -522,6 +522,7 @@ impl PoolWorker {
             },
         };
         let too_big = !lacks && !self.could_ever_fit(&request.node_types).await;
+        let no_image = !lacks && !too_big && !self.images_available(&request.node_types).await;
         let slots = request
             .node_types
             .iter()
@@ -534,8 +535,8 @@ impl PoolWorker {
             })
             .collect();
         let mut handler = Handler { request, lock, slots, started: std::time::Instant::now() };
-        if lacks || too_big || self.spec.max_servers == Some(0) {
-            info!(request = id, lacks, too_big, "declining request");
+        if lacks || too_big || no_image || self.spec.max_servers == Some(0) {
+            info!(request = id, lacks, too_big, no_image, "declining request");
             self.decline(handler, registered).await;
             return true;
         }
@@ -750,6 +751,28 @@ impl PoolWorker {
         used
     }
 
+    /// Whether every diskimage label of the request has a ready upload in
+    /// this provider (upstream's `imagesAvailable`; cloud images always are).
+    async fn images_available(&self, labels: &[String]) -> bool {
+        for label in labels {
+            let Some(image) = self.spec.label_settings.get(label).and_then(|s| s.diskimage.as_deref()) else {
+                continue;
+            };
+            match self.shared.zk.most_recent_upload(image, &self.spec.provider).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    info!(image, label, "no ready upload of the diskimage");
+                    return false;
+                }
+                Err(e) => {
+                    warn!(image, error = %e, "cannot read the diskimage's uploads");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Whether the whole request could ever fit an empty pool and provider
     /// (upstream's `hasProviderQuota`, the static decline check).
     async fn could_ever_fit(&self, labels: &[String]) -> bool {
@@ -812,6 +835,27 @@ impl PoolWorker {
         node.username = settings.username.clone();
         node.shell_type = settings.shell_type.clone();
         node.image_id = settings.image_id.clone();
+        // A diskimage label boots the newest ready upload (upstream: the
+        // node's image_id is the upload's znode path).
+        let mut image_external_id = None;
+        if let Some(image) = &settings.diskimage {
+            match zk.most_recent_upload(image, &self.spec.provider).await {
+                Ok(Some((path, upload))) => {
+                    node.image_id = Some(path);
+                    image_external_id = upload.external_id;
+                }
+                Ok(None) => {
+                    warn!(image, "no ready upload of the diskimage in this provider");
+                    handler.slots[i].state = SlotState::Failed;
+                    return;
+                }
+                Err(e) => {
+                    warn!(image, error = %e, "cannot read the diskimage's uploads");
+                    handler.slots[i].state = SlotState::Failed;
+                    return;
+                }
+            }
+        }
         node.resources = Some(self.provider.quota_for_label(&label).to_resources());
         let stat = match zk.create_node(&mut node).await {
             Ok(stat) => stat,
@@ -863,7 +907,7 @@ impl PoolWorker {
                     node,
                     policy,
                     settings.host_key_checking,
-                    Some(attributes),
+                    crate::launch::LaunchContext { request_attributes: Some(attributes), image_external_id },
                 )
                 .await;
                 let _ = tx.send(LaunchDone { request, slot: i, outcome });

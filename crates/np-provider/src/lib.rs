@@ -76,6 +76,9 @@ pub struct LaunchRequest {
     /// `requestor_data`...), for templated properties such as AWS
     /// `dynamic-tags` or OpenStack `dynamic-instance-properties`.
     pub request_attributes: Option<Value>,
+    /// For a label that boots a `diskimage`: the cloud id of its newest
+    /// ready upload in this provider (e.g. an AMI id).
+    pub image_external_id: Option<String>,
 }
 
 impl LaunchRequest {
@@ -93,6 +96,7 @@ impl LaunchRequest {
             label: label.to_owned(),
             metadata,
             request_attributes: None,
+            image_external_id: None,
         }
     }
 }

@@ -55,6 +55,11 @@ impl ZkError {
         matches!(self, ZkError::Op { source: zookeeper_client::Error::BadVersion, .. })
     }
 
+    /// A znode whose data could not be parsed.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, ZkError::Malformed { .. })
+    }
+
     /// True when the error means the znode is missing.
     pub fn is_no_node(&self) -> bool {
         matches!(self, ZkError::NoNode { .. })

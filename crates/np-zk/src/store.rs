@@ -350,6 +350,34 @@ impl Zk {
         }
     }
 
+    /// The newest `ready` upload of `image` in `provider` (by `state_time`,
+    /// as upstream's `getMostRecentImageUpload`), with its znode path, which
+    /// nodes record as their `image_id`. Unreadable uploads are skipped.
+    pub async fn most_recent_upload(
+        &self,
+        image: &str,
+        provider: &str,
+    ) -> Result<Option<(String, ImageUpload)>, ZkError> {
+        let mut best: Option<(String, ImageUpload)> = None;
+        for build in self.build_ids(image).await? {
+            for id in self.upload_ids(image, &build, provider).await? {
+                let upload = match self.get_upload(image, &build, provider, &id).await {
+                    Ok(Some((u, _))) => u,
+                    Ok(None) => continue,
+                    Err(e) if e.is_malformed() => continue,
+                    Err(e) => return Err(e),
+                };
+                if upload.state != np_core::UploadState::Ready {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|(_, b)| b.state_time < upload.state_time) {
+                    best = Some((paths::upload(image, &build, provider, &id), upload));
+                }
+            }
+        }
+        Ok(best)
+    }
+
     /// Stores an upload; `upload_id: None` creates a new sequential znode.
     pub async fn store_upload(
         &self,

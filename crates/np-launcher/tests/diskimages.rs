@@ -1,0 +1,97 @@
+//! Labels that boot a `diskimage`: requests are declined while the provider
+//! has no ready upload of it (upstream's `imagesAvailable`), and a launch
+//! boots the newest ready upload, recording its znode path as `image_id`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use np_core::{BuildState, ImageBuild, ImageUpload, NodeRequest, RequestState, UploadState};
+use np_driver_fake::{FakeCloud, FakeSettings};
+use np_launcher::launcher::build_providers;
+use np_launcher::Launcher;
+use np_testing::{eventually, TestZk};
+
+const CONFIG: &str = r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: built
+diskimages:
+  - name: fake-image
+    elements: [vm]
+providers:
+  - name: fake-provider
+    driver: fake
+    rate: 0.0001
+    cloud: fake
+    diskimages:
+      - name: fake-image
+    pools:
+      - name: main
+        max-servers: 5
+        labels:
+          - name: built
+            diskimage: fake-image
+            min-ram: 1024
+"#;
+
+async fn request(t: &TestZk) -> String {
+    let mut r = NodeRequest::new(vec!["built".into()]);
+    t.zk.create_request(&mut r, 100, false).await.unwrap();
+    r.id
+}
+
+async fn wait_state(t: &TestZk, id: &str, want: RequestState) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        t.zk.get_request(id).await.unwrap().is_some_and(|(r, _)| r.state == want)
+    })
+    .await
+}
+
+async fn upload(t: &TestZk, build: &str, external_id: &str, state: UploadState) -> String {
+    let mut u = ImageUpload::new(state);
+    u.external_id = Some(external_id.into());
+    t.zk.store_upload("fake-image", build, "fake-provider", None, &u).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diskimage_labels_wait_for_an_upload_and_boot_the_newest() {
+    let t = TestZk::new().await;
+    let config = np_config::load_str(CONFIG, "test.yaml").unwrap();
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
+    let launcher =
+        Launcher::start(&config, t.zk.clone(), build_providers(&config, &clouds).unwrap()).await.unwrap();
+
+    // No upload yet: the only pool declines, so the request fails.
+    let first = request(&t).await;
+    assert!(wait_state(&t, &first, RequestState::Failed).await);
+    assert!(cloud.server_ids().is_empty());
+
+    // Two builds; the newest ready upload wins, an uploading one is ignored.
+    let old = t.zk.store_build("fake-image", None, &ImageBuild::new(BuildState::Ready)).await.unwrap();
+    upload(&t, &old, "image-old", UploadState::Ready).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let new = t.zk.store_build("fake-image", None, &ImageBuild::new(BuildState::Ready)).await.unwrap();
+    let new_upload = upload(&t, &new, "image-new", UploadState::Ready).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    upload(&t, &new, "image-uploading", UploadState::Uploading).await;
+
+    let second = request(&t).await;
+    assert!(wait_state(&t, &second, RequestState::Fulfilled).await);
+    let (req, _) = t.zk.get_request(&second).await.unwrap().unwrap();
+    let (node, _) = t.zk.get_node(&req.nodes[0]).await.unwrap().unwrap();
+    assert_eq!(
+        node.image_id.as_deref(),
+        Some(
+            format!("/nodepool/images/fake-image/builds/{new}/providers/fake-provider/images/{new_upload}")
+                .as_str()
+        )
+    );
+    assert_eq!(node.username.as_deref(), Some("zuul"));
+    let servers = cloud.server_ids();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(cloud.server_image(&servers[0]).as_deref(), Some("image-new"));
+    launcher.stop().await;
+}
