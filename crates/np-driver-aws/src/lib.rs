@@ -21,6 +21,7 @@
 //! The launcher builds an [`AwsProvider`] with [`AwsProvider::new`] and its
 //! pool workers from [`pool_infos`] / [`label_info`].
 
+pub mod ebs;
 pub mod error;
 pub mod listing;
 pub mod pools;

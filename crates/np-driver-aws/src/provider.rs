@@ -79,6 +79,8 @@ pub struct AwsClients {
     pub ec2: ec2::Client,
     /// Service Quotas.
     pub quotas: sq::Client,
+    /// EBS direct APIs (image upload).
+    pub ebs: aws_sdk_ebs::Client,
 }
 
 impl AwsClients {
@@ -96,7 +98,11 @@ impl AwsClients {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
-        AwsClients { ec2: ec2::Client::new(&sdk), quotas: sq::Client::new(&sdk) }
+        AwsClients {
+            ec2: ec2::Client::new(&sdk),
+            quotas: sq::Client::new(&sdk),
+            ebs: aws_sdk_ebs::Client::new(&sdk),
+        }
     }
 }
 
@@ -187,6 +193,10 @@ pub struct ExternalId {
     pub host: Option<String>,
     /// `volume` (only for leaked volumes found by `list_instances`).
     pub volume: Option<String>,
+    /// `image`: an AMI (only for leaked images found by `list_instances`).
+    pub image: Option<String>,
+    /// `snapshot` (only for leaked snapshots found by `list_instances`).
+    pub snapshot: Option<String>,
 }
 
 impl ExternalId {
@@ -195,14 +205,26 @@ impl ExternalId {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         match v {
             Value::String(id) => ExternalId { instance: Some(id.clone()), ..ExternalId::default() },
-            _ => ExternalId { instance: s("instance"), host: s("host"), volume: s("volume") },
+            _ => ExternalId {
+                instance: s("instance"),
+                host: s("host"),
+                volume: s("volume"),
+                image: s("image"),
+                snapshot: s("snapshot"),
+            },
         }
     }
 
     /// The JSON form written to the node.
     pub fn to_value(&self) -> Value {
         let mut m = serde_json::Map::new();
-        for (k, v) in [("instance", &self.instance), ("host", &self.host), ("volume", &self.volume)] {
+        for (k, v) in [
+            ("instance", &self.instance),
+            ("host", &self.host),
+            ("volume", &self.volume),
+            ("image", &self.image),
+            ("snapshot", &self.snapshot),
+        ] {
             if let Some(v) = v {
                 m.insert(k.into(), Value::String(v.clone()));
             }
@@ -962,6 +984,73 @@ impl Inner {
         }
     }
 
+    /// This account's AMIs and snapshots (`Owners = self`).
+    async fn own_images_and_snapshots(
+        &self,
+    ) -> Result<(Vec<Image>, Vec<ec2::types::Snapshot>), ProviderError> {
+        let images = self
+            .call(&self.non_mutating, "DescribeImages", || self.ec2().describe_images().owners("self").send())
+            .await?
+            .images()
+            .to_vec();
+        let snapshots = self
+            .describe_all(
+                "DescribeSnapshots",
+                |t| self.ec2().describe_snapshots().owner_ids("self").set_next_token(t).send(),
+                |p| p.snapshots().to_vec(),
+                |p| p.next_token(),
+            )
+            .await?;
+        Ok((images, snapshots))
+    }
+
+    /// Deregisters an AMI and deletes the snapshots behind it (upstream's
+    /// `deleteImage`). A missing AMI is fine.
+    async fn delete_image(&self, ami: &str) -> Result<(), ProviderError> {
+        let found = self
+            .call(&self.non_mutating, "DescribeImages", || self.ec2().describe_images().image_ids(ami).send())
+            .await;
+        let snapshots: Vec<String> = match found {
+            Ok(r) => r
+                .images()
+                .iter()
+                .flat_map(|i| i.block_device_mappings())
+                .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+                .collect(),
+            Err(ProviderError::NotFound(_)) => Vec::new(),
+            Err(e) if e.to_string().contains("InvalidAMIID") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        match self
+            .call(&self.mutating, "DeregisterImage", || self.ec2().deregister_image().image_id(ami).send())
+            .await
+        {
+            Ok(_) | Err(ProviderError::NotFound(_)) => {}
+            Err(e) if e.to_string().contains("InvalidAMIID") => {}
+            Err(e) => return Err(e),
+        }
+        info!(provider = %self.name, image = ami, "image deregistered");
+        for snap in snapshots {
+            self.delete_snapshot(&snap).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_snapshot(&self, snapshot: &str) -> Result<(), ProviderError> {
+        match self
+            .call(&self.mutating, "DeleteSnapshot", || {
+                self.ec2().delete_snapshot().snapshot_id(snapshot).send()
+            })
+            .await
+        {
+            Ok(_) | Err(ProviderError::NotFound(_)) => {
+                info!(provider = %self.name, snapshot, "snapshot deleted");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn allocate_host(
         &self,
         pool: &AwsPool,
@@ -997,7 +1086,7 @@ impl Inner {
         let id = ExternalId {
             instance: i.instance_id().map(str::to_owned),
             host: host.map(str::to_owned),
-            volume: None,
+            ..ExternalId::default()
         };
         let public_ipv4 = i.public_ip_address().map(str::to_owned);
         let private_ipv4 = i.private_ip_address().map(str::to_owned);
@@ -1169,6 +1258,119 @@ impl AwsProvider {
             warn!(provider = name, error = %e, "cannot set up launch templates yet; retried at the first fleet launch");
         }
         Ok(provider)
+    }
+
+    /// Uploads a disk image file for the provider diskimage `diskimage` and
+    /// registers it as an AMI named `image_name`; returns the AMI id. The
+    /// snapshot and the AMI carry `metadata` (the builder's
+    /// `nodepool_provider_name`, `nodepool_build_id`, `nodepool_upload_id`)
+    /// and the diskimage's `tags`. Only the `ebs-direct` import method is
+    /// implemented: the raw image goes straight into an EBS snapshot
+    /// (`StartSnapshot`, one `PutSnapshotBlock` per 512 KiB with its SHA-256,
+    /// `CompleteSnapshot`), as upstream's `EBSSnapshotUploader`.
+    pub async fn upload_image(
+        &self,
+        diskimage: &str,
+        path: &std::path::Path,
+        image_name: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        let inner = &self.inner;
+        let di = inner.config.diskimages.iter().find(|d| d.name == diskimage).ok_or_else(|| {
+            ProviderError::Fatal(format!("diskimage {diskimage} is not in provider {}", inner.name))
+        })?;
+        if di.import_method != "ebs-direct" {
+            return Err(ProviderError::Fatal(format!(
+                "diskimage {diskimage}: import-method {} is not supported yet (use ebs-direct)",
+                di.import_method
+            )));
+        }
+        let mut tags: BTreeMap<String, String> =
+            di.tags.iter().map(|(k, v)| (k.clone(), crate::tags::python_str(v))).collect();
+        tags.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let deadline = inner.config.image_import_timeout.map(|t| Instant::now() + t);
+        let ebs = &inner.clients.ebs;
+        let (size, size_gib, snapshot) =
+            crate::ebs::start_snapshot(ebs, &inner.mutating, path, &tags).await?;
+        let registered = match crate::ebs::fill(ebs, &inner.mutating, path, size, &snapshot, deadline).await {
+            Ok(()) => self.register(di, image_name, &tags, size_gib, &snapshot).await,
+            Err(e) => Err(e),
+        };
+        match registered {
+            Ok(ami) => {
+                info!(provider = %inner.name, image = %ami, snapshot = %snapshot, name = image_name, "image uploaded");
+                Ok(ami)
+            }
+            Err(e) => {
+                // Do not leave the snapshot behind.
+                warn!(provider = %inner.name, snapshot = %snapshot, error = %e, "image upload failed; deleting the snapshot");
+                let _ = inner.delete_snapshot(&snapshot).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn register(
+        &self,
+        di: &np_config::AwsDiskImage,
+        image_name: &str,
+        tags: &BTreeMap<String, String>,
+        size_gib: i32,
+        snapshot: &str,
+    ) -> Result<String, ProviderError> {
+        use ec2::types::{
+            ArchitectureValues, BlockDeviceMapping, EbsBlockDevice, ImdsSupportValues, ResourceType,
+        };
+        let inner = &self.inner;
+        let mut ebs = EbsBlockDevice::builder()
+            .delete_on_termination(true)
+            .snapshot_id(snapshot)
+            .volume_size(size_gib)
+            .volume_type(ec2::types::VolumeType::from(di.volume_type.as_str()));
+        if let Some(iops) = di.iops.filter(|v| *v != 0) {
+            ebs = ebs.set_iops(i32::try_from(iops).ok());
+        }
+        if let Some(tp) = di.throughput.filter(|v| *v != 0) {
+            ebs = ebs.set_throughput(i32::try_from(tp).ok());
+        }
+        let mut req = inner
+            .ec2()
+            .register_image()
+            .architecture(ArchitectureValues::from(di.architecture.as_str()))
+            .block_device_mappings(
+                BlockDeviceMapping::builder().device_name("/dev/sda1").ebs(ebs.build()).build(),
+            )
+            .root_device_name("/dev/sda1")
+            .virtualization_type("hvm")
+            .ena_support(di.ena_support)
+            .name(image_name)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .set_tags(Some(tag_list(tags)))
+                    .build(),
+            );
+        if di.imds_support.as_deref() == Some("v2.0") {
+            req = req.imds_support(ImdsSupportValues::V20);
+        }
+        let ami = inner
+            .call(&inner.mutating, "RegisterImage", || req.send())
+            .await?
+            .image_id()
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Fatal("RegisterImage returned no image id".into()))?;
+        // Some EC2 implementations ignore the tags of RegisterImage and
+        // StartSnapshot: set them again (a no-op where they were applied).
+        let tag_req =
+            inner.ec2().create_tags().resources(&ami).resources(snapshot).set_tags(Some(tag_list(tags)));
+        inner.call(&inner.mutating, "CreateTags", || tag_req.send()).await?;
+        Ok(ami)
+    }
+
+    /// Deregisters an uploaded AMI and deletes its snapshots (the builder's
+    /// image delete). A missing AMI is fine.
+    pub async fn delete_image(&self, ami: &str) -> Result<(), ProviderError> {
+        self.inner.delete_image(ami).await
     }
 
     /// The configuration this provider was built from.
@@ -1409,8 +1611,12 @@ impl CreateMachine for AwsCreate {
             return None;
         }
         Some(
-            ExternalId { instance: self.instance_id.clone(), host: self.host_id.clone(), volume: None }
-                .to_value(),
+            ExternalId {
+                instance: self.instance_id.clone(),
+                host: self.host_id.clone(),
+                ..ExternalId::default()
+            }
+            .to_value(),
         )
     }
 
@@ -1431,6 +1637,8 @@ enum DeleteState {
     ReleaseHost,
     WaitHostGone,
     DeleteVolume,
+    DeleteImage,
+    DeleteSnapshot,
     Done,
 }
 
@@ -1460,6 +1668,10 @@ impl AwsDelete {
                         DeleteState::ReleaseHost
                     } else if self.id.volume.is_some() {
                         DeleteState::DeleteVolume
+                    } else if self.id.image.is_some() {
+                        DeleteState::DeleteImage
+                    } else if self.id.snapshot.is_some() {
+                        DeleteState::DeleteSnapshot
                     } else {
                         DeleteState::Done
                     };
@@ -1536,6 +1748,16 @@ impl AwsDelete {
                         }
                         Err(e) => return Err(e),
                     }
+                    self.state = DeleteState::Done;
+                }
+                DeleteState::DeleteImage => {
+                    let ami = self.id.image.clone().unwrap_or_default();
+                    inner.delete_image(&ami).await?;
+                    self.state = DeleteState::Done;
+                }
+                DeleteState::DeleteSnapshot => {
+                    let snap = self.id.snapshot.clone().unwrap_or_default();
+                    inner.delete_snapshot(&snap).await?;
                     self.state = DeleteState::Done;
                 }
                 DeleteState::Done => return Ok(Step::Done(())),
@@ -1622,6 +1844,37 @@ impl Provider for AwsProvider {
                 region: Some(inner.config.region_name.clone()),
                 cloud: Some("AWS".into()),
                 node_properties: Some(json!({"resource": "host"})),
+                ..Instance::default()
+            });
+        }
+        // Uploaded images and their snapshots (tagged with the build and
+        // upload ids; the launcher deletes those whose upload is gone).
+        let (images, snapshots) = inner.own_images_and_snapshots().await?;
+        for i in images.iter().filter(|i| ours(i.tags())) {
+            if i.state() == Some(&ec2::types::ImageState::Deregistered) {
+                continue;
+            }
+            out.push(Instance {
+                external_id: ExternalId { image: i.image_id().map(str::to_owned), ..ExternalId::default() }
+                    .to_value(),
+                metadata: tag_map(i.tags()),
+                region: Some(inner.config.region_name.clone()),
+                cloud: Some("AWS".into()),
+                node_properties: Some(json!({"resource": "image"})),
+                ..Instance::default()
+            });
+        }
+        for snap in snapshots.iter().filter(|s| ours(s.tags())) {
+            out.push(Instance {
+                external_id: ExternalId {
+                    snapshot: snap.snapshot_id().map(str::to_owned),
+                    ..ExternalId::default()
+                }
+                .to_value(),
+                metadata: tag_map(snap.tags()),
+                region: Some(inner.config.region_name.clone()),
+                cloud: Some("AWS".into()),
+                node_properties: Some(json!({"resource": "snapshot"})),
                 ..Instance::default()
             });
         }

@@ -38,7 +38,7 @@ pub enum TemplateError {
 }
 
 /// Python's `str()` of a JSON value, close enough for tags.
-fn python_str(v: &Value) -> String {
+pub(crate) fn python_str(v: &Value) -> String {
     match v {
         Value::Null => "None".into(),
         Value::Bool(true) => "True".into(),

@@ -854,3 +854,136 @@ providers:
     assert_eq!(d.image_id(), Some(ami.as_str()));
     run_delete(&p, &inst.external_id).await.unwrap();
 }
+
+#[tokio::test]
+async fn ebs_direct_upload_registers_a_tagged_ami_and_delete_removes_it() {
+    let env = TestEnv::new().await;
+    let yaml = format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: built
+diskimages:
+  - name: built-image
+    elements: [vm]
+  - name: other-image
+    elements: [vm]
+providers:
+  - name: {PROVIDER}
+    driver: aws
+    region-name: us-west-2
+    rate: 100
+    diskimages:
+      - name: built-image
+        import-method: ebs-direct
+        volume-type: gp3
+        tags:
+          team: ci
+      - name: other-image
+        import-method: snapshot
+    pools:
+      - name: main
+        host-key-checking: false
+        labels:
+          - name: built
+            diskimage: built-image
+            instance-type: t3.medium
+            key-name: zuul
+"#
+    );
+    let p = env.provider(&yaml, PROVIDER).await;
+    // A raw image of 1.2 MiB: three blocks, the last one padded.
+    let dir = std::env::temp_dir().join(format!("np-ebs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("built-image.raw");
+    let data: Vec<u8> = (0..1_250_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let metadata = std::collections::BTreeMap::from([
+        ("nodepool_provider_name".to_owned(), PROVIDER.to_owned()),
+        ("nodepool_build_id".to_owned(), "0123abcd".to_owned()),
+        ("nodepool_upload_id".to_owned(), "0000000001".to_owned()),
+    ]);
+    let ami = p.upload_image("built-image", &file, "built-image-0123abcd", &metadata).await.unwrap();
+    assert!(ami.starts_with("ami-"), "{ami}");
+    let sent = env.faults.sent("RegisterImage");
+    assert_eq!(sent.len(), 1);
+    for part in [
+        "RootDeviceName=%2Fdev%2Fsda1",
+        "VirtualizationType=hvm",
+        "BlockDeviceMapping.1.Ebs.VolumeSize=1",
+        "BlockDeviceMapping.1.Ebs.VolumeType=gp3",
+        "Name=built-image-0123abcd",
+    ] {
+        assert!(sent[0].contains(part), "RegisterImage lacks {part}: {}", sent[0]);
+    }
+
+    // The AMI and its snapshot carry the upload's tags (and the diskimage's).
+    let images = env.ec2().describe_images().image_ids(&ami).send().await.unwrap();
+    let image = &images.images()[0];
+    let tags = np_driver_aws::tag_map(image.tags());
+    assert_eq!(tags["nodepool_upload_id"], "0000000001");
+    assert_eq!(tags["team"], "ci");
+    // The uploaded snapshot carries them too. (moto's RegisterImage makes a
+    // snapshot of its own for the AMI instead of using ours; on EC2 the
+    // AMI's block device is our snapshot.)
+    let image_snapshots: Vec<String> = image
+        .block_device_mappings()
+        .iter()
+        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+        .collect();
+    let snaps = env
+        .ec2()
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(Filter::builder().name("tag:nodepool_upload_id").values("0000000001").build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(snaps.snapshots().len(), 1);
+    let snapshot = snaps.snapshots()[0].snapshot_id().unwrap().to_owned();
+    assert_eq!(np_driver_aws::tag_map(snaps.snapshots()[0].tags())["nodepool_build_id"], "0123abcd");
+    assert_eq!(snaps.snapshots()[0].volume_size(), Some(1));
+
+    // Leak cleanup sees both, with their upload ids.
+    let listed = p.list_instances().await.unwrap();
+    let kinds: Vec<(String, String)> = listed
+        .iter()
+        .filter(|i| i.metadata.contains_key("nodepool_upload_id"))
+        .map(|i| {
+            (
+                i.node_properties.as_ref().unwrap()["resource"].as_str().unwrap().to_owned(),
+                i.external_id.to_string(),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&("image".to_owned(), json!({"image": ami}).to_string())), "{kinds:?}");
+    assert!(kinds.contains(&("snapshot".to_owned(), json!({"snapshot": snapshot}).to_string())), "{kinds:?}");
+
+    // A node boots it.
+    let mut req = request("0000000005", "built");
+    req.image_external_id = Some(ami.clone());
+    let inst = run_create(&p, req, None).await.unwrap();
+    assert_eq!(describe(&env, &instance_id(&inst)).await.image_id(), Some(ami.as_str()));
+    run_delete(&p, &inst.external_id).await.unwrap();
+
+    // Deleting the image removes the AMI and its snapshots; again is fine.
+    p.delete_image(&ami).await.unwrap();
+    let left = env.ec2().describe_images().owners("self").send().await.unwrap();
+    assert!(left.images().iter().all(|i| i.image_id() != Some(ami.as_str())));
+    let snaps = env.ec2().describe_snapshots().owner_ids("self").send().await.unwrap();
+    assert!(snaps
+        .snapshots()
+        .iter()
+        .all(|s| !image_snapshots.contains(&s.snapshot_id().unwrap().to_owned())));
+    p.delete_image(&ami).await.unwrap();
+    // A snapshot on its own (as leak cleanup finds them) is deleted too.
+    run_delete(&p, &json!({"snapshot": snapshot})).await.unwrap();
+    let snaps = env.ec2().describe_snapshots().owner_ids("self").send().await.unwrap();
+    assert!(snaps.snapshots().iter().all(|s| s.snapshot_id() != Some(snapshot.as_str())));
+
+    // Unsupported import methods say so.
+    let err = p.upload_image("other-image", &file, "x", &metadata).await.unwrap_err();
+    assert!(err.to_string().contains("not supported yet"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -20,8 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use np_core::{NodeState, RequestState};
-use np_provider::META_NODE_ID;
-use np_provider::META_PROVIDER;
+use np_provider::{META_BUILD_ID, META_NODE_ID, META_PROVIDER, META_UPLOAD_ID};
 use np_zk::{paths, LockOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -238,8 +237,39 @@ async fn clean_leaked_instances(
         }
     };
     let mut leaked_now = HashSet::new();
+    // Uploaded images (and their snapshots) carry the builder's build and
+    // upload ids instead of a node id: leaked once the upload record is gone.
+    let mut uploads: Option<HashSet<String>> = None;
     for instance in instances {
         if instance.metadata.get(META_PROVIDER).map(String::as_str) != Some(provider_name) {
+            continue;
+        }
+        if let Some(upload) = instance.metadata.get(META_UPLOAD_ID) {
+            let build = instance.metadata.get(META_BUILD_ID).map(String::as_str).unwrap_or_default();
+            if uploads.is_none() {
+                match shared.zk.provider_upload_keys(provider_name).await {
+                    Ok(keys) => uploads = Some(keys),
+                    Err(e) => {
+                        // Without the records nothing can be called leaked.
+                        warn!(provider = provider_name, error = %e, "cannot read uploads for leak cleanup");
+                        return;
+                    }
+                }
+            }
+            if uploads.as_ref().is_some_and(|u| u.contains(&format!("{build}-{upload}"))) {
+                continue;
+            }
+            let key = instance.external_id.to_string();
+            if seen_before.contains(&key) {
+                info!(provider = provider_name, resource = %key, build, upload = %upload, "deleting leaked image resource");
+                shared.metrics.record_leaked(provider_name, "images", 1);
+                if let Err(e) = delete_instance(provider, &instance.external_id).await {
+                    warn!(resource = %key, error = %e, "cannot delete leaked image resource");
+                    leaked_now.insert(key);
+                }
+            } else {
+                leaked_now.insert(key);
+            }
             continue;
         }
         let Some(node_id) = instance.metadata.get(META_NODE_ID) else { continue };

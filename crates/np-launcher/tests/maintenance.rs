@@ -161,3 +161,42 @@ async fn leaked_instances_and_empty_znodes_are_removed() {
     );
     launcher.stop().await;
 }
+
+/// Uploaded images carry the builder's build and upload ids instead of a
+/// node id: one whose upload record is gone is leaked and deleted; one
+/// whose upload exists is kept (upstream's `cleanupLeakedResources`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_whose_upload_is_gone_are_deleted() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let build =
+        t.zk.store_build("fake-image", None, &np_core::ImageBuild::new(np_core::BuildState::Ready))
+            .await
+            .unwrap();
+    let upload =
+        t.zk.store_upload(
+            "fake-image",
+            &build,
+            "fake-provider",
+            None,
+            &np_core::ImageUpload::new(np_core::UploadState::Ready),
+        )
+        .await
+        .unwrap();
+    let image = |build: &str, upload: &str| {
+        BTreeMap::from([
+            ("nodepool_provider_name".to_owned(), "fake-provider".to_owned()),
+            ("nodepool_build_id".to_owned(), build.to_owned()),
+            ("nodepool_upload_id".to_owned(), upload.to_owned()),
+        ])
+    };
+    let live = cloud.plant_instance(image(&build, &upload));
+    let leaked = cloud.plant_instance(image(&build, "0000000099"));
+    let launcher = start(&t, &cloud).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { !cloud.server_ids().contains(&leaked) }).await,
+        "the image without an upload record is deleted"
+    );
+    assert!(cloud.server_ids().contains(&live), "the uploaded image is kept");
+    launcher.stop().await;
+}

@@ -34,6 +34,10 @@ pub const META_PROVIDER: &str = "nodepool_provider_name";
 pub const META_POOL: &str = "nodepool_pool_name";
 /// Metadata key naming the node id.
 pub const META_NODE_ID: &str = "nodepool_node_id";
+/// Builder metadata on uploaded images: the build id.
+pub const META_BUILD_ID: &str = "nodepool_build_id";
+/// Builder metadata on uploaded images: the upload id.
+pub const META_UPLOAD_ID: &str = "nodepool_upload_id";
 
 /// A classified cloud error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

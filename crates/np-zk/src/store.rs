@@ -378,6 +378,23 @@ impl Zk {
         Ok(best)
     }
 
+    /// Every upload of every image in `provider`, as `<build id>-<upload id>`
+    /// (upstream's unique upload key for leak cleanup).
+    pub async fn provider_upload_keys(
+        &self,
+        provider: &str,
+    ) -> Result<std::collections::HashSet<String>, ZkError> {
+        let mut keys = std::collections::HashSet::new();
+        for image in self.image_names().await? {
+            for build in self.build_ids(&image).await? {
+                for upload in self.upload_ids(&image, &build, provider).await? {
+                    keys.insert(format!("{build}-{upload}"));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     /// Stores an upload; `upload_id: None` creates a new sequential znode.
     pub async fn store_upload(
         &self,

@@ -171,7 +171,15 @@ impl TestEnv {
                 .retry_config(sq::config::retry::RetryConfig::disabled())
                 .build(),
         );
-        AwsClients { ec2, quotas }
+        let ebs = aws_sdk_ebs::Client::from_conf(
+            aws_sdk_ebs::Config::builder()
+                .behavior_version(aws_sdk_ebs::config::BehaviorVersion::latest())
+                .region(aws_sdk_ebs::config::Region::new(REGION))
+                .endpoint_url(&self.moto.endpoint)
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+                .build(),
+        );
+        AwsClients { ec2, quotas, ebs }
     }
 
     /// Fast settings for tests.
