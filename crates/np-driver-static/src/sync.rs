@@ -153,6 +153,8 @@ pub struct StaticSync {
     /// updated at most once per configuration, so a value that does not
     /// survive a round trip can never cause a write loop.
     updated: HashMap<String, StaticNode>,
+    /// The configured hosts, recomputed only when the configuration changes.
+    wanted: Option<Arc<BTreeMap<NodeTuple, (StaticPool, StaticNode)>>>,
 }
 
 /// Runs the registration of provider `provider_name` until `cancel` fires,
@@ -349,6 +351,7 @@ impl StaticSync {
             keys: HashMap::new(),
             backoff: HashMap::new(),
             updated: HashMap::new(),
+            wanted: None,
         };
         (sync, StaticSyncHandle { inner })
     }
@@ -400,7 +403,10 @@ impl StaticSync {
                                 events_open = false;
                             }
                         },
-                        _ = self.config_rx.changed() => debug!("configuration updated"),
+                        _ = self.config_rx.changed() => {
+                            debug!("configuration updated");
+                            self.wanted = None;
+                        }
                         _ = tokio::time::sleep_until(next) => {}
                     }
                     break;
@@ -434,8 +440,11 @@ impl StaticSync {
     /// One pass; returns when the next timer-driven pass is due.
     async fn pass(&mut self) -> Instant {
         let now = Instant::now();
-        let config = self.config_rx.borrow_and_update().clone();
-        let wanted = configured(&config);
+        if self.wanted.is_none() || self.config_rx.has_changed().unwrap_or(false) {
+            let config = self.config_rx.borrow_and_update().clone();
+            self.wanted = Some(Arc::new(configured(&config)));
+        }
+        let wanted = self.wanted.clone().unwrap_or_default();
         self.keys.retain(|t, (cfg, _)| wanted.get(t).is_some_and(|(_, n)| n == cfg));
         self.backoff.retain(|t, (cfg, until)| *until > now && wanted.get(t).is_some_and(|(_, n)| n == cfg));
 
@@ -444,12 +453,28 @@ impl StaticSync {
         self.updated.retain(|id, _| nodes.get(id).is_some());
         let inner = &self.inner;
         let mut work = Vec::new();
-        for (tuple, (pool, node)) in &wanted {
+        for (tuple, (pool, node)) in wanted.iter() {
             let Some(slots) = table.remove(tuple) else { continue };
             let cached = self.keys.get(tuple).map(|(_, k)| k.clone());
             let backing_off = self.backoff.contains_key(tuple);
             let done: HashSet<String> =
                 self.updated.iter().filter(|(_, cfg)| *cfg == node).map(|(id, _)| id.clone()).collect();
+            // Most passes (a node of another host came or went) find nothing
+            // to do for most hosts: skip those without any further work.
+            let idle = slots.excess.is_empty()
+                && slots.slots.iter().all(Option::is_some)
+                && cached.as_ref().is_some_and(|keys| {
+                    let desired = Desired { pool, node, host_keys: keys };
+                    slots
+                        .slots
+                        .iter()
+                        .flatten()
+                        .filter(|e| is_free(e))
+                        .all(|e| desired.matches(&e.value) || done.contains(&e.value.id))
+                });
+            if idle {
+                continue;
+            }
             let span = info_span!("static-node", host = %node.name, port = node.connection_port, user = %node.username);
             work.push(
                 async move {
@@ -603,7 +628,7 @@ async fn sync_host(
             let mut n = desired.new_node(&inner.provider, slot, ip);
             match inner.zk.create_node(&mut n).await {
                 Ok(stat) => {
-                    info!(node = %n.id, slot, "registered static node");
+                    debug!(node = %n.id, slot, "registered static node");
                     inner.nodes.note_write(&n.id.clone(), n, &stat);
                 }
                 Err(e) => {

@@ -95,6 +95,8 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let default = if args.debug { "debug" } else { "info" };
     tracing_subscriber::fmt()
+        // Colours only on a terminal, not in journald or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),

@@ -73,13 +73,39 @@ pub async fn run(
             let secs = (at - np_core::now()).max(0.0);
             wake = wake.min(tokio::time::Instant::now() + Duration::from_secs_f64(secs + 0.01));
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(wake) => {}
-            // A node entering `ready` or `hold` may bring a new, earlier deadline.
-            r = events.recv() => if r.is_err() { events = events.resubscribe(); },
+        // Sleep until the next deadline or pass, or until a node that has an
+        // age limit changes (it may bring an earlier deadline). Other node
+        // events (most of them: Zuul's in-use/used writes, deletions) need
+        // no scan.
+        let relevant =
+            |id: &str| shared.nodes.get(id).is_some_and(|e| age_limit(&e.value, &config).is_some());
+        loop {
+            let mut rescan = tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => true,
+                r = events.recv() => match r {
+                    Ok(ev) => ev.kind == np_zk::CacheEventKind::Resynced || relevant(&ev.id),
+                    Err(_) => {
+                        events = events.resubscribe();
+                        true
+                    }
+                },
+            };
+            loop {
+                match events.try_recv() {
+                    Ok(ev) => rescan |= ev.kind == np_zk::CacheEventKind::Resynced || relevant(&ev.id),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                    Err(_) => {
+                        events = events.resubscribe();
+                        rescan = true;
+                        break;
+                    }
+                }
+            }
+            if rescan {
+                break;
+            }
         }
-        while events.try_recv().is_ok() {}
     }
 }
 
