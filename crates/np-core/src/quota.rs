@@ -120,6 +120,11 @@ impl Quota {
         self
     }
 
+    /// True when every resource, explicit or not, is unlimited (+∞).
+    pub fn is_unlimited(&self) -> bool {
+        self.default == f64::INFINITY && self.values.values().all(|v| *v == f64::INFINITY)
+    }
+
     /// True when no explicit value is negative.
     pub fn non_negative(&self) -> bool {
         self.values.values().all(|v| *v >= 0.0)
@@ -161,6 +166,10 @@ mod tests {
         a.subtract(&b);
         assert_eq!(a.get("cores"), f64::INFINITY);
         assert!(a.non_negative());
+        assert!(a.is_unlimited());
+        assert!(Quota::new(None, None, None, f64::INFINITY).is_unlimited());
+        assert!(!Quota::new(None, Some(2.0), None, f64::INFINITY).is_unlimited());
+        assert!(!Quota::zero().is_unlimited());
     }
 
     #[test]

@@ -720,6 +720,9 @@ impl PoolWorker {
                 return false;
             }
         };
+        if limits.is_unlimited() {
+            return true;
+        }
         let (_, used) = self.usage(false);
         let mut left = limits;
         left.subtract(&used).subtract(&self.unmanaged_usage().await).subtract(&needed);
