@@ -246,6 +246,16 @@ async fn clean_request_locks(shared: &SharedState) {
     }
 }
 
+/// Upstream's `plural_metric_name` of a leaked resource (the kind a driver
+/// gives in `node_properties.resource`, plural; an AWS image is an `ami`).
+fn leaked_metric_name(instance: &np_provider::Instance) -> String {
+    match instance.node_properties.as_ref().and_then(|p| p.get("resource")).and_then(|r| r.as_str()) {
+        Some("image") => "amis".to_owned(),
+        Some(kind) => format!("{kind}s"),
+        None => "instances".to_owned(),
+    }
+}
+
 /// Deletes instances that carry our provider metadata but have no node; an
 /// instance must be seen leaked on two passes in a row (a launch may be
 /// between cloud create and node write).
@@ -288,7 +298,7 @@ async fn clean_leaked_instances(
             let key = instance.external_id.to_string();
             if seen_before.contains(&key) {
                 info!(provider = provider_name, resource = %key, build, upload = %upload, "deleting leaked image resource");
-                shared.metrics.record_leaked(provider_name, "images", 1);
+                shared.metrics.record_leaked(provider_name, &leaked_metric_name(&instance), 1);
                 if let Err(e) = delete_instance(provider, &instance.external_id).await {
                     warn!(resource = %key, error = %e, "cannot delete leaked image resource");
                     leaked_now.insert(key);
@@ -309,7 +319,7 @@ async fn clean_leaked_instances(
         let key = instance.external_id.to_string();
         if seen_before.contains(&key) {
             info!(provider = provider_name, instance = %key, node = %node_id, "deleting leaked instance");
-            shared.metrics.record_leaked(provider_name, "instances", 1);
+            shared.metrics.record_leaked(provider_name, &leaked_metric_name(&instance), 1);
             if let Err(e) = delete_instance(provider, &instance.external_id).await {
                 warn!(instance = %key, error = %e, "cannot delete leaked instance");
                 leaked_now.insert(key);
@@ -319,4 +329,25 @@ async fn clean_leaked_instances(
         }
     }
     *seen_before = leaked_now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaked_metric_name;
+    use np_provider::Instance;
+    use serde_json::json;
+
+    #[test]
+    fn leaked_resources_are_counted_under_upstreams_names() {
+        let kind = |resource: Option<&str>| Instance {
+            node_properties: resource.map(|r| json!({ "resource": r })),
+            ..Instance::default()
+        };
+        assert_eq!(leaked_metric_name(&kind(None)), "instances");
+        assert_eq!(leaked_metric_name(&kind(Some("instance"))), "instances");
+        assert_eq!(leaked_metric_name(&kind(Some("volume"))), "volumes");
+        assert_eq!(leaked_metric_name(&kind(Some("host"))), "hosts");
+        assert_eq!(leaked_metric_name(&kind(Some("image"))), "amis");
+        assert_eq!(leaked_metric_name(&kind(Some("snapshot"))), "snapshots");
+    }
 }
