@@ -9,11 +9,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_ebs as ebs;
-use aws_sdk_ebs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAlgorithm, Status, Tag};
 use futures::stream::{StreamExt, TryStreamExt};
 use np_provider::{ProviderError, RateLimiter};
+
+use crate::error::classify;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
@@ -26,13 +27,6 @@ const CONCURRENCY: usize = 8;
 /// Tries per call for retryable errors (upstream: 3).
 const TRIES: u32 = 3;
 const GIB: u64 = 1024 * 1024 * 1024;
-
-fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    operation: &str,
-    e: &SdkError<E, R>,
-) -> ProviderError {
-    crate::error::classify(operation, e)
-}
 
 /// Whether an EBS direct error is worth another try (throttling, server
 /// errors, and the validation error EBS uses for "try again").

@@ -76,7 +76,8 @@ pub fn classify_code(code: &str, message: &str) -> ProviderError {
         ProviderError::Capacity(text)
     } else if TRANSIENT_CODES.contains(&code) {
         ProviderError::Transient(text)
-    } else if code.ends_with(".NotFound") || code == "InvalidHostId.NotFound" {
+    } else if code.ends_with(".NotFound") || code == "InvalidAMIID.Unavailable" {
+        // `InvalidAMIID.Unavailable`: the AMI was deregistered; gone as well.
         ProviderError::NotFound(text)
     } else {
         ProviderError::Fatal(text)
@@ -149,6 +150,7 @@ mod tests {
         assert!(matches!(classify_code("RequestLimitExceeded", "x"), ProviderError::Transient(_)));
         assert!(matches!(classify_code("InvalidInstanceID.NotFound", "x"), ProviderError::NotFound(_)));
         assert!(matches!(classify_code("InvalidVolume.NotFound", "x"), ProviderError::NotFound(_)));
+        assert!(matches!(classify_code("InvalidAMIID.Unavailable", "x"), ProviderError::NotFound(_)));
         assert!(matches!(classify_code("InvalidInstanceType", "x"), ProviderError::Fatal(_)));
         assert!(is_throttling("RequestLimitExceeded"));
         assert!(!is_throttling("InvalidInstanceType"));

@@ -177,6 +177,14 @@ fn tag_list(tags: &BTreeMap<String, String>) -> Vec<Tag> {
     tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
+/// The same tags on the instance and on its volumes (RunInstances, CreateFleet).
+fn instance_and_volume_tags(tags: &BTreeMap<String, String>) -> Vec<TagSpecification> {
+    [ec2::types::ResourceType::Instance, ec2::types::ResourceType::Volume]
+        .into_iter()
+        .map(|kind| TagSpecification::builder().resource_type(kind).set_tags(Some(tag_list(tags))).build())
+        .collect()
+}
+
 /// EC2 tags as a map.
 pub fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
@@ -631,7 +639,7 @@ impl Inner {
             Affinity, BlockDeviceMapping, HttpTokensState, IamInstanceProfileSpecification,
             InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
             InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, MarketType, Placement,
-            ResourceType, SpotInstanceType, SpotMarketOptions, Tenancy, VolumeType,
+            SpotInstanceType, SpotMarketOptions, Tenancy, VolumeType,
         };
         let mut nic = InstanceNetworkInterfaceSpecification::builder()
             .associate_public_ip_address(pool.public_ipv4)
@@ -645,7 +653,6 @@ impl Inner {
         if pool.public_ipv6 {
             nic = nic.ipv6_address_count(1);
         }
-        let tag_list = tag_list(tags);
         let mut req = self
             .ec2()
             .run_instances()
@@ -656,18 +663,7 @@ impl Inner {
             .ebs_optimized(label.ebs_optimized)
             .instance_type(ec2::types::InstanceType::from(instance_type))
             .network_interfaces(nic.build())
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Instance)
-                    .set_tags(Some(tag_list.clone()))
-                    .build(),
-            )
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Volume)
-                    .set_tags(Some(tag_list))
-                    .build(),
-            );
+            .set_tag_specifications(Some(instance_and_volume_tags(tags)));
         if let Some(userdata) = &label.userdata {
             req = req.user_data(aws_smithy_types::base64::encode(userdata.as_bytes()));
         }
@@ -805,43 +801,30 @@ impl Inner {
                     debug!(provider = %self.name, template = %name, "launch template exists");
                     continue;
                 }
-                let mut ebs = LaunchTemplateEbsBlockDeviceRequest::builder().delete_on_termination(true);
-                if let Some(size) = label.volume_size.filter(|v| *v != 0) {
-                    ebs = ebs.set_volume_size(i32::try_from(size).ok());
-                }
-                if let Some(t) = label.volume_type.as_deref().filter(|t| !t.is_empty()) {
-                    ebs = ebs.volume_type(VolumeType::from(t));
-                }
-                if let Some(iops) = label.iops.filter(|v| *v != 0) {
-                    ebs = ebs.set_iops(i32::try_from(iops).ok());
-                }
-                if let Some(tp) = label.throughput.filter(|v| *v != 0) {
-                    ebs = ebs.set_throughput(i32::try_from(tp).ok());
-                }
+                let spec = templates::TemplateSpec::of(pool, label);
+                let ebs = LaunchTemplateEbsBlockDeviceRequest::builder()
+                    .delete_on_termination(true)
+                    .set_volume_size(spec.volume_size.and_then(|v| i32::try_from(v).ok()))
+                    .set_volume_type(spec.volume_type.as_deref().map(VolumeType::from))
+                    .set_iops(spec.iops.and_then(|v| i32::try_from(v).ok()))
+                    .set_throughput(spec.throughput.and_then(|v| i32::try_from(v).ok()));
                 let mut data = RequestLaunchTemplateData::builder()
-                    .key_name(&label.key_name)
-                    .set_security_group_ids(pool.security_group_id.clone().map(|g| vec![g]))
+                    .key_name(&spec.key_name)
+                    .set_security_group_ids(spec.security_group_id.clone().map(|g| vec![g]))
                     .block_device_mappings(
                         LaunchTemplateBlockDeviceMappingRequest::builder()
                             .device_name("/dev/sda1")
                             .ebs(ebs.build())
                             .build(),
-                    );
-                let tokens = match label.imdsv2.as_deref() {
-                    Some("required") => Some(LaunchTemplateHttpTokensState::Required),
-                    Some("optional") => Some(LaunchTemplateHttpTokensState::Optional),
-                    _ => None,
-                };
-                if let Some(tokens) = tokens {
+                    )
+                    .set_user_data(spec.user_data.clone());
+                if let Some(tokens) = &spec.http_tokens {
                     data = data.metadata_options(
                         LaunchTemplateInstanceMetadataOptionsRequest::builder()
-                            .http_tokens(tokens)
+                            .http_tokens(LaunchTemplateHttpTokensState::from(tokens.as_str()))
                             .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
                             .build(),
                     );
-                }
-                if let Some(userdata) = label.userdata.as_deref().filter(|u| !u.is_empty()) {
-                    data = data.user_data(aws_smithy_types::base64::encode(userdata.as_bytes()));
                 }
                 let tags: Vec<Tag> = templates::template_tags(&self.name)
                     .into_iter()
@@ -898,7 +881,7 @@ impl Inner {
         use ec2::types::{
             DefaultTargetCapacityType, FleetLaunchTemplateConfigRequest, FleetLaunchTemplateOverridesRequest,
             FleetLaunchTemplateSpecificationRequest, FleetOnDemandAllocationStrategy, FleetType,
-            OnDemandOptionsRequest, ResourceType, SpotAllocationStrategy, SpotOptionsRequest,
+            OnDemandOptionsRequest, SpotAllocationStrategy, SpotOptionsRequest,
             TargetCapacitySpecificationRequest,
         };
         let Some(AwsInstance::Fleet { instance_types, allocation_strategy }) = &label.instance else {
@@ -921,7 +904,6 @@ impl Inner {
             })
             .collect();
         let capacity = TargetCapacitySpecificationRequest::builder().total_target_capacity(1);
-        let tag_list = tag_list(tags);
         let mut req = self
             .ec2()
             .create_fleet()
@@ -937,18 +919,7 @@ impl Inner {
                     .set_overrides(Some(overrides))
                     .build(),
             )
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Instance)
-                    .set_tags(Some(tag_list.clone()))
-                    .build(),
-            )
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Volume)
-                    .set_tags(Some(tag_list))
-                    .build(),
-            );
+            .set_tag_specifications(Some(instance_and_volume_tags(tags)));
         req = if label.use_spot {
             req.spot_options(
                 SpotOptionsRequest::builder()
@@ -1018,7 +989,6 @@ impl Inner {
                 .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
                 .collect(),
             Err(ProviderError::NotFound(_)) => Vec::new(),
-            Err(e) if e.to_string().contains("InvalidAMIID") => Vec::new(),
             Err(e) => return Err(e),
         };
         match self
@@ -1026,7 +996,6 @@ impl Inner {
             .await
         {
             Ok(_) | Err(ProviderError::NotFound(_)) => {}
-            Err(e) if e.to_string().contains("InvalidAMIID") => {}
             Err(e) => return Err(e),
         }
         info!(provider = %self.name, image = ami, "image deregistered");
@@ -1240,7 +1209,7 @@ impl AwsProvider {
                 .flat_map(|p| {
                     p.labels.iter().filter(|l| matches!(l.instance, Some(AwsInstance::Fleet { .. }))).map(
                         |l| {
-                            let name = templates::template_name(&templates::template_args(name, p, l));
+                            let name = templates::TemplateSpec::of(p, l).name(name);
                             ((p.name.clone(), l.name.clone()), name)
                         },
                     )

@@ -22,43 +22,91 @@ pub fn template_tags(provider: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// The template's arguments in upstream's shape (`LaunchTemplateData` and
-/// `TagSpecifications`, boto3 parameter names), keys sorted.
+/// A `fleet` label's launch template settings, read from the label as
+/// upstream reads them: a zero or empty volume size, type, IOPS, throughput
+/// or user data is left out (upstream tests truthiness). Both the name hash
+/// ([`TemplateSpec::args`]) and the `CreateLaunchTemplate` call are built
+/// from this one value, so they cannot disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateSpec {
+    pub key_name: String,
+    pub security_group_id: Option<String>,
+    pub volume_size: Option<u64>,
+    pub volume_type: Option<String>,
+    pub iops: Option<u64>,
+    pub throughput: Option<u64>,
+    /// IMDSv2 `HttpTokens`: `required` or `optional`.
+    pub http_tokens: Option<String>,
+    /// The user data, base64-encoded.
+    pub user_data: Option<String>,
+}
+
+impl TemplateSpec {
+    /// The settings of `label` in `pool`.
+    pub fn of(pool: &AwsPool, label: &AwsLabel) -> TemplateSpec {
+        TemplateSpec {
+            key_name: label.key_name.clone(),
+            security_group_id: pool.security_group_id.clone(),
+            volume_size: label.volume_size.filter(|v| *v != 0),
+            volume_type: label.volume_type.clone().filter(|t| !t.is_empty()),
+            iops: label.iops.filter(|v| *v != 0),
+            throughput: label.throughput.filter(|v| *v != 0),
+            http_tokens: label.imdsv2.clone().filter(|t| t == "required" || t == "optional"),
+            user_data: label
+                .userdata
+                .as_deref()
+                .filter(|u| !u.is_empty())
+                .map(|u| aws_smithy_types::base64::encode(u.as_bytes())),
+        }
+    }
+
+    /// The template's arguments in upstream's shape (`LaunchTemplateData`
+    /// and `TagSpecifications`, boto3 parameter names), keys sorted.
+    pub fn args(&self, provider: &str) -> Value {
+        let mut ebs = Map::new();
+        ebs.insert("DeleteOnTermination".into(), Value::Bool(true));
+        if let Some(size) = self.volume_size {
+            ebs.insert("VolumeSize".into(), json!(size));
+        }
+        if let Some(t) = &self.volume_type {
+            ebs.insert("VolumeType".into(), json!(t));
+        }
+        if let Some(iops) = self.iops {
+            ebs.insert("Iops".into(), json!(iops));
+        }
+        if let Some(tp) = self.throughput {
+            ebs.insert("Throughput".into(), json!(tp));
+        }
+        let mut data = Map::new();
+        data.insert("KeyName".into(), json!(self.key_name));
+        data.insert("SecurityGroupIds".into(), json!([self.security_group_id]));
+        data.insert(
+            "BlockDeviceMappings".into(),
+            json!([{"DeviceName": "/dev/sda1", "Ebs": Value::Object(ebs)}]),
+        );
+        if let Some(tokens) = &self.http_tokens {
+            data.insert("MetadataOptions".into(), json!({"HttpTokens": tokens, "HttpEndpoint": "enabled"}));
+        }
+        if let Some(user_data) = &self.user_data {
+            data.insert("UserData".into(), json!(user_data));
+        }
+        let tags: Vec<Value> =
+            template_tags(provider).into_iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect();
+        sorted(json!({
+            "LaunchTemplateData": Value::Object(data),
+            "TagSpecifications": [{"ResourceType": "launch-template", "Tags": tags}],
+        }))
+    }
+
+    /// The template's name (see [`template_name`]).
+    pub fn name(&self, provider: &str) -> String {
+        template_name(&self.args(provider))
+    }
+}
+
+/// The template's arguments of `label` in `pool` (see [`TemplateSpec::args`]).
 pub fn template_args(provider: &str, pool: &AwsPool, label: &AwsLabel) -> Value {
-    let mut ebs = Map::new();
-    ebs.insert("DeleteOnTermination".into(), Value::Bool(true));
-    // Upstream tests truthiness: a zero size, iops or throughput is left out.
-    if let Some(size) = label.volume_size.filter(|v| *v != 0) {
-        ebs.insert("VolumeSize".into(), json!(size));
-    }
-    if let Some(t) = label.volume_type.as_deref().filter(|t| !t.is_empty()) {
-        ebs.insert("VolumeType".into(), json!(t));
-    }
-    if let Some(iops) = label.iops.filter(|v| *v != 0) {
-        ebs.insert("Iops".into(), json!(iops));
-    }
-    if let Some(tp) = label.throughput.filter(|v| *v != 0) {
-        ebs.insert("Throughput".into(), json!(tp));
-    }
-    let mut data = Map::new();
-    data.insert("KeyName".into(), json!(label.key_name));
-    data.insert("SecurityGroupIds".into(), json!([pool.security_group_id]));
-    data.insert(
-        "BlockDeviceMappings".into(),
-        json!([{"DeviceName": "/dev/sda1", "Ebs": Value::Object(ebs)}]),
-    );
-    if let Some(tokens @ ("required" | "optional")) = label.imdsv2.as_deref() {
-        data.insert("MetadataOptions".into(), json!({"HttpTokens": tokens, "HttpEndpoint": "enabled"}));
-    }
-    if let Some(userdata) = label.userdata.as_deref().filter(|u| !u.is_empty()) {
-        data.insert("UserData".into(), json!(aws_smithy_types::base64::encode(userdata.as_bytes())));
-    }
-    let tags: Vec<Value> =
-        template_tags(provider).into_iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect();
-    sorted(json!({
-        "LaunchTemplateData": Value::Object(data),
-        "TagSpecifications": [{"ResourceType": "launch-template", "Tags": tags}],
-    }))
+    TemplateSpec::of(pool, label).args(provider)
 }
 
 /// The template name for `args` (upstream's `_getLaunchTemplateName`).

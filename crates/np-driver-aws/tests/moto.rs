@@ -107,6 +107,31 @@ fn instance_id(i: &Instance) -> String {
     ExternalId::parse(&i.external_id).instance.expect("instance id")
 }
 
+/// The id of moto's stock Ubuntu AMI.
+async fn ubuntu_ami(env: &TestEnv) -> String {
+    let images = env
+        .ec2()
+        .describe_images()
+        .filters(Filter::builder().name("name").values("*ubuntu*").build())
+        .send()
+        .await
+        .unwrap();
+    images.images()[0].image_id().unwrap().to_owned()
+}
+
+/// Runs one instance of the Ubuntu AMI outside the driver (as someone
+/// else, or as a leak), shaped by `shape`; returns its id.
+async fn plant_instance(
+    env: &TestEnv,
+    shape: impl FnOnce(
+        aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+    ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder,
+) -> String {
+    let req = env.ec2().run_instances().image_id(ubuntu_ami(env).await).min_count(1).max_count(1);
+    let out = shape(req).send().await.unwrap();
+    out.instances()[0].instance_id().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn launch_ready_tags_and_delete() {
     let env = TestEnv::new().await;
@@ -262,39 +287,13 @@ async fn leaked_instances_and_volumes_are_listed_and_deleted() {
             Tag::builder().key("nodepool_node_id").value(node).build(),
         ]
     };
-    let ami = ec2
-        .describe_images()
-        .filters(Filter::builder().name("name").values("*ubuntu*").build())
-        .send()
-        .await
-        .unwrap()
-        .images()[0]
-        .image_id()
-        .unwrap()
-        .to_owned();
     let plant = |provider: &'static str, node: &'static str| {
-        let ec2 = ec2.clone();
-        let ami = ami.clone();
         let t = tags(provider, node);
-        async move {
-            ec2.run_instances()
-                .image_id(ami)
-                .min_count(1)
-                .max_count(1)
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Instance)
-                        .set_tags(Some(t))
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap()
-                .instances()[0]
-                .instance_id()
-                .unwrap()
-                .to_owned()
-        }
+        plant_instance(&env, move |r| {
+            r.tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(t)).build(),
+            )
+        })
     };
     let leaked = plant(PROVIDER, "0000000042").await;
     let foreign = plant("someone-else", "0000000043").await;
@@ -733,49 +732,16 @@ async fn instance_usage_covers_every_instance_with_its_type_and_volumes() {
     let env = TestEnv::new().await;
     let p = env.provider(&simple(), PROVIDER).await;
     let ours = run_create(&p, request("0000000001", "ubuntu"), None).await.unwrap();
-    let ec2 = env.ec2();
-    let ami = ec2
-        .describe_images()
-        .filters(Filter::builder().name("name").values("*ubuntu*").build())
-        .send()
-        .await
-        .unwrap()
-        .images()[0]
-        .image_id()
-        .unwrap()
-        .to_owned();
     // Someone else's m5.large, untagged, and a spot t3.medium.
-    let foreign = ec2
-        .run_instances()
-        .image_id(&ami)
-        .min_count(1)
-        .max_count(1)
-        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_owned();
-    let spot = ec2
-        .run_instances()
-        .image_id(&ami)
-        .min_count(1)
-        .max_count(1)
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Medium)
-        .instance_market_options(
+    let foreign = plant_instance(&env, |r| r.instance_type(aws_sdk_ec2::types::InstanceType::M5Large)).await;
+    let spot = plant_instance(&env, |r| {
+        r.instance_type(aws_sdk_ec2::types::InstanceType::T3Medium).instance_market_options(
             aws_sdk_ec2::types::InstanceMarketOptionsRequest::builder()
                 .market_type(aws_sdk_ec2::types::MarketType::Spot)
                 .build(),
         )
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_owned();
+    })
+    .await;
     p.invalidate_caches().await;
     let usage = p.instance_usage().await.unwrap();
     assert_eq!(usage.len(), 3, "{usage:?}");
@@ -803,62 +769,11 @@ async fn instance_usage_covers_every_instance_with_its_type_and_volumes() {
     let _ = (foreign, spot, ours);
 }
 
-#[tokio::test]
-async fn diskimage_labels_boot_the_upload_the_launcher_names() {
-    let env = TestEnv::new().await;
-    let yaml = format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: built
-diskimages:
-  - name: built-image
-    elements: [vm]
-providers:
-  - name: {PROVIDER}
-    driver: aws
-    region-name: us-west-2
-    rate: 100
-    diskimages:
-      - name: built-image
-        username: builder
-    pools:
-      - name: main
-        host-key-checking: false
-        labels:
-          - name: built
-            diskimage: built-image
-            instance-type: t3.medium
-            key-name: zuul
-"#
-    );
-    let p = env.provider(&yaml, PROVIDER).await;
-    let ami = env
-        .ec2()
-        .describe_images()
-        .filters(Filter::builder().name("name").values("*ubuntu*").build())
-        .send()
-        .await
-        .unwrap()
-        .images()[0]
-        .image_id()
-        .unwrap()
-        .to_owned();
-    let err = run_create(&p, request("0000000001", "built"), None).await.unwrap_err();
-    assert!(matches!(err, ProviderError::Fatal(ref m) if m.contains("no uploaded image")), "{err:?}");
-    let mut req = request("0000000002", "built");
-    req.image_external_id = Some(ami.clone());
-    let inst = run_create(&p, req, None).await.unwrap();
-    let d = describe(&env, &instance_id(&inst)).await;
-    assert_eq!(d.image_id(), Some(ami.as_str()));
-    run_delete(&p, &inst.external_id).await.unwrap();
-}
-
-#[tokio::test]
-async fn ebs_direct_upload_registers_a_tagged_ami_and_delete_removes_it() {
-    let env = TestEnv::new().await;
-    let yaml = format!(
+/// A provider whose `built` label boots the diskimage `built-image`;
+/// `built_extra` continues that provider diskimage entry (more keys, more
+/// entries).
+fn diskimage_yaml(built_extra: &str) -> String {
+    format!(
         r#"
 zookeeper-servers:
   - host: 127.0.0.1
@@ -876,13 +791,7 @@ providers:
     rate: 100
     diskimages:
       - name: built-image
-        import-method: ebs-direct
-        volume-type: gp3
-        tags:
-          team: ci
-      - name: other-image
-        import-method: snapshot
-    pools:
+{built_extra}    pools:
       - name: main
         host-key-checking: false
         labels:
@@ -891,6 +800,30 @@ providers:
             instance-type: t3.medium
             key-name: zuul
 "#
+    )
+}
+
+#[tokio::test]
+async fn diskimage_labels_boot_the_upload_the_launcher_names() {
+    let env = TestEnv::new().await;
+    let yaml = diskimage_yaml("        username: builder\n");
+    let p = env.provider(&yaml, PROVIDER).await;
+    let ami = ubuntu_ami(&env).await;
+    let err = run_create(&p, request("0000000001", "built"), None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Fatal(ref m) if m.contains("no uploaded image")), "{err:?}");
+    let mut req = request("0000000002", "built");
+    req.image_external_id = Some(ami.clone());
+    let inst = run_create(&p, req, None).await.unwrap();
+    let d = describe(&env, &instance_id(&inst)).await;
+    assert_eq!(d.image_id(), Some(ami.as_str()));
+    run_delete(&p, &inst.external_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn ebs_direct_upload_registers_a_tagged_ami_and_delete_removes_it() {
+    let env = TestEnv::new().await;
+    let yaml = diskimage_yaml(
+        "        import-method: ebs-direct\n        volume-type: gp3\n        tags:\n          team: ci\n      - name: other-image\n        import-method: snapshot\n",
     );
     let p = env.provider(&yaml, PROVIDER).await;
     // A raw image of 1.2 MiB: three blocks, the last one padded.

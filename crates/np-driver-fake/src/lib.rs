@@ -458,12 +458,7 @@ mod tests {
         let mut ids = Vec::new();
         for n in 0..3 {
             let mut m = p.create(LaunchRequest::new(&format!("000000000{n}"), "fake", "main", "small"));
-            loop {
-                match m.step().await.unwrap() {
-                    Step::Done(i) => break ids.push(i.external_id),
-                    Step::Pending(d) => tokio::time::sleep(d).await,
-                }
-            }
+            ids.push(run(&mut m).await.unwrap().external_id);
         }
         for id in &ids {
             assert_eq!(p.delete(id).step().await.unwrap(), Step::Done(()));

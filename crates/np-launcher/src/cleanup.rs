@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use np_core::{NodeRequest, NodeState, RequestState};
 use np_provider::Provider;
-use np_zk::{CacheEvent, CacheEventKind, LockOptions};
+use np_zk::{drain_events, CacheEvent, CacheEventKind, LockOptions};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -61,22 +61,17 @@ pub async fn run(
             },
             _ = sweep.tick() => full = true,
         }
-        loop {
-            match node_events.try_recv() {
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => full = true,
-                Err(broadcast::error::TryRecvError::Closed) => return,
-                Ok(ev) => full |= note_node(Ok(ev), &mut dirty),
-            }
-        }
-        loop {
-            match req_events.try_recv() {
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => full = true,
-                Err(broadcast::error::TryRecvError::Closed) => return,
-                Ok(ev) if ev.kind == CacheEventKind::Removed => requests_gone = true,
-                Ok(_) => requests_changed = true,
-            }
+        let nodes_open = drain_events(&mut node_events, |ev| match ev {
+            Some(ev) => full |= note_node(Ok(ev), &mut dirty),
+            None => full = true,
+        });
+        let requests_open = drain_events(&mut req_events, |ev| match ev {
+            Some(ev) if ev.kind == CacheEventKind::Removed => requests_gone = true,
+            Some(_) => requests_changed = true,
+            None => full = true,
+        });
+        if !nodes_open || !requests_open {
+            return;
         }
         if full {
             node_events = node_events.resubscribe();

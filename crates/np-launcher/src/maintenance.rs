@@ -91,17 +91,10 @@ pub async fn run(
                     }
                 },
             };
-            loop {
-                match events.try_recv() {
-                    Ok(ev) => rescan |= ev.kind == np_zk::CacheEventKind::Resynced || relevant(&ev.id),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
-                    Err(_) => {
-                        events = events.resubscribe();
-                        rescan = true;
-                        break;
-                    }
-                }
-            }
+            np_zk::drain_events(&mut events, |ev| match ev {
+                Some(ev) => rescan |= ev.kind == np_zk::CacheEventKind::Resynced || relevant(&ev.id),
+                None => rescan = true,
+            });
             if rescan {
                 break;
             }
@@ -280,7 +273,8 @@ async fn clean_leaked_instances(
         if instance.metadata.get(META_PROVIDER).map(String::as_str) != Some(provider_name) {
             continue;
         }
-        if let Some(upload) = instance.metadata.get(META_UPLOAD_ID) {
+        // What the resource belongs to, if that is gone.
+        let owner = if let Some(upload) = instance.metadata.get(META_UPLOAD_ID) {
             let build = instance.metadata.get(META_BUILD_ID).map(String::as_str).unwrap_or_default();
             if uploads.is_none() {
                 match shared.zk.provider_upload_keys(provider_name).await {
@@ -292,36 +286,28 @@ async fn clean_leaked_instances(
                     }
                 }
             }
-            if uploads.as_ref().is_some_and(|u| u.contains(&format!("{build}-{upload}"))) {
+            let key = format!("{build}-{upload}");
+            if uploads.as_ref().is_some_and(|u| u.contains(&key)) {
                 continue;
             }
-            let key = instance.external_id.to_string();
-            if seen_before.contains(&key) {
-                info!(provider = provider_name, resource = %key, build, upload = %upload, "deleting leaked image resource");
-                shared.metrics.record_leaked(provider_name, &leaked_metric_name(&instance), 1);
-                if let Err(e) = delete_instance(provider, &instance.external_id).await {
-                    warn!(resource = %key, error = %e, "cannot delete leaked image resource");
-                    leaked_now.insert(key);
-                }
-            } else {
-                leaked_now.insert(key);
+            format!("upload {key}")
+        } else {
+            let Some(node_id) = instance.metadata.get(META_NODE_ID) else { continue };
+            if shared.nodes.get(node_id).is_some() {
+                continue;
             }
-            continue;
-        }
-        let Some(node_id) = instance.metadata.get(META_NODE_ID) else { continue };
-        if shared.nodes.get(node_id).is_some() {
-            continue;
-        }
-        // The cache may lag behind a brand-new node: confirm in ZooKeeper.
-        if !matches!(shared.zk.exists(&paths::node(node_id)).await, Ok(None)) {
-            continue;
-        }
+            // The cache may lag behind a brand-new node: confirm in ZooKeeper.
+            if !matches!(shared.zk.exists(&paths::node(node_id)).await, Ok(None)) {
+                continue;
+            }
+            format!("node {node_id}")
+        };
         let key = instance.external_id.to_string();
         if seen_before.contains(&key) {
-            info!(provider = provider_name, instance = %key, node = %node_id, "deleting leaked instance");
+            info!(provider = provider_name, resource = %key, owner, "deleting leaked resource");
             shared.metrics.record_leaked(provider_name, &leaked_metric_name(&instance), 1);
             if let Err(e) = delete_instance(provider, &instance.external_id).await {
-                warn!(instance = %key, error = %e, "cannot delete leaked instance");
+                warn!(resource = %key, error = %e, "cannot delete leaked resource");
                 leaked_now.insert(key);
             }
         } else {

@@ -20,11 +20,10 @@ use std::sync::Arc;
 use np_core::{Node, NodeRequest, NodeState, Quota, RequestState};
 use np_provider::Provider;
 use np_zk::{
-    CacheEvent, CacheEventKind, ComponentRegistration, LockGuard, LockOptions, NodeCache, PoolComponentCache,
-    RequestCache, Zk,
+    drain_events, CacheEvent, CacheEventKind, ComponentRegistration, LockGuard, LockOptions, NodeCache,
+    PoolComponentCache, RequestCache, Zk,
 };
 use serde_json::Value;
-use tokio::sync::broadcast;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -94,7 +93,13 @@ struct Handler {
     lock: LockGuard,
     slots: Vec<Slot>,
     started: std::time::Instant,
+    /// The upload each diskimage of the request boots, looked up once when
+    /// the request is accepted.
+    images: Images,
 }
+
+/// Diskimage name -> the newest ready upload's znode path and cloud id.
+type Images = HashMap<String, (String, Option<String>)>;
 
 struct LaunchDone {
     request: String,
@@ -197,6 +202,7 @@ impl PoolWorker {
                     break;
                 }
                 wake = false;
+                let recheck_after = worker.recheck_in(recheck);
                 tokio::select! {
                     _ = cancel.cancelled(), if !worker.draining => {
                         // Stop taking requests; finish the ones in flight (bounded).
@@ -211,8 +217,8 @@ impl PoolWorker {
                     _ = pool_events.recv() => wake = true,
                     // Paused at quota: cloud-side usage and limits change
                     // without ZooKeeper events; look again now and then.
-                    _ = tokio::time::sleep(worker.recheck_in(recheck).unwrap_or_default()),
-                        if worker.paused && worker.recheck_in(recheck).is_some() => {
+                    _ = tokio::time::sleep(recheck_after.unwrap_or_default()),
+                        if worker.paused && recheck_after.is_some() => {
                         wake = true;
                     }
                     Some(done) = done_rx.recv() => {
@@ -221,28 +227,9 @@ impl PoolWorker {
                     }
                 }
                 // Coalesce bursts: everything already queued is covered by one pass.
-                loop {
-                    match req_events.try_recv() {
-                        Ok(ev) => wake |= worker.request_event_matters(Some(ev)),
-                        Err(broadcast::error::TryRecvError::Empty) => break,
-                        Err(_) => {
-                            req_events = req_events.resubscribe();
-                            wake = true;
-                            break;
-                        }
-                    }
-                }
-                loop {
-                    match node_events.try_recv() {
-                        Ok(ev) => wake |= worker.node_event_matters(Some(ev)),
-                        Err(broadcast::error::TryRecvError::Empty) => break,
-                        Err(_) => {
-                            node_events = node_events.resubscribe();
-                            wake = true;
-                            break;
-                        }
-                    }
-                }
+                // (A closed cache stream only happens at shutdown.)
+                drain_events(&mut req_events, |ev| wake |= worker.request_event_matters(ev));
+                drain_events(&mut node_events, |ev| wake |= worker.node_event_matters(ev));
                 while pool_events.try_recv().is_ok() {
                     wake = true;
                 }
@@ -522,7 +509,12 @@ impl PoolWorker {
             },
         };
         let too_big = !lacks && !self.could_ever_fit(&request.node_types).await;
-        let no_image = !lacks && !too_big && !self.images_available(&request.node_types).await;
+        let images = if lacks || too_big {
+            Some(Images::new())
+        } else {
+            self.newest_uploads(&request.node_types).await
+        };
+        let no_image = images.is_none();
         let slots = request
             .node_types
             .iter()
@@ -534,7 +526,8 @@ impl PoolWorker {
                 state: SlotState::Empty,
             })
             .collect();
-        let mut handler = Handler { request, lock, slots, started: std::time::Instant::now() };
+        let images = images.unwrap_or_default();
+        let mut handler = Handler { request, lock, slots, started: std::time::Instant::now(), images };
         if lacks || too_big || no_image || self.spec.max_servers == Some(0) {
             info!(request = id, lacks, too_big, no_image, "declining request");
             self.decline(handler, registered).await;
@@ -754,26 +747,33 @@ impl PoolWorker {
         used
     }
 
-    /// Whether every diskimage label of the request has a ready upload in
-    /// this provider (upstream's `imagesAvailable`; cloud images always are).
-    async fn images_available(&self, labels: &[String]) -> bool {
+    /// The newest ready upload in this provider of every diskimage the
+    /// request's labels boot; `None` if one has none (upstream's
+    /// `imagesAvailable`; cloud images always are available).
+    async fn newest_uploads(&self, labels: &[String]) -> Option<Images> {
+        let mut images = Images::new();
         for label in labels {
             let Some(image) = self.spec.label_settings.get(label).and_then(|s| s.diskimage.as_deref()) else {
                 continue;
             };
+            if images.contains_key(image) {
+                continue;
+            }
             match self.shared.zk.most_recent_upload(image, &self.spec.provider).await {
-                Ok(Some(_)) => {}
+                Ok(Some((path, upload))) => {
+                    images.insert(image.to_owned(), (path, upload.external_id));
+                }
                 Ok(None) => {
                     info!(image, label, "no ready upload of the diskimage");
-                    return false;
+                    return None;
                 }
                 Err(e) => {
                     warn!(image, error = %e, "cannot read the diskimage's uploads");
-                    return false;
+                    return None;
                 }
             }
         }
-        true
+        Some(images)
     }
 
     /// Whether the whole request could ever fit an empty pool and provider
@@ -842,22 +842,13 @@ impl PoolWorker {
         // node's image_id is the upload's znode path).
         let mut image_external_id = None;
         if let Some(image) = &settings.diskimage {
-            match zk.most_recent_upload(image, &self.spec.provider).await {
-                Ok(Some((path, upload))) => {
-                    node.image_id = Some(path);
-                    image_external_id = upload.external_id;
-                }
-                Ok(None) => {
-                    warn!(image, "no ready upload of the diskimage in this provider");
-                    handler.slots[i].state = SlotState::Failed;
-                    return;
-                }
-                Err(e) => {
-                    warn!(image, error = %e, "cannot read the diskimage's uploads");
-                    handler.slots[i].state = SlotState::Failed;
-                    return;
-                }
-            }
+            let Some((path, external_id)) = handler.images.get(image) else {
+                warn!(image, "no ready upload of the diskimage in this provider");
+                handler.slots[i].state = SlotState::Failed;
+                return;
+            };
+            node.image_id = Some(path.clone());
+            image_external_id = external_id.clone();
         }
         node.resources = Some(self.provider.quota_for_label(&label).to_resources());
         let stat = match zk.create_node(&mut node).await {

@@ -61,6 +61,14 @@ async fn request(t: &TestZk, labels: &[&str]) -> String {
     r.id
 }
 
+/// Waits until the pool component says `paused: true`.
+async fn pool_paused(launcher: &Launcher) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
+    })
+    .await
+}
+
 /// Upstream's `_test_node_assignment_at_quota`: a 2-node request fills the
 /// quota; a second 2-node request pauses PENDING with exactly 2 servers; as
 /// the first request's nodes are returned one by one, it completes.
@@ -72,12 +80,7 @@ async fn at_quota(config: np_config::Config, settings: FakeSettings) {
     assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
     let second = request(&t, &["small", "small"]).await;
     assert!(wait_state(&t, &second, RequestState::Pending).await);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
-        })
-        .await
-    );
+    assert!(pool_paused(&launcher).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cloud.server_ids().len(), 2, "exactly the quota is used");
     assert_eq!(state(&t, &second).await, RequestState::Pending);
@@ -217,12 +220,7 @@ async fn unmanaged_instances_count_against_cloud_quota() {
     assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
     let second = request(&t, &["small"]).await;
     assert!(wait_state(&t, &second, RequestState::Pending).await);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
-        })
-        .await
-    );
+    assert!(pool_paused(&launcher).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cloud.quota_rejections(), 0, "the launcher knew the cloud was full");
     assert_eq!(state(&t, &second).await, RequestState::Pending);

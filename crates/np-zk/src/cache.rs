@@ -480,6 +480,25 @@ fn fetch<T: Cached>(
     .boxed()
 }
 
+/// Takes every event already queued on `rx` without waiting, handing each
+/// to `f`; `f(None)` means events were lost (the receiver lagged and has
+/// been resubscribed: look at everything). Returns false once the cache is
+/// gone (the channel closed).
+pub fn drain_events(rx: &mut broadcast::Receiver<CacheEvent>, mut f: impl FnMut(Option<CacheEvent>)) -> bool {
+    loop {
+        match rx.try_recv() {
+            Ok(ev) => f(Some(ev)),
+            Err(broadcast::error::TryRecvError::Empty) => return true,
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                *rx = rx.resubscribe();
+                f(None);
+                return true;
+            }
+            Err(broadcast::error::TryRecvError::Closed) => return false,
+        }
+    }
+}
+
 /// Consumes one announced own write of `id`, if any.
 fn take_own_write<T>(shared: &Shared<T>, id: &str) -> bool {
     let mut own = shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,7 +20,7 @@ pub mod lock;
 pub mod paths;
 pub mod store;
 
-pub use cache::{CacheEvent, CacheEventKind, Cached, NodeCache, RequestCache, TreeCache};
+pub use cache::{drain_events, CacheEvent, CacheEventKind, Cached, NodeCache, RequestCache, TreeCache};
 pub use client::{SessionStatus, Zk, ZkConfig, ZkTls};
 pub use components::{ComponentRegistration, PoolComponentCache};
 pub use error::ZkError;

@@ -121,17 +121,7 @@ impl Zk {
         node: &Node,
         version: Option<i32>,
     ) -> Result<Stat, ZkError> {
-        cache.expect_write(&node.id);
-        match self.set(&paths::node(&node.id), &node.to_json(), version).await {
-            Ok(stat) => {
-                cache.note_write(&node.id, node.clone(), &stat);
-                Ok(stat)
-            }
-            Err(e) => {
-                cache.cancel_write(&node.id);
-                Err(e)
-            }
-        }
+        self.set_cached(cache, &node.id, node, &node.to_json(), version).await
     }
 
     /// [`Zk::update_request`] for a request this process holds locked,
@@ -142,14 +132,27 @@ impl Zk {
         request: &NodeRequest,
         version: Option<i32>,
     ) -> Result<Stat, ZkError> {
-        cache.expect_write(&request.id);
-        match self.set(&paths::request(&request.id), &request.to_json(), version).await {
+        self.set_cached(cache, &request.id, request, &request.to_json(), version).await
+    }
+
+    /// Writes record `id` (serialized as `data`) under `T::ROOT`, announced
+    /// to `cache` beforehand and noted in it afterwards.
+    async fn set_cached<T: crate::Cached>(
+        &self,
+        cache: &crate::TreeCache<T>,
+        id: &str,
+        value: &T,
+        data: &[u8],
+        version: Option<i32>,
+    ) -> Result<Stat, ZkError> {
+        cache.expect_write(id);
+        match self.set(&format!("{}/{id}", T::ROOT), data, version).await {
             Ok(stat) => {
-                cache.note_write(&request.id, request.clone(), &stat);
+                cache.note_write(id, value.clone(), &stat);
                 Ok(stat)
             }
             Err(e) => {
-                cache.cancel_write(&request.id);
+                cache.cancel_write(id);
                 Err(e)
             }
         }
