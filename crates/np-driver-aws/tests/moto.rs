@@ -14,42 +14,7 @@ use np_provider::{Instance, LaunchRequest, Provider, ProviderError, Step};
 use serde_json::{json, Value};
 use support::TestEnv;
 
-const PROVIDER: &str = "ec2-us-west-2";
-
-/// A `nodepool.yaml` with one AWS provider; `labels` is the pool's label
-/// list (indented for the pool), `pool_extra` extra pool keys.
-fn yaml(labels: &str, pool_extra: &str, provider_extra: &str) -> String {
-    format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: ubuntu
-  - name: spot
-  - name: big
-  - name: bogus
-  - name: dedicated
-providers:
-  - name: {PROVIDER}
-    driver: aws
-    region-name: us-west-2
-    rate: 100
-{provider_extra}
-    cloud-images:
-      - name: ubuntu
-        username: ubuntu
-        image-filters:
-          - name: name
-            values: ["*ubuntu*"]
-    pools:
-      - name: main
-        host-key-checking: false
-{pool_extra}
-        labels:
-{labels}
-"#
-    )
-}
+use support::{aws_yaml as yaml, PROVIDER};
 
 const UBUNTU: &str = r#"
           - name: ubuntu

@@ -14,38 +14,14 @@ use np_core::{NodeRequest, NodeState, RequestState};
 use np_launcher::{Launcher, ProviderSet};
 use np_testing::{eventually, TestZk};
 
-const PROVIDER: &str = "ec2-us-west-2";
+use support::PROVIDER;
 
+/// One pool of at most 3 t3.medium Ubuntu instances tagged `team: ci`.
 fn yaml() -> String {
-    format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: ubuntu
-providers:
-  - name: {PROVIDER}
-    driver: aws
-    region-name: us-west-2
-    rate: 100
-    cloud-images:
-      - name: ubuntu
-        username: ubuntu
-        image-filters:
-          - name: name
-            values: ["*ubuntu*"]
-    pools:
-      - name: main
-        max-servers: 3
-        host-key-checking: false
-        labels:
-          - name: ubuntu
-            cloud-image: ubuntu
-            instance-type: t3.medium
-            key-name: zuul
-            tags:
-              team: ci
-"#
+    support::aws_yaml(
+        "          - name: ubuntu\n            cloud-image: ubuntu\n            instance-type: t3.medium\n            key-name: zuul\n            tags:\n              team: ci\n",
+        "        max-servers: 3",
+        "",
     )
 }
 

@@ -105,6 +105,45 @@ async fn http(port: u16, method: &str, path: &str) -> u16 {
     text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
+/// The provider name every AWS test configuration uses.
+pub const PROVIDER: &str = "ec2-us-west-2";
+
+/// A `nodepool.yaml` with one AWS provider on moto's Ubuntu cloud image;
+/// `labels` is the pool's label list (indented for the pool), `pool_extra`
+/// and `provider_extra` more pool and provider keys.
+pub fn aws_yaml(labels: &str, pool_extra: &str, provider_extra: &str) -> String {
+    format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: ubuntu
+  - name: spot
+  - name: big
+  - name: bogus
+  - name: dedicated
+providers:
+  - name: {PROVIDER}
+    driver: aws
+    region-name: us-west-2
+    rate: 100
+{provider_extra}
+    cloud-images:
+      - name: ubuntu
+        username: ubuntu
+        image-filters:
+          - name: name
+            values: ["*ubuntu*"]
+    pools:
+      - name: main
+        host-key-checking: false
+{pool_extra}
+        labels:
+{labels}
+"#
+    )
+}
+
 /// One test's environment.
 pub struct TestEnv {
     pub moto: &'static Moto,
