@@ -35,6 +35,19 @@ const QUOTA_CODES: &[&str] = &[
     "InstanceLimitExceeded",
     "VcpuLimitExceeded",
     "MaxSpotInstanceCountExceeded",
+    // Too many VM Import tasks at once (ImportSnapshot / ImportImage).
+    "ResourceCountLimitExceeded",
+];
+
+/// Error codes meaning "that is gone" besides the `*.NotFound` family.
+const GONE_CODES: &[&str] = &[
+    // A deregistered AMI.
+    "InvalidAMIID.Unavailable",
+    // What EC2 answers for an import task it no longer remembers.
+    "InvalidConversionTaskId.Malformed",
+    // S3.
+    "NoSuchKey",
+    "NoSuchUpload",
 ];
 
 /// Error codes meaning "no capacity of this kind right now".
@@ -76,8 +89,7 @@ pub fn classify_code(code: &str, message: &str) -> ProviderError {
         ProviderError::Capacity(text)
     } else if TRANSIENT_CODES.contains(&code) {
         ProviderError::Transient(text)
-    } else if code.ends_with(".NotFound") || code == "InvalidAMIID.Unavailable" {
-        // `InvalidAMIID.Unavailable`: the AMI was deregistered; gone as well.
+    } else if code.ends_with(".NotFound") || GONE_CODES.contains(&code) {
         ProviderError::NotFound(text)
     } else {
         ProviderError::Fatal(text)
@@ -151,6 +163,12 @@ mod tests {
         assert!(matches!(classify_code("InvalidInstanceID.NotFound", "x"), ProviderError::NotFound(_)));
         assert!(matches!(classify_code("InvalidVolume.NotFound", "x"), ProviderError::NotFound(_)));
         assert!(matches!(classify_code("InvalidAMIID.Unavailable", "x"), ProviderError::NotFound(_)));
+        assert!(matches!(
+            classify_code("InvalidConversionTaskId.Malformed", "x"),
+            ProviderError::NotFound(_)
+        ));
+        assert!(matches!(classify_code("NoSuchKey", "x"), ProviderError::NotFound(_)));
+        assert!(matches!(classify_code("ResourceCountLimitExceeded", "x"), ProviderError::Quota(_)));
         assert!(matches!(classify_code("InvalidInstanceType", "x"), ProviderError::Fatal(_)));
         assert!(is_throttling("RequestLimitExceeded"));
         assert!(!is_throttling("InvalidInstanceType"));

@@ -15,8 +15,12 @@
 //!   (`ec2` and `ebs`, cached 300 s);
 //! * errors are classified ([`error::classify_code`]); throttling slows the
 //!   rate limiter down;
-//! * leak cleanup sees instances, volumes and dedicated hosts that carry this
-//!   provider's `nodepool_provider_name` tag ([`np_provider::Provider::list_instances`]).
+//! * image upload for the builder: `ebs-direct` ([`ebs`]) or VM Import of an
+//!   image staged in S3 ([`s3`]; `snapshot` and `image` methods), see
+//!   [`AwsProvider::upload_image`];
+//! * leak cleanup sees instances, volumes, dedicated hosts, AMIs, snapshots
+//!   and staged S3 objects that carry this provider's
+//!   `nodepool_provider_name` tag ([`np_provider::Provider::list_instances`]).
 //!
 //! The launcher builds an [`AwsProvider`] with [`AwsProvider::new`] and its
 //! pool workers from [`pool_infos`] / [`label_info`].
@@ -27,6 +31,7 @@ pub mod listing;
 pub mod pools;
 pub mod provider;
 pub mod quota;
+pub mod s3;
 /// The shared rate limiter (kept at this path for the driver's modules).
 pub use np_provider::rate;
 pub mod tags;

@@ -7,7 +7,7 @@
 //! caches, and the terminate batcher (one `TerminateInstances` for up to 50
 //! queued deletes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ use crate::rate::RateLimiter;
 use crate::tags::node_tags;
 use crate::templates;
 
+mod import;
+
 /// The most instances one `TerminateInstances` call names (AWS recommends
 /// small batches; upstream uses 50).
 pub const TERMINATE_BATCH: usize = 50;
@@ -57,6 +59,13 @@ pub struct AwsSettings {
     /// Read limits from Service Quotas (`false`: the cloud's limits are
     /// unknown, so unlimited; pool limits still apply).
     pub service_quotas: bool,
+    /// Between two looks at a running VM Import task, and before another
+    /// try after `ResourceCountLimitExceeded` (upstream's
+    /// `IMAGE_UPLOAD_SLEEP`: 30 s).
+    pub import_poll_interval: Duration,
+    /// Part size of the multipart S3 upload that stages an image for import
+    /// (files up to this size go up in one `PutObject`; at least 5 MiB).
+    pub s3_part_size: u64,
 }
 
 impl Default for AwsSettings {
@@ -68,6 +77,8 @@ impl Default for AwsSettings {
             poll_interval: Duration::from_secs(2),
             terminate_batch_window: Duration::from_millis(100),
             service_quotas: true,
+            import_poll_interval: Duration::from_secs(30),
+            s3_part_size: 64 * 1024 * 1024,
         }
     }
 }
@@ -81,6 +92,8 @@ pub struct AwsClients {
     pub quotas: sq::Client,
     /// EBS direct APIs (image upload).
     pub ebs: aws_sdk_ebs::Client,
+    /// S3 (staging images for import; leaked objects).
+    pub s3: aws_sdk_s3::Client,
 }
 
 impl AwsClients {
@@ -98,10 +111,14 @@ impl AwsClients {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
+        // Other S3-compatible endpoints rarely serve virtual-hosted buckets.
+        let s3_config =
+            aws_sdk_s3::config::Builder::from(&sdk).force_path_style(sdk.endpoint_url().is_some()).build();
         AwsClients {
             ec2: ec2::Client::new(&sdk),
             quotas: sq::Client::new(&sdk),
             ebs: aws_sdk_ebs::Client::new(&sdk),
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
         }
     }
 }
@@ -163,6 +180,13 @@ struct Inner {
     templates_ready: Mutex<bool>,
     run_instances: std::sync::atomic::AtomicU64,
     terminate_calls: std::sync::atomic::AtomicU64,
+    /// Untagged AMIs and snapshots found not to come from this provider's
+    /// imports (upstream's `not_our_images` / `not_our_snapshots`).
+    not_our_images: std::sync::Mutex<HashSet<String>>,
+    not_our_snapshots: std::sync::Mutex<HashSet<String>>,
+    /// Tags of the objects in the `object-storage` bucket, by key (an
+    /// object's tags do not change, so each is read once).
+    object_tags: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -205,6 +229,9 @@ pub struct ExternalId {
     pub image: Option<String>,
     /// `snapshot` (only for leaked snapshots found by `list_instances`).
     pub snapshot: Option<String>,
+    /// `object`: a key in the `object-storage` bucket (only for leaked
+    /// objects found by `list_instances`).
+    pub object: Option<String>,
 }
 
 impl ExternalId {
@@ -219,6 +246,7 @@ impl ExternalId {
                 volume: s("volume"),
                 image: s("image"),
                 snapshot: s("snapshot"),
+                object: s("object"),
             },
         }
     }
@@ -232,6 +260,7 @@ impl ExternalId {
             ("volume", &self.volume),
             ("image", &self.image),
             ("snapshot", &self.snapshot),
+            ("object", &self.object),
         ] {
             if let Some(v) = v {
                 m.insert(k.into(), Value::String(v.clone()));
@@ -1218,6 +1247,9 @@ impl AwsProvider {
             templates_ready: Mutex::new(false),
             run_instances: Default::default(),
             terminate_calls: Default::default(),
+            not_our_images: Default::default(),
+            not_our_snapshots: Default::default(),
+            object_tags: Default::default(),
         };
         let provider = AwsProvider { inner: Arc::new(inner) };
         if let Err(e) = provider.inner.load_instance_types().await {
@@ -1231,12 +1263,18 @@ impl AwsProvider {
 
     /// Uploads a disk image file for the provider diskimage `diskimage` and
     /// registers it as an AMI named `image_name`; returns the AMI id. The
-    /// snapshot and the AMI carry `metadata` (the builder's
+    /// AMI and its snapshot carry `metadata` (the builder's
     /// `nodepool_provider_name`, `nodepool_build_id`, `nodepool_upload_id`)
-    /// and the diskimage's `tags`. Only the `ebs-direct` import method is
-    /// implemented: the raw image goes straight into an EBS snapshot
-    /// (`StartSnapshot`, one `PutSnapshotBlock` per 512 KiB with its SHA-256,
-    /// `CompleteSnapshot`), as upstream's `EBSSnapshotUploader`.
+    /// and the diskimage's `tags`. The diskimage's `import-method` says how:
+    /// * `ebs-direct`: the raw image goes straight into an EBS snapshot
+    ///   (`StartSnapshot`, one `PutSnapshotBlock` per 512 KiB with its
+    ///   SHA-256, `CompleteSnapshot`), as upstream's `EBSSnapshotUploader`;
+    /// * `snapshot` (the default): the file is staged in the provider's
+    ///   `object-storage` bucket and imported with `ImportSnapshot`;
+    /// * `image`: staged the same way and imported with `ImportImage`,
+    ///   which makes the AMI itself.
+    ///
+    /// `ebs-direct` and `snapshot` register the AMI with `RegisterImage`.
     pub async fn upload_image(
         &self,
         diskimage: &str,
@@ -1248,35 +1286,51 @@ impl AwsProvider {
         let di = inner.config.diskimages.iter().find(|d| d.name == diskimage).ok_or_else(|| {
             ProviderError::Fatal(format!("diskimage {diskimage} is not in provider {}", inner.name))
         })?;
-        if di.import_method != "ebs-direct" {
-            return Err(ProviderError::Fatal(format!(
-                "diskimage {diskimage}: import-method {} is not supported yet (use ebs-direct)",
-                di.import_method
-            )));
-        }
         let mut tags: BTreeMap<String, String> =
             di.tags.iter().map(|(k, v)| (k.clone(), crate::tags::python_str(v))).collect();
         tags.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let deadline = inner.config.image_import_timeout.map(|t| Instant::now() + t);
-        let ebs = &inner.clients.ebs;
-        let (size, size_gib, snapshot) =
-            crate::ebs::start_snapshot(ebs, &inner.mutating, path, &tags).await?;
-        let registered = match crate::ebs::fill(ebs, &inner.mutating, path, size, &snapshot, deadline).await {
-            Ok(()) => self.register(di, image_name, &tags, size_gib, &snapshot).await,
-            Err(e) => Err(e),
-        };
-        match registered {
-            Ok(ami) => {
-                info!(provider = %inner.name, image = %ami, snapshot = %snapshot, name = image_name, "image uploaded");
-                Ok(ami)
-            }
-            Err(e) => {
-                // Do not leave the snapshot behind.
-                warn!(provider = %inner.name, snapshot = %snapshot, error = %e, "image upload failed; deleting the snapshot");
-                let _ = inner.delete_snapshot(&snapshot).await;
-                Err(e)
+        let span = info_span!("aws_upload", provider = %inner.name, diskimage, image = image_name);
+        async {
+            let (size_gib, snapshot) = match di.import_method.as_str() {
+                "ebs-direct" => {
+                    let deadline = inner.config.image_import_timeout.map(|t| Instant::now() + t);
+                    let ebs = &inner.clients.ebs;
+                    let (size, size_gib, snapshot) =
+                        crate::ebs::start_snapshot(ebs, &inner.mutating, path, &tags).await?;
+                    if let Err(e) = crate::ebs::fill(ebs, &inner.mutating, path, size, &snapshot, deadline).await
+                    {
+                        warn!(snapshot = %snapshot, error = %e, "image upload failed; deleting the snapshot");
+                        let _ = inner.delete_snapshot(&snapshot).await;
+                        return Err(e);
+                    }
+                    (size_gib, snapshot)
+                }
+                method => {
+                    let imported = inner.import(di, method, path, image_name, &tags).await?;
+                    match imported {
+                        import::Imported::Image(ami) => {
+                            info!(image = %ami, "image imported");
+                            return Ok(ami);
+                        }
+                        import::Imported::Snapshot { snapshot, size_gib } => (size_gib, snapshot),
+                    }
+                }
+            };
+            match self.register(di, image_name, &tags, size_gib, &snapshot).await {
+                Ok(ami) => {
+                    info!(image = %ami, snapshot = %snapshot, "image uploaded");
+                    Ok(ami)
+                }
+                Err(e) => {
+                    // Do not leave the snapshot behind.
+                    warn!(snapshot = %snapshot, error = %e, "image registration failed; deleting the snapshot");
+                    let _ = inner.delete_snapshot(&snapshot).await;
+                    Err(e)
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn register(
@@ -1608,6 +1662,7 @@ enum DeleteState {
     DeleteVolume,
     DeleteImage,
     DeleteSnapshot,
+    DeleteObject,
     Done,
 }
 
@@ -1641,6 +1696,8 @@ impl AwsDelete {
                         DeleteState::DeleteImage
                     } else if self.id.snapshot.is_some() {
                         DeleteState::DeleteSnapshot
+                    } else if self.id.object.is_some() {
+                        DeleteState::DeleteObject
                     } else {
                         DeleteState::Done
                     };
@@ -1727,6 +1784,11 @@ impl AwsDelete {
                 DeleteState::DeleteSnapshot => {
                     let snap = self.id.snapshot.clone().unwrap_or_default();
                     inner.delete_snapshot(&snap).await?;
+                    self.state = DeleteState::Done;
+                }
+                DeleteState::DeleteObject => {
+                    let key = self.id.object.clone().unwrap_or_default();
+                    inner.delete_object(&key).await?;
                     self.state = DeleteState::Done;
                 }
                 DeleteState::Done => return Ok(Step::Done(())),
@@ -1819,6 +1881,9 @@ impl Provider for AwsProvider {
         // Uploaded images and their snapshots (tagged with the build and
         // upload ids; the launcher deletes those whose upload is gone).
         let (images, snapshots) = inner.own_images_and_snapshots().await?;
+        // Imports leave their AMIs and snapshots untagged; tag ours (seen
+        // tagged from the next listing on).
+        inner.tag_imports(&images, &snapshots).await;
         for i in images.iter().filter(|i| ours(i.tags())) {
             if i.state() == Some(&ec2::types::ImageState::Deregistered) {
                 continue;
@@ -1846,6 +1911,26 @@ impl Provider for AwsProvider {
                 node_properties: Some(json!({"resource": "snapshot"})),
                 ..Instance::default()
             });
+        }
+        // Images staged for import. A bucket that cannot be read must not
+        // stop the cleanup of everything else.
+        match inner.objects().await {
+            Ok(objects) => {
+                for (key, tags) in objects {
+                    if tags.get(META_PROVIDER).map(String::as_str) != Some(inner.name.as_str()) {
+                        continue;
+                    }
+                    out.push(Instance {
+                        external_id: ExternalId { object: Some(key), ..ExternalId::default() }.to_value(),
+                        metadata: tags,
+                        region: Some(inner.config.region_name.clone()),
+                        cloud: Some("AWS".into()),
+                        node_properties: Some(json!({"resource": "object"})),
+                        ..Instance::default()
+                    });
+                }
+            }
+            Err(e) => warn!(provider = %inner.name, error = %e, "cannot list the object-storage bucket"),
         }
         Ok(out)
     }

@@ -880,8 +880,8 @@ async fn ebs_direct_upload_registers_a_tagged_ami_and_delete_removes_it() {
     let snaps = env.ec2().describe_snapshots().owner_ids("self").send().await.unwrap();
     assert!(snaps.snapshots().iter().all(|s| s.snapshot_id() != Some(snapshot.as_str())));
 
-    // Unsupported import methods say so.
+    // The import methods need a bucket to stage the image in.
     let err = p.upload_image("other-image", &file, "x", &metadata).await.unwrap_err();
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(err.to_string().contains("needs the provider's object-storage bucket-name"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

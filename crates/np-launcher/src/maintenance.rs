@@ -335,5 +335,6 @@ mod tests {
         assert_eq!(leaked_metric_name(&kind(Some("host"))), "hosts");
         assert_eq!(leaked_metric_name(&kind(Some("image"))), "amis");
         assert_eq!(leaked_metric_name(&kind(Some("snapshot"))), "snapshots");
+        assert_eq!(leaked_metric_name(&kind(Some("object"))), "objects");
     }
 }

@@ -10,6 +10,10 @@
 //! * [`Faults`] is an SDK interceptor: an armed fault replaces one operation's
 //!   request by a harmless `DescribeAvailabilityZones` (so moto changes
 //!   nothing) and its answer by an EC2 error with the chosen code.
+//! * `moto_server.py` adds VM Import tasks (`ImportSnapshot`, `ImportImage`
+//!   and their Describe calls) to moto, which lacks them: a task reads the
+//!   object staged in moto's S3 and completes on its second describe, leaving
+//!   an untagged snapshot (or AMI) as EC2 does.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -218,7 +222,50 @@ impl TestEnv {
                 .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
                 .build(),
         );
-        AwsClients { ec2, quotas, ebs }
+        let s3 = aws_sdk_s3::Client::from_conf(
+            self.s3_config()
+                .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+                .interceptor(self.faults.clone())
+                .build(),
+        );
+        AwsClients { ec2, quotas, ebs, s3 }
+    }
+
+    fn s3_config(&self) -> aws_sdk_s3::config::Builder {
+        aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(REGION))
+            .endpoint_url(&self.moto.endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+    }
+
+    /// Raw S3 client on moto (path-style buckets, as moto serves them on
+    /// loopback), for planting and checking.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(self.s3_config().build())
+    }
+
+    /// Creates the S3 bucket `name` in the test region.
+    pub async fn bucket(&self, name: &str) {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        self.s3()
+            .create_bucket()
+            .bucket(name)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(REGION))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The keys in bucket `name`.
+    pub async fn keys(&self, name: &str) -> Vec<String> {
+        let listed = self.s3().list_objects_v2().bucket(name).send().await.unwrap();
+        listed.contents().iter().filter_map(|o| o.key()).map(str::to_owned).collect()
     }
 
     /// Fast settings for tests.
@@ -230,6 +277,8 @@ impl TestEnv {
             poll_interval: Duration::from_millis(100),
             terminate_batch_window: Duration::from_millis(200),
             service_quotas: true,
+            import_poll_interval: Duration::from_millis(50),
+            s3_part_size: 5 * 1024 * 1024,
         }
     }
 
@@ -365,7 +414,8 @@ impl Storable for FaultHit {
     type Storer = StoreReplace<Self>;
 }
 
-/// SDK interceptor injecting EC2 error codes.
+/// SDK interceptor injecting EC2 error codes (on the provider's EC2 and S3
+/// clients; it records the requests of both).
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     armed: Arc<Mutex<Vec<Fault>>>,
