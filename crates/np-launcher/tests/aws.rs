@@ -142,3 +142,112 @@ async fn requests_are_fulfilled_by_ec2_instances_and_cleaned_up() {
     );
     launcher.stop().await;
 }
+
+/// The `nodepool_provider_leaked_total` count for `resource` of the provider.
+fn leaked(launcher: &Launcher, resource: &str) -> f64 {
+    launcher
+        .shared()
+        .metrics
+        .registry()
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "nodepool_provider_leaked_total")
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            m.get_label().iter().any(|l| l.name() == "resource" && l.value() == resource)
+                && m.get_label().iter().any(|l| l.name() == "provider" && l.value() == PROVIDER)
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_objects_and_untagged_imports_of_gone_uploads_are_cleaned_up() {
+    use aws_sdk_ec2::types::{ImageDiskContainer, ResourceType, Tag, TagSpecification, UserBucket};
+    const BUCKET: &str = "nodepool-images";
+    let env = support::TestEnv::new().await;
+    let t = TestZk::new().await;
+    let yaml = support::aws_yaml(
+        "          - name: ubuntu\n            cloud-image: ubuntu\n            instance-type: t3.medium\n            key-name: zuul\n",
+        "",
+        &format!("    object-storage:\n      bucket-name: {BUCKET}"),
+    );
+    env.bucket(BUCKET).await;
+    // A live upload, and what a builder stopped mid-import left for one
+    // whose record is gone: its staged object, and the untagged AMI of
+    // its image import task.
+    let build =
+        t.zk.store_build("img", None, &np_core::ImageBuild::new(np_core::BuildState::Ready)).await.unwrap();
+    let upload = t
+        .zk
+        .store_upload("img", &build, PROVIDER, None, &np_core::ImageUpload::new(np_core::UploadState::Ready))
+        .await
+        .unwrap();
+    let tagging = |upload: &str| {
+        format!("nodepool_provider_name={PROVIDER}&nodepool_build_id={build}&nodepool_upload_id={upload}")
+    };
+    let s3 = env.s3();
+    for (key, upload) in [("live.raw", upload.as_str()), ("gone.raw", "0000000099")] {
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .tagging(tagging(upload))
+            .body(vec![3u8; 2048].into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let tags = vec![
+        Tag::builder().key("nodepool_provider_name").value(PROVIDER).build(),
+        Tag::builder().key("nodepool_build_id").value(&build).build(),
+        Tag::builder().key("nodepool_upload_id").value("0000000098").build(),
+    ];
+    let task = env
+        .ec2()
+        .import_image()
+        .disk_containers(
+            ImageDiskContainer::builder()
+                .format("raw")
+                .user_bucket(UserBucket::builder().s3_bucket(BUCKET).s3_key("gone.raw").build())
+                .build(),
+        )
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::ImportImageTask)
+                .set_tags(Some(tags))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let task_id = task.import_task_id().unwrap();
+    let mut ami = None;
+    for _ in 0..2 {
+        let out = env.ec2().describe_import_image_tasks().import_task_ids(task_id).send().await.unwrap();
+        ami = out.import_image_tasks()[0].image_id().map(str::to_owned);
+    }
+    let ami = ami.expect("the import completed");
+    let ami_exists = |ami: String| {
+        let ec2 = env.ec2();
+        async move {
+            let out = ec2.describe_images().owners("self").send().await.unwrap();
+            out.images().iter().any(|i| i.image_id() == Some(ami.as_str()))
+        }
+    };
+    assert!(ami_exists(ami.clone()).await);
+
+    let config = np_config::load_str(&yaml, "aws.yaml").unwrap();
+    let provider = env.provider(&yaml, PROVIDER).await;
+    let providers: ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
+    let launcher = Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let cleaned = eventually(Duration::from_secs(30), || async {
+        env.keys(BUCKET).await == ["live.raw"] && !ami_exists(ami.clone()).await
+    })
+    .await;
+    assert!(cleaned, "left: objects {:?}, ami {}", env.keys(BUCKET).await, ami_exists(ami.clone()).await);
+    assert_eq!(leaked(&launcher, "objects"), 1.0);
+    assert_eq!(leaked(&launcher, "amis"), 1.0);
+    launcher.stop().await;
+}
