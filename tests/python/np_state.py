@@ -12,6 +12,8 @@ one JSON document on stdout and exits 0, or an error on stderr and exits 1.
                                   ZooKeeper.storeImageUpload -> {"id": N}
   pause IMAGE [--off]             ZooKeeper.setImagePaused -> {"ok": true}
   build-request IMAGE             ZooKeeper.submitBuildRequest -> {"ok": true}
+  builds IMAGE                    ZooKeeper.getBuilds -> [{"id": .., "state": ..,
+                                  "builder": .., ...}], as Python reads them
 """
 
 import argparse
@@ -47,6 +49,17 @@ def cmd_build_request(peer, opts):
     emit({"ok": True})
 
 
+def cmd_builds(peer, opts):
+    out = []
+    for build in peer.zk.getBuilds(opts.image):
+        d = build.toDict()
+        d["id"] = build.id
+        d["formats"] = sorted(build.formats or [])
+        d["requested"] = peer.zk.hasBuildRequest(opts.image)
+        out.append(d)
+    emit(sorted(out, key=lambda d: d["state_time"]))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="np_state.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +85,8 @@ def build_parser():
     p.add_argument("image")
     p.add_argument("--off", action="store_true")
     p = cmd("build-request", cmd_build_request)
+    p.add_argument("image")
+    p = cmd("builds", cmd_builds)
     p.add_argument("image")
     return parser
 

@@ -57,6 +57,18 @@ impl Config {
         self.diskimages.iter().find(|d| d.name == name)
     }
 
+    /// The formats a build of diskimage `name` must produce: its own
+    /// `formats` plus the format of every provider that uploads it.
+    pub fn build_formats(&self, name: &str) -> BTreeSet<String> {
+        let mut formats = self.diskimage(name).map(|d| d.formats.clone()).unwrap_or_default();
+        for p in &self.providers {
+            if p.diskimage_names().iter().any(|n| n == name) {
+                formats.extend(p.image_format().map(str::to_owned));
+            }
+        }
+        formats
+    }
+
     /// The provider called `name`.
     pub fn provider(&self, name: &str) -> Option<&Provider> {
         self.providers.iter().find(|p| p.name == name)
@@ -344,6 +356,17 @@ impl Provider {
             }
             ProviderDriver::Aws(p) => p.diskimages.iter().map(|d| d.name.clone()).collect(),
             ProviderDriver::Static(_) | ProviderDriver::Kubernetes(_) => Vec::new(),
+        }
+    }
+
+    /// The disk format this provider takes builds in (image-managing drivers
+    /// only): AWS's `image-format` (default raw); OpenStack's clouds and the
+    /// fake driver take qcow2, as upstream's defaults.
+    pub fn image_format(&self) -> Option<&str> {
+        match &self.driver {
+            ProviderDriver::OpenStack(_) | ProviderDriver::Fake(_) => Some("qcow2"),
+            ProviderDriver::Aws(p) => Some(p.image_format.as_str()),
+            ProviderDriver::Static(_) | ProviderDriver::Kubernetes(_) => None,
         }
     }
 

@@ -1,0 +1,146 @@
+//! `nodepool-builder`: builds disk images with diskimage-builder and keeps
+//! their records in ZooKeeper, where the launchers and the `nodepool` CLI
+//! (ours and Python's) read them.
+//!
+//! * [`build`]: which images need a build, and the build itself;
+//! * [`dib`]: the diskimage-builder command line, environment, log and
+//!   timeout, and the files of a build in `images-dir`;
+//! * [`watch`]: ZooKeeper changes as wake-ups (no polling loop).
+//!
+//! [`Builder::start`] registers a `builder` component, reads (or creates)
+//! `<images-dir>/builder_id.txt` and runs the workers until
+//! [`Builder::stop`]. Uploading builds to providers and cleaning up old
+//! builds are not done yet.
+
+pub mod build;
+pub mod dib;
+pub mod watch;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use np_config::Config;
+use np_zk::{paths, ComponentRegistration, Zk};
+use tokio::sync::{watch as channel, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// This crate's version, as registered in the component record.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Builder settings (command-line options).
+#[derive(Debug, Clone)]
+pub struct BuilderSettings {
+    /// `--build-workers` (default 1).
+    pub build_workers: usize,
+    /// Wait before a failed build is tried again (upstream: 10 s).
+    pub retry_delay: Duration,
+}
+
+impl Default for BuilderSettings {
+    fn default() -> Self {
+        BuilderSettings { build_workers: 1, retry_delay: Duration::from_secs(10) }
+    }
+}
+
+/// A running builder.
+pub struct Builder {
+    config: channel::Sender<Arc<Config>>,
+    registration: ComponentRegistration,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    builder_id: String,
+}
+
+/// Reads `<images-dir>/builder_id.txt`, creating it with a new uuid4 if it is
+/// missing (upstream's builder id, kept across restarts).
+pub fn builder_id(images_dir: &Path) -> anyhow::Result<String> {
+    let path = images_dir.join("builder_id.txt");
+    if path.exists() {
+        let id = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_owned());
+        }
+    }
+    std::fs::create_dir_all(images_dir)
+        .with_context(|| format!("creating images-dir {}", images_dir.display()))?;
+    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// The host name recorded in builds and the component record.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Builder {
+    /// Starts the builder on `zk`. Fails without `images-dir`, as upstream.
+    pub async fn start(config: &Config, zk: Zk, settings: BuilderSettings) -> anyhow::Result<Builder> {
+        let images_dir = config.images_dir.as_deref().context("the configuration has no images-dir")?;
+        let builder_id = builder_id(images_dir)?;
+        let hostname = hostname();
+        let record = np_core::ComponentRecord::new(
+            np_core::ComponentKind::Builder,
+            &hostname,
+            VERSION,
+            np_core::ComponentState::Running,
+        );
+        let registration = ComponentRegistration::register(&zk, record)
+            .await
+            .context("registering the builder component")?;
+        let cancel = CancellationToken::new();
+        let (config_tx, config_rx) = channel::channel(Arc::new(config.clone()));
+        let changes = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(watch::watch_tree(
+            zk.clone(),
+            paths::IMAGES,
+            changes.clone(),
+            cancel.clone(),
+        )));
+        let worker = build::BuildWorker::new(
+            zk.clone(),
+            config_rx,
+            build::BuildSettings {
+                workers: settings.build_workers,
+                hostname,
+                builder_id: builder_id.clone(),
+                retry_delay: settings.retry_delay,
+            },
+            changes,
+            cancel.clone(),
+        );
+        tasks.push(tokio::spawn(worker.run()));
+        info!(builder_id = %builder_id, "builder started");
+        Ok(Builder { config: config_tx, registration, cancel, tasks, builder_id })
+    }
+
+    /// This builder's id.
+    pub fn builder_id(&self) -> &str {
+        &self.builder_id
+    }
+
+    /// Applies a new configuration.
+    pub fn reconfigure(&self, config: &Config) {
+        let _ = self.config.send(Arc::new(config.clone()));
+    }
+
+    /// Stops the workers (running builds are killed and recorded as failed)
+    /// and unregisters.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = self.registration.unregister().await;
+        info!("builder stopped");
+    }
+}

@@ -1,0 +1,102 @@
+//! `nodepool-builder`: the image builder daemon.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use np_zk::{Zk, ZkConfig, ZkTls};
+use tracing::{info, warn};
+
+/// NodePool Image Builder.
+#[derive(Debug, Parser)]
+#[command(name = "nodepool-builder", version = np_builder::VERSION)]
+struct Args {
+    /// Path to the config file.
+    #[arg(short = 'c', default_value = "/etc/nodepool/nodepool.yaml")]
+    config: PathBuf,
+    /// Path to the secure config file.
+    #[arg(short = 's')]
+    secure: Option<PathBuf>,
+    /// Path to a Python logging config (not supported: use RUST_LOG).
+    #[arg(short = 'l')]
+    logconfig: Option<PathBuf>,
+    /// Run in the foreground (always the case; kept for compatibility).
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Debug logging.
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Write the process id to this file.
+    #[arg(short = 'p')]
+    pidfile: Option<PathBuf>,
+    /// Number of builds at once.
+    #[arg(long = "build-workers", default_value_t = 1)]
+    build_workers: usize,
+    /// Number of uploads at once (accepted; uploads are not done yet).
+    #[arg(long = "upload-workers", default_value_t = 4)]
+    upload_workers: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    // A builder mostly waits for diskimage-builder: one thread is plenty.
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let default = if args.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+    if args.logconfig.is_some() {
+        warn!("-l (Python logging config) is ignored; set RUST_LOG instead");
+    }
+    let config = match np_config::load_file(&args.config, args.secure.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            std::process::exit(64); // EX_USAGE, before touching ZooKeeper
+        }
+    };
+    if config.zookeeper.servers.is_empty() {
+        anyhow::bail!("{}: no zookeeper-servers are configured", args.config.display());
+    }
+    if let Some(pidfile) = &args.pidfile {
+        std::fs::write(pidfile, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing pid file {}", pidfile.display()))?;
+    }
+    let zk_config = ZkConfig {
+        hosts: config.zookeeper.connect_string(),
+        tls: config.zookeeper.tls.as_ref().map(|t| ZkTls {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }),
+        session_timeout: config.zookeeper.timeout,
+        connect_timeout: Duration::from_secs(60),
+    };
+    let zk = Zk::connect(zk_config).await.context("connecting to ZooKeeper")?;
+    let settings =
+        np_builder::BuilderSettings { build_workers: args.build_workers.max(1), ..Default::default() };
+    let builder = np_builder::Builder::start(&config, zk.clone(), settings).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT received"); break; }
+            _ = term.recv() => { info!("SIGTERM received"); break; }
+            _ = hup.recv() => match np_config::load_file(&args.config, args.secure.as_deref()) {
+                Ok(new) => { info!("configuration reloaded"); builder.reconfigure(&new); }
+                Err(errors) => warn!("configuration not reloaded: {errors}"),
+            },
+        }
+    }
+    builder.stop().await;
+    zk.close();
+    Ok(())
+}

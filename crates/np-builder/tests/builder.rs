@@ -1,0 +1,298 @@
+//! The builder against a real ZooKeeper, with a fake diskimage-builder
+//! (`tests/fake-dib`). Operators act through Python Nodepool 11's own API
+//! (`tests/python/np_state.py`: build requests, pause flags) and read our
+//! build records with it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use np_builder::{Builder, BuilderSettings};
+use np_core::BuildState;
+use np_testing::{env, eventually, repo_root, TestZk};
+use serde_json::Value;
+
+struct Env {
+    t: TestZk,
+    dir: PathBuf,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let t = TestZk::new().await;
+        let dir = std::env::temp_dir().join(format!("np-builder-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Env { t, dir }
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// A configuration with one diskimage `ubuntu` (extra keys indented for
+    /// it), uploaded to one fake provider (so qcow2 is built).
+    fn config(&self, image_extra: &str) -> np_config::Config {
+        let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
+        let yaml = format!(
+            r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+images-dir: {images}
+build-log-dir: {logs}
+build-log-retention: 2
+elements-dir: /etc/nodepool/elements
+labels:
+  - name: small
+diskimages:
+  - name: ubuntu
+    dib-cmd: {fake_dib}
+    elements: [ubuntu-minimal, vm]
+    formats: [raw]
+    release: 22
+    username: builder
+{image_extra}
+providers:
+  - name: fake-provider
+    driver: fake
+    cloud: fake
+    diskimages:
+      - name: ubuntu
+    pools:
+      - name: main
+        labels:
+          - name: small
+            diskimage: ubuntu
+            min-ram: 1024
+"#,
+            images = self.images_dir().display(),
+            logs = self.log_dir().display(),
+            fake_dib = fake_dib.display(),
+        );
+        np_config::load_str(&yaml, "nodepool.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn start(&self, config: &np_config::Config) -> Builder {
+        let settings = BuilderSettings { retry_delay: Duration::from_millis(200), ..Default::default() };
+        Builder::start(config, self.t.zk.clone(), settings).await.unwrap()
+    }
+
+    /// Python Nodepool's view of the image's builds.
+    fn python_builds(&self, image: &str) -> Vec<Value> {
+        self.python(&["builds", image]).as_array().unwrap().clone()
+    }
+
+    fn python(&self, args: &[&str]) -> Value {
+        let hosts = format!("{}{}", env("NP_ZK_HOSTS"), self.t.chroot);
+        let out = Command::new(env("NP_PYTHON"))
+            .arg(repo_root().join("tests/python/np_state.py"))
+            .args(args)
+            .args(["--hosts", &hosts])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "np_state.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    async fn builds(&self, image: &str) -> Vec<(String, np_core::ImageBuild)> {
+        let mut out = Vec::new();
+        for id in self.t.zk.build_ids(image).await.unwrap() {
+            if let Some((b, _)) = self.t.zk.get_build(image, &id).await.unwrap() {
+                out.push((id, b));
+            }
+        }
+        out.sort_by(|a, b| a.1.state_time.total_cmp(&b.1.state_time));
+        out
+    }
+
+    async fn count(&self, image: &str, state: BuildState) -> usize {
+        self.builds(image).await.iter().filter(|(_, b)| b.state == state).count()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_built_and_recorded_as_python_reads_it() {
+    let e = Env::new().await;
+    let args_file = e.dir.join("args");
+    let config = e.config(&format!("    env-vars:\n      FAKE_DIB_ARGS_TO: {}\n", args_file.display()));
+    let builder = e.start(&config).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Ready).await == 1 })
+            .await
+    );
+    let (id, build) = e.builds("ubuntu").await.remove(0);
+
+    // The record, as Python Nodepool reads it.
+    let py = e.python_builds("ubuntu");
+    assert_eq!(py.len(), 1, "{py:?}");
+    assert_eq!(py[0]["id"], id.as_str());
+    assert_eq!(py[0]["state"], "ready");
+    assert_eq!(py[0]["formats"], serde_json::json!(["qcow2", "raw"]));
+    assert_eq!(py[0]["builder_id"], builder.builder_id());
+    assert_eq!(py[0]["builder"], np_builder::hostname().as_str());
+    assert_eq!(py[0]["username"], "builder");
+    assert_eq!(build.formats, ["qcow2", "raw"]);
+
+    // builder_id.txt holds the id; the files and the log are where
+    // upstream puts them.
+    let id_file = std::fs::read_to_string(e.images_dir().join("builder_id.txt")).unwrap();
+    assert_eq!(id_file.trim(), builder.builder_id());
+    uuid::Uuid::parse_str(builder.builder_id()).unwrap();
+    let stem = format!("ubuntu-{id}");
+    let images = files(&e.images_dir());
+    for f in ["qcow2", "qcow2.md5", "qcow2.sha256", "raw", "raw.md5", "raw.sha256", "d"] {
+        assert!(images.contains(&format!("{stem}.{f}")), "{f} missing: {images:?}");
+    }
+    let log = std::fs::read_to_string(e.log_dir().join(format!("{stem}.log"))).unwrap();
+    assert!(log.ends_with("Exit code: 0\n"), "{log}");
+    // The command line and environment diskimage-builder got.
+    let args = std::fs::read_to_string(&args_file).unwrap();
+    let want = format!(
+        "args: -x -t qcow2,raw --checksum --no-tmpfs --qemu-img-options compat=0.10 -o {base} ubuntu-minimal vm | \
+         DIB_RELEASE=22 DIB_IMAGE_NAME=ubuntu DIB_IMAGE_FILENAME={base} ELEMENTS_PATH=/etc/nodepool/elements\n",
+        base = e.images_dir().join(&stem).display()
+    );
+    assert_eq!(args, want);
+
+    // Up to date: no second build.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(e.builds("ubuntu").await.len(), 1);
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pauses_failures_and_rebuild_age() {
+    let e = Env::new().await;
+    // Paused through Python's API (which needs the image's znode): nothing
+    // is built, even when asked.
+    e.t.zk.ensure_path(&np_zk::paths::image("ubuntu")).await.unwrap();
+    e.python(&["pause", "ubuntu"]);
+    e.python(&["build-request", "ubuntu"]);
+    let failing = e.config("    env-vars:\n      FAKE_DIB_FAIL: '1'\n");
+    let builder = e.start(&failing).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(e.builds("ubuntu").await.is_empty());
+
+    // Unpaused: the requested build runs, fails, and is tried again; the
+    // request stays until a build is ready.
+    e.python(&["pause", "ubuntu", "--off"]);
+    assert!(
+        eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Failed).await >= 2 })
+            .await
+    );
+    let py = e.python_builds("ubuntu");
+    assert!(py.iter().all(|b| b["state"] == "failed"), "{py:?}");
+    assert_eq!(py[0]["requested"], true);
+    let failed_log = std::fs::read_to_string(
+        e.log_dir().join(format!("ubuntu-{}.log", py.last().unwrap()["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(failed_log.ends_with("Exit code: 127\n"), "{failed_log}");
+    // Logs are pruned to build-log-retention (2) before each build, so at
+    // most 3 exist.
+    assert!(files(&e.log_dir()).len() <= 3, "{:?}", files(&e.log_dir()));
+
+    // Fixed: the next build is ready and the request is gone.
+    builder.reconfigure(&e.config("    rebuild-age: 2\n"));
+    assert!(
+        eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Ready).await == 1 })
+            .await
+    );
+    let py = e.python_builds("ubuntu");
+    assert_eq!(py.last().unwrap()["requested"], false, "{py:?}");
+
+    // rebuild-age 2 s: a second ready build follows, woken by its deadline.
+    assert!(
+        eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Ready).await == 2 })
+            .await
+    );
+    let ready: Vec<f64> = e
+        .builds("ubuntu")
+        .await
+        .iter()
+        .filter(|(_, b)| b.state == BuildState::Ready)
+        .map(|(_, b)| b.state_time)
+        .collect();
+    assert!(ready[1] - ready[0] >= 2.0, "{ready:?}");
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_builder_at_a_time_and_timeouts_kill_the_build() {
+    let e = Env::new().await;
+    // Two builders, one slow build: the image lock lets only one run it.
+    let slow = e.config("    env-vars:\n      FAKE_DIB_SLEEP: '1.5'\n");
+    let first = e.start(&slow).await;
+    let second = e.start(&slow).await;
+    assert_ne!(first.builder_id(), "");
+    assert!(
+        eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Ready).await == 1 })
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(e.builds("ubuntu").await.len(), 1, "{:?}", e.builds("ubuntu").await);
+    first.stop().await;
+    second.stop().await;
+
+    // A build over build-timeout is killed and failed; its log has no exit
+    // code line.
+    let e = Env::new().await;
+    let hanging = e.config("    build-timeout: 1\n    env-vars:\n      FAKE_DIB_SLEEP: '30'\n");
+    let started = std::time::Instant::now();
+    let builder = e.start(&hanging).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { e.count("ubuntu", BuildState::Failed).await >= 1 })
+            .await
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let (id, _) = e.builds("ubuntu").await.remove(0);
+    let log = std::fs::read_to_string(e.log_dir().join(format!("ubuntu-{id}.log"))).unwrap();
+    assert!(!log.contains("Exit code"), "{log}");
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_kills_a_running_build_and_records_it_failed() {
+    let e = Env::new().await;
+    let builder = e.start(&e.config("    env-vars:\n      FAKE_DIB_SLEEP: '30'\n")).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { e.count("ubuntu", BuildState::Building).await == 1 })
+            .await
+    );
+    let started = std::time::Instant::now();
+    builder.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(e.count("ubuntu", BuildState::Failed).await, 1);
+    // The lock is free again: the component is gone, nobody holds it.
+    assert!(!e.t.zk.is_locked(&np_zk::paths::image_build_lock("ubuntu")).await.unwrap());
+}
+
+#[test]
+fn the_daemon_refuses_a_config_without_zookeeper_or_images_dir() {
+    let dir = std::env::temp_dir().join(format!("np-builder-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("nodepool.yaml");
+    std::fs::write(&config, "labels: []\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nodepool-builder")).arg("-c").arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no zookeeper-servers"), "{out:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
