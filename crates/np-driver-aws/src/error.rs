@@ -35,8 +35,6 @@ const QUOTA_CODES: &[&str] = &[
     "InstanceLimitExceeded",
     "VcpuLimitExceeded",
     "MaxSpotInstanceCountExceeded",
-    // Too many VM Import tasks at once (ImportSnapshot / ImportImage).
-    "ResourceCountLimitExceeded",
 ];
 
 /// Error codes meaning "that is gone" besides the `*.NotFound` family.
@@ -168,7 +166,7 @@ mod tests {
             ProviderError::NotFound(_)
         ));
         assert!(matches!(classify_code("NoSuchKey", "x"), ProviderError::NotFound(_)));
-        assert!(matches!(classify_code("ResourceCountLimitExceeded", "x"), ProviderError::Quota(_)));
+        assert!(matches!(classify_code("ResourceCountLimitExceeded", "x"), ProviderError::Fatal(_)));
         assert!(matches!(classify_code("InvalidInstanceType", "x"), ProviderError::Fatal(_)));
         assert!(is_throttling("RequestLimitExceeded"));
         assert!(!is_throttling("InvalidInstanceType"));

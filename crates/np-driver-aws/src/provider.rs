@@ -184,9 +184,9 @@ struct Inner {
     /// imports (upstream's `not_our_images` / `not_our_snapshots`).
     not_our_images: std::sync::Mutex<HashSet<String>>,
     not_our_snapshots: std::sync::Mutex<HashSet<String>>,
-    /// Tags of the objects in the `object-storage` bucket, by key (an
-    /// object's tags do not change, so each is read once).
-    object_tags: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// Tags of the objects in the `object-storage` bucket, by key and ETag
+    /// (an object's tags do not change, so each is read once).
+    object_tags: Mutex<HashMap<(String, String), BTreeMap<String, String>>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -1881,31 +1881,39 @@ impl Provider for AwsProvider {
         // Uploaded images and their snapshots (tagged with the build and
         // upload ids; the launcher deletes those whose upload is gone).
         let (images, snapshots) = inner.own_images_and_snapshots().await?;
-        // Imports leave their AMIs and snapshots untagged; tag ours (seen
-        // tagged from the next listing on).
-        inner.tag_imports(&images, &snapshots).await;
-        for i in images.iter().filter(|i| ours(i.tags())) {
+        // Imports leave their AMIs and snapshots untagged: tag ours, and
+        // count them in this listing already.
+        let tagged = inner.tag_imports(&images, &snapshots).await;
+        for i in images.iter() {
+            let tags = i.image_id().and_then(|id| tagged.get(id)).map_or(i.tags(), Vec::as_slice);
+            if !ours(tags) {
+                continue;
+            }
             if i.state() == Some(&ec2::types::ImageState::Deregistered) {
                 continue;
             }
             out.push(Instance {
                 external_id: ExternalId { image: i.image_id().map(str::to_owned), ..ExternalId::default() }
                     .to_value(),
-                metadata: tag_map(i.tags()),
+                metadata: tag_map(tags),
                 region: Some(inner.config.region_name.clone()),
                 cloud: Some("AWS".into()),
                 node_properties: Some(json!({"resource": "image"})),
                 ..Instance::default()
             });
         }
-        for snap in snapshots.iter().filter(|s| ours(s.tags())) {
+        for snap in snapshots.iter() {
+            let tags = snap.snapshot_id().and_then(|id| tagged.get(id)).map_or(snap.tags(), Vec::as_slice);
+            if !ours(tags) {
+                continue;
+            }
             out.push(Instance {
                 external_id: ExternalId {
                     snapshot: snap.snapshot_id().map(str::to_owned),
                     ..ExternalId::default()
                 }
                 .to_value(),
-                metadata: tag_map(snap.tags()),
+                metadata: tag_map(tags),
                 region: Some(inner.config.region_name.clone()),
                 cloud: Some("AWS".into()),
                 node_properties: Some(json!({"resource": "snapshot"})),

@@ -6,7 +6,9 @@
 //! them as the urlencoded `Tagging` of the upload), so leak cleanup can tell
 //! which upload it belongs to. Files larger than the part size go up as a
 //! multipart upload (a single `PutObject` stops at 5 GB, and disk images are
-//! often larger), which is aborted if any part fails.
+//! often larger), which is aborted if it cannot be completed. (One that a
+//! crash leaves unfinished is not listed with the objects: a bucket lifecycle
+//! rule `AbortIncompleteMultipartUpload` removes those.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -81,7 +83,7 @@ pub async fn put_file(
         .upload_id()
         .map(str::to_owned)
         .ok_or_else(|| ProviderError::Fatal("CreateMultipartUpload returned no upload id".into()))?;
-    match put_parts(client, limiter, bucket, key, path, size, part_size, &upload_id).await {
+    let completed = match put_parts(client, limiter, bucket, key, path, size, part_size, &upload_id).await {
         Ok(parts) => {
             limiter.acquire().await;
             client
@@ -92,13 +94,19 @@ pub async fn put_file(
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
-                .map_err(|e| classify("CompleteMultipartUpload", &e))?;
+                .map(|_| ())
+                .map_err(|e| classify("CompleteMultipartUpload", &e))
+        }
+        Err(e) => Err(e),
+    };
+    match completed {
+        Ok(()) => {
             debug!(bucket, key, size, "object uploaded in parts");
             Ok(())
         }
         Err(e) => {
             // An unfinished multipart upload keeps its parts (and costs)
-            // until aborted.
+            // until aborted, and no object listing shows it.
             limiter.acquire().await;
             if let Err(abort) =
                 client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await
@@ -139,8 +147,9 @@ async fn put_parts(
             .await
             .map_err(|e| classify("UploadPart", &e))?
             .e_tag()
-            .map(str::to_owned);
-        parts.push(CompletedPart::builder().part_number(number).set_e_tag(etag).build());
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Fatal(format!("UploadPart {number} returned no ETag")))?;
+        parts.push(CompletedPart::builder().part_number(number).e_tag(etag).build());
         offset += length;
         number += 1;
     }
@@ -160,12 +169,12 @@ pub async fn delete_object(
     Ok(())
 }
 
-/// Every key in `bucket` (paginated `ListObjectsV2`).
+/// Every object in `bucket` as (key, ETag) (paginated `ListObjectsV2`).
 pub async fn list_keys(
     client: &s3::Client,
     limiter: &RateLimiter,
     bucket: &str,
-) -> Result<Vec<String>, ProviderError> {
+) -> Result<Vec<(String, String)>, ProviderError> {
     let mut keys = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -177,7 +186,11 @@ pub async fn list_keys(
             .send()
             .await
             .map_err(|e| classify("ListObjectsV2", &e))?;
-        keys.extend(page.contents().iter().filter_map(|o| o.key()).map(str::to_owned));
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| Some((o.key()?.to_owned(), o.e_tag().unwrap_or_default().to_owned()))),
+        );
         match page.next_continuation_token() {
             Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
             _ => return Ok(keys),

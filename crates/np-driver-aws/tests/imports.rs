@@ -235,7 +235,7 @@ async fn failed_and_impossible_imports_say_why_and_leave_nothing() {
     env.faults.arm("ImportSnapshot", "ResourceCountLimitExceeded", 1);
     let err = p.upload_image("snap-image", &file.0, "x", &metadata("2")).await.unwrap_err();
     assert!(
-        matches!(err, ProviderError::Quota(ref m) if m.contains("ResourceCountLimitExceeded")),
+        matches!(err, ProviderError::Fatal(ref m) if m.contains("ResourceCountLimitExceeded")),
         "{err:?}"
     );
     assert!(env.keys(BUCKET).await.is_empty(), "the staged object is deleted after a refused import");
@@ -293,7 +293,7 @@ async fn large_files_go_up_in_parts_and_a_failed_part_aborts_the_upload() {
     )
     .await
     .unwrap_err();
-    assert!(!matches!(err, ProviderError::NotFound(_)), "{err:?}");
+    assert!(matches!(err, ProviderError::Transient(ref m) if m.contains("InternalError")), "{err:?}");
     assert_eq!(env.faults.sent("AbortMultipartUpload").len(), 1);
     let uploads = env.s3().list_multipart_uploads().bucket(BUCKET).send().await.unwrap();
     assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
@@ -375,8 +375,13 @@ async fn untagged_imports_get_their_tasks_tags_and_foreign_ones_are_left_alone()
     assert!(image(&env, &ami).await.tags().is_empty(), "imports leave the AMI untagged");
     assert!(snapshot_tags(&env, &snapshot).await.is_empty(), "imports leave the snapshot untagged");
 
-    // One leak-cleanup listing tags ours from their import tasks.
-    p.list_instances().await.unwrap();
+    // One leak-cleanup listing tags ours from their import tasks, and lists
+    // them as this provider's upload resources at once. A tagging call that
+    // fails only holds back its own resource until the next listing.
+    env.faults.arm("CreateTags", "InternalError", 1);
+    let first = upload_resources(&p).await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    let seen = upload_resources(&p).await;
     assert_eq!(tag_map(image(&env, &ami).await.tags())["nodepool_upload_id"], "0000000011");
     assert_eq!(snapshot_tags(&env, &ami_snapshot).await["nodepool_upload_id"], "0000000011");
     assert_eq!(snapshot_tags(&env, &snapshot).await["nodepool_upload_id"], "0000000012");
@@ -384,8 +389,6 @@ async fn untagged_imports_get_their_tasks_tags_and_foreign_ones_are_left_alone()
     assert!(snapshot_tags(&env, &foreign_snapshot).await.is_empty());
     assert!(snapshot_tags(&env, &foreign_import).await.is_empty());
 
-    // The next one lists them as this provider's upload resources.
-    let seen = upload_resources(&p).await;
     for want in [
         ("image".to_owned(), json!({"image": ami})),
         ("snapshot".to_owned(), json!({"snapshot": ami_snapshot})),
@@ -457,4 +460,50 @@ async fn staged_objects_are_listed_with_their_tags_and_deleted() {
     // A bucket that cannot be listed does not stop the rest of the listing.
     let broken = env.provider(&yaml(true, "").replace(BUCKET, "no-such-bucket"), PROVIDER).await;
     assert!(broken.list_instances().await.is_ok());
+}
+
+#[tokio::test]
+async fn an_upload_that_cannot_be_completed_is_aborted_and_unreadable_objects_are_skipped() {
+    let env = TestEnv::new().await;
+    env.bucket(BUCKET).await;
+    let clients = env.clients();
+    let limiter = RateLimiter::new(100.0);
+    let file = Scratch::new("big", 6 * 1024 * 1024);
+    env.faults.arm("CompleteMultipartUpload", "InternalError", 1);
+    let err = np_driver_aws::s3::put_file(
+        &clients.s3,
+        &limiter,
+        BUCKET,
+        "big.raw",
+        &file.0,
+        &metadata("0000000031"),
+        5 * 1024 * 1024,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+    assert_eq!(env.faults.sent("AbortMultipartUpload").len(), 1);
+    let uploads = env.s3().list_multipart_uploads().bucket(BUCKET).send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    assert!(env.keys(BUCKET).await.is_empty());
+
+    // An object whose tags cannot be read is skipped; the others are listed.
+    let p = env.provider(&yaml(true, ""), PROVIDER).await;
+    for key in ["a.raw", "b.raw"] {
+        env.s3()
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .tagging(format!("nodepool_provider_name={PROVIDER}&nodepool_upload_id=1"))
+            .body(vec![1u8; 10].into())
+            .send()
+            .await
+            .unwrap();
+    }
+    env.faults.arm("GetObjectTagging", "AccessDenied", 1);
+    let objects = |listed: Vec<np_provider::Instance>| {
+        listed.into_iter().filter(|i| i.node_properties.as_ref().unwrap()["resource"] == "object").count()
+    };
+    assert_eq!(objects(p.list_instances().await.unwrap()), 1);
+    assert_eq!(objects(p.list_instances().await.unwrap()), 2);
 }

@@ -16,7 +16,7 @@
 //! matching untagged AMIs and snapshots to the import tasks that made them
 //! (upstream's `_tagAmis` / `_tagSnapshots`), so leak cleanup can find them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use aws_sdk_ec2 as ec2;
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{tag_list, Inner};
+use crate::error::{classify, code_of, is_throttling};
 
 /// What an import produced.
 pub(super) enum Imported {
@@ -46,7 +47,6 @@ struct Finished {
     /// The snapshot (and for image imports the AMI) it made.
     snapshot: Option<String>,
     image: Option<String>,
-    tags: Vec<Tag>,
 }
 
 /// The import task id in a snapshot description such as "Created by
@@ -115,39 +115,51 @@ impl Inner {
                 finished.status, finished.message
             )));
         }
-        let snapshot = finished
-            .snapshot
-            .ok_or_else(|| ProviderError::Fatal("the completed import task names no snapshot".into()))?;
         if method == "image" {
             let ami = finished
                 .image
                 .ok_or_else(|| ProviderError::Fatal("the completed import task names no image".into()))?;
-            // Both copies of the task's tags in one call.
-            let req =
-                self.ec2().create_tags().resources(&ami).resources(&snapshot).set_tags(Some(finished.tags));
+            // The AMI and its snapshot in one call.
+            let mut req = self.ec2().create_tags().resources(&ami).set_tags(Some(tag_list(tags)));
+            match &finished.snapshot {
+                Some(snapshot) => req = req.resources(snapshot),
+                None => warn!(image = %ami, "the import task names no snapshot; tagging the image only"),
+            }
             if let Err(e) = self.call(&self.mutating, "CreateTags", || req.send()).await {
                 warn!(image = %ami, error = %e, "cannot tag the imported image yet; leak cleanup will");
             }
             return Ok(Imported::Image(ami));
         }
+        let snapshot = finished
+            .snapshot
+            .ok_or_else(|| ProviderError::Fatal("the completed import task names no snapshot".into()))?;
         let size_gib = match di.volume_size.and_then(|v| i32::try_from(v).ok()) {
-            Some(size) => size,
+            Some(size) => Ok(size),
             None => self
                 .call(&self.non_mutating, "DescribeSnapshots", || {
                     self.ec2().describe_snapshots().snapshot_ids(&snapshot).send()
                 })
-                .await?
-                .snapshots()
-                .first()
-                .and_then(|s| s.volume_size())
-                .ok_or_else(|| ProviderError::Fatal(format!("imported snapshot {snapshot} has no size")))?,
+                .await
+                .and_then(|r| {
+                    r.snapshots().first().and_then(|s| s.volume_size()).ok_or_else(|| {
+                        ProviderError::Fatal(format!("imported snapshot {snapshot} has no size"))
+                    })
+                }),
         };
-        // RegisterImage tags the snapshot with the AMI.
-        Ok(Imported::Snapshot { snapshot, size_gib })
+        match size_gib {
+            // RegisterImage tags the snapshot with the AMI.
+            Ok(size_gib) => Ok(Imported::Snapshot { snapshot, size_gib }),
+            Err(e) => {
+                warn!(snapshot = %snapshot, error = %e, "cannot size the imported snapshot; deleting it");
+                let _ = self.delete_snapshot(&snapshot).await;
+                Err(e)
+            }
+        }
     }
 
-    /// Starts an import, retrying `ResourceCountLimitExceeded` (a quota
-    /// error) until `image-import-timeout`.
+    /// Starts an import, retrying `ResourceCountLimitExceeded` (too many
+    /// import tasks in the account) until `image-import-timeout`; without a
+    /// timeout that error fails the upload, as upstream.
     async fn start_import<T, F, Fut, E, R>(&self, operation: &str, mut f: F) -> Result<T, ProviderError>
     where
         F: FnMut() -> Fut,
@@ -157,12 +169,26 @@ impl Inner {
     {
         let deadline = self.config.image_import_timeout.map(|t| Instant::now() + t);
         loop {
-            match self.call(&self.mutating, operation, &mut f).await {
-                Err(ProviderError::Quota(e)) if deadline.is_some_and(|d| Instant::now() < d) => {
+            self.mutating.acquire().await;
+            match f().await {
+                Ok(v) => {
+                    self.mutating.succeeded();
+                    return Ok(v);
+                }
+                Err(e) if code_of(&e) == Some("ResourceCountLimitExceeded") => {
+                    let e = classify(operation, &e);
+                    if deadline.is_none_or(|d| Instant::now() >= d) {
+                        return Err(e);
+                    }
                     warn!(operation, error = %e, "too many imports at once; trying again");
                     tokio::time::sleep(self.settings.import_poll_interval).await;
                 }
-                other => return other,
+                Err(e) => {
+                    if code_of(&e).is_some_and(is_throttling) {
+                        self.mutating.throttled();
+                    }
+                    return Err(classify(operation, &e));
+                }
             }
         }
     }
@@ -178,10 +204,14 @@ impl Inner {
             .resource_type(ResourceType::ImportSnapshotTask)
             .set_tags(Some(tag_list(tags)))
             .build();
+        // One token per upload: an SDK retry of a call whose answer was lost
+        // does not start a second import.
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let task_id = self
             .start_import("ImportSnapshot", || {
                 self.ec2()
                     .import_snapshot()
+                    .client_token(&token)
                     .disk_container(container.clone())
                     .tag_specifications(spec.clone())
                     .send()
@@ -206,7 +236,9 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             };
-            let Some(task) = answer.import_snapshot_tasks().first() else { continue };
+            let Some(task) = answer.import_snapshot_tasks().first() else {
+                return Err(ProviderError::Fatal(format!("import task {task_id} disappeared")));
+            };
             let detail = task.snapshot_task_detail();
             let status = detail.and_then(|d| d.status()).unwrap_or_default().to_ascii_lowercase();
             debug!(task = %task_id, status = %status, progress = ?detail.and_then(|d| d.progress()), "import task");
@@ -216,7 +248,6 @@ impl Inner {
                     message: detail.and_then(|d| d.status_message()).unwrap_or_default().to_owned(),
                     snapshot: detail.and_then(|d| d.snapshot_id()).map(str::to_owned),
                     image: None,
-                    tags: task.tags().to_vec(),
                 });
             }
         }
@@ -234,10 +265,14 @@ impl Inner {
             .resource_type(ResourceType::ImportImageTask)
             .set_tags(Some(tag_list(tags)))
             .build();
+        // One token per upload: an SDK retry of a call whose answer was lost
+        // does not start a second import.
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let task_id = self
             .start_import("ImportImage", || {
                 self.ec2()
                     .import_image()
+                    .client_token(&token)
                     .architecture(&di.architecture)
                     .disk_containers(container.clone())
                     .tag_specifications(spec.clone())
@@ -273,7 +308,6 @@ impl Inner {
                         .and_then(|d| d.snapshot_id())
                         .map(str::to_owned),
                     image: task.image_id().map(str::to_owned),
-                    tags: task.tags().to_vec(),
                 });
             }
         }
@@ -323,79 +357,99 @@ impl Inner {
     }
 
     /// Tags untagged AMIs and snapshots that this provider's imports made
-    /// with their import task's tags; remembers the others as not ours so
-    /// they are not looked at again. Errors are logged: the next listing
-    /// tries again.
-    pub(super) async fn tag_imports(&self, images: &[Image], snapshots: &[Snapshot]) {
-        if let Err(e) = self.try_tag_imports(images, snapshots).await {
-            warn!(provider = %self.name, error = %e, "cannot tag imported images yet");
-        }
-    }
-
-    async fn try_tag_imports(&self, images: &[Image], snapshots: &[Snapshot]) -> Result<(), ProviderError> {
-        let not_ours = |set: &std::sync::Mutex<std::collections::HashSet<String>>, id: &str| {
-            set.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
-        };
-        let known_not_ours = |set: &std::sync::Mutex<std::collections::HashSet<String>>, id: &str| {
-            set.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
-        };
-        // (AMI, its root snapshot) pairs to match against snapshot imports.
-        let mut amis = Vec::new();
+    /// with their import task's tags, and returns what it tagged (id ->
+    /// tags) so the caller's listing can count them at once. Untagged ones
+    /// found to be someone else's are remembered and not looked at again.
+    /// An error on one resource is logged and skips only that one (the next
+    /// listing tries again).
+    pub(super) async fn tag_imports(
+        &self,
+        images: &[Image],
+        snapshots: &[Snapshot],
+    ) -> HashMap<String, Vec<Tag>> {
+        let mut tagged = HashMap::new();
+        // Image import tasks asked about in this pass (an AMI and its
+        // snapshot name the same task).
+        let mut image_tasks: HashMap<String, Option<Vec<Tag>>> = HashMap::new();
+        let mut by_snapshot: Option<HashMap<String, Vec<Tag>>> = None;
         for ami in images {
             let Some(id) = ami.image_id() else { continue };
-            if !ami.tags().is_empty() || known_not_ours(&self.not_our_images, id) {
+            if !ami.tags().is_empty() || self.known_not_ours(&self.not_our_images, id) {
                 continue;
             }
-            // An image import names the AMI after its task.
-            if let Some(task_id) = ami.name().filter(|n| n.starts_with("import-ami-")) {
-                if let Some(task) = self.import_image_task(task_id).await? {
-                    if self.is_ours(task.tags()) {
-                        self.copy_tags(id, task.tags()).await?;
-                        continue;
+            let root =
+                ami.block_device_mappings().first().and_then(|b| b.ebs()).and_then(|e| e.snapshot_id());
+            // An image import names the AMI after its task; a snapshot
+            // import is found by the AMI's root snapshot.
+            let task = ami.name().filter(|n| n.starts_with("import-ami-"));
+            match self.import_tags(task, root, &mut image_tasks, &mut by_snapshot).await {
+                Ok(Some(tags)) => match self.copy_tags(id, &tags).await {
+                    Ok(()) => {
+                        tagged.insert(id.to_owned(), tags);
                     }
-                }
-            }
-            match ami.block_device_mappings().first().and_then(|b| b.ebs()).and_then(|e| e.snapshot_id()) {
-                Some(snapshot) => amis.push((id, snapshot)),
-                None => not_ours(&self.not_our_images, id),
+                    Err(e) => warn!(image = id, error = %e, "cannot tag an imported image yet"),
+                },
+                Ok(None) => self.mark_not_ours(&self.not_our_images, id),
+                Err(e) => warn!(image = id, error = %e, "cannot find the import task of an image yet"),
             }
         }
-        let mut snaps = Vec::new();
         for snap in snapshots {
             let Some(id) = snap.snapshot_id() else { continue };
-            if !snap.tags().is_empty() || known_not_ours(&self.not_our_snapshots, id) {
+            if !snap.tags().is_empty() || self.known_not_ours(&self.not_our_snapshots, id) {
                 continue;
             }
             // An image import names its task in the snapshot's description.
-            if let Some(task_id) = snap.description().and_then(import_ami_task_in) {
-                if let Some(task) = self.import_image_task(task_id).await? {
-                    if self.is_ours(task.tags()) {
-                        self.copy_tags(id, task.tags()).await?;
-                        continue;
+            let task = snap.description().and_then(import_ami_task_in);
+            match self.import_tags(task, Some(id), &mut image_tasks, &mut by_snapshot).await {
+                Ok(Some(tags)) => match self.copy_tags(id, &tags).await {
+                    Ok(()) => {
+                        tagged.insert(id.to_owned(), tags);
                     }
+                    Err(e) => warn!(snapshot = id, error = %e, "cannot tag an imported snapshot yet"),
+                },
+                Ok(None) => self.mark_not_ours(&self.not_our_snapshots, id),
+                Err(e) => warn!(snapshot = id, error = %e, "cannot find the import task of a snapshot yet"),
+            }
+        }
+        tagged
+    }
+
+    /// The tags of this provider's import task behind a resource: the image
+    /// import task `image_task`, else the snapshot import task that made
+    /// `snapshot`. `None`: not made by an import of this provider.
+    async fn import_tags(
+        &self,
+        image_task: Option<&str>,
+        snapshot: Option<&str>,
+        image_tasks: &mut HashMap<String, Option<Vec<Tag>>>,
+        by_snapshot: &mut Option<HashMap<String, Vec<Tag>>>,
+    ) -> Result<Option<Vec<Tag>>, ProviderError> {
+        if let Some(task_id) = image_task {
+            if !image_tasks.contains_key(task_id) {
+                let tags = self.import_image_task(task_id).await?.map(|t| t.tags().to_vec());
+                image_tasks.insert(task_id.to_owned(), tags);
+            }
+            if let Some(Some(tags)) = image_tasks.get(task_id) {
+                if self.is_ours(tags) {
+                    return Ok(Some(tags.clone()));
                 }
             }
-            snaps.push(id);
         }
-        if amis.is_empty() && snaps.is_empty() {
-            return Ok(());
+        let Some(snapshot) = snapshot else { return Ok(None) };
+        if by_snapshot.is_none() {
+            *by_snapshot = Some(self.snapshot_import_tags().await?);
         }
-        let by_snapshot = self.snapshot_import_tags().await?;
-        // QUIRK (upstream, not copied): _tagAmis tags each AMI with the tags
-        // of the *last* task listed rather than those of its own task.
-        for (ami, snapshot) in amis {
-            match by_snapshot.get(snapshot) {
-                Some(tags) if self.is_ours(tags) => self.copy_tags(ami, tags).await?,
-                _ => not_ours(&self.not_our_images, ami),
-            }
-        }
-        for snap in snaps {
-            match by_snapshot.get(snap) {
-                Some(tags) if self.is_ours(tags) => self.copy_tags(snap, tags).await?,
-                _ => not_ours(&self.not_our_snapshots, snap),
-            }
-        }
-        Ok(())
+        // QUIRK (upstream, not copied): _tagAmis tags such an AMI with the
+        // tags of the *last* task listed rather than those of its own task.
+        Ok(by_snapshot.as_ref().and_then(|m| m.get(snapshot)).filter(|tags| self.is_ours(tags)).cloned())
+    }
+
+    fn known_not_ours(&self, set: &std::sync::Mutex<HashSet<String>>, id: &str) -> bool {
+        set.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    fn mark_not_ours(&self, set: &std::sync::Mutex<HashSet<String>>, id: &str) {
+        set.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
     }
 
     /// Deletes `key` from the `object-storage` bucket.
@@ -404,33 +458,40 @@ impl Inner {
             return Err(ProviderError::Fatal("the provider has no object-storage bucket".into()));
         };
         crate::s3::delete_object(&self.clients.s3, &self.mutating, bucket, key).await?;
-        self.object_tags.lock().await.remove(key);
+        self.object_tags.lock().await.retain(|(k, _), _| k != key);
         info!(provider = %self.name, bucket, key, "object deleted");
         Ok(())
     }
 
     /// The objects in the `object-storage` bucket with their tags. Tags are
-    /// read once per object (`GetObjectTagging`) and remembered.
+    /// read once per object (`GetObjectTagging`) and remembered by key and
+    /// ETag (an object staged again under the same key is read again). An
+    /// object whose tags cannot be read is skipped this time.
     pub(super) async fn objects(&self) -> Result<Vec<(String, BTreeMap<String, String>)>, ProviderError> {
         let Some(bucket) = self.config.object_storage_bucket.as_deref() else { return Ok(Vec::new()) };
-        let keys = crate::s3::list_keys(&self.clients.s3, &self.non_mutating, bucket).await?;
+        let listed = crate::s3::list_keys(&self.clients.s3, &self.non_mutating, bucket).await?;
         let mut known = self.object_tags.lock().await;
-        known.retain(|k, _| keys.contains(k));
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let tags = match known.get(&key) {
+        let present: HashSet<&(String, String)> = listed.iter().collect();
+        known.retain(|k, _| present.contains(k));
+        let mut out = Vec::with_capacity(listed.len());
+        for object in &listed {
+            let tags = match known.get(object) {
                 Some(tags) => tags.clone(),
-                None => {
-                    match crate::s3::object_tags(&self.clients.s3, &self.non_mutating, bucket, &key).await? {
-                        Some(tags) => {
-                            known.insert(key.clone(), tags.clone());
-                            tags
-                        }
-                        None => continue,
+                None => match crate::s3::object_tags(&self.clients.s3, &self.non_mutating, bucket, &object.0)
+                    .await
+                {
+                    Ok(Some(tags)) => {
+                        known.insert(object.clone(), tags.clone());
+                        tags
                     }
-                }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(bucket, key = %object.0, error = %e, "cannot read the object's tags; skipping it");
+                        continue;
+                    }
+                },
             };
-            out.push((key, tags));
+            out.push((object.0.clone(), tags));
         }
         Ok(out)
     }

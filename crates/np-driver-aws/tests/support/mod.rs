@@ -407,8 +407,10 @@ struct Fault {
     count: u32,
 }
 
+/// The injected code, and whether the call was an S3 one (S3 answers
+/// errors in its own XML shape).
 #[derive(Debug, Clone)]
-struct FaultHit(String);
+struct FaultHit(String, bool);
 
 impl Storable for FaultHit {
     type Storer = StoreReplace<Self>;
@@ -447,7 +449,11 @@ impl Intercept for Faults {
         _rc: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let Some(op) = cfg.load::<Metadata>().map(|m| m.name().to_owned()) else { return Ok(()) };
+        let Some((op, s3)) =
+            cfg.load::<Metadata>().map(|m| (m.name().to_owned(), m.service().eq_ignore_ascii_case("s3")))
+        else {
+            return Ok(());
+        };
         let body = context.request().body().bytes().map(|b| String::from_utf8_lossy(b).into_owned());
         self.requests.lock().unwrap().push((op.clone(), body.unwrap_or_default()));
         let mut armed = self.armed.lock().unwrap();
@@ -455,12 +461,24 @@ impl Intercept for Faults {
         f.count -= 1;
         let code = f.code.clone();
         drop(armed);
-        // Send something harmless instead, so moto changes nothing.
-        let body = "Action=DescribeAvailabilityZones&Version=2016-11-15";
+        // Send something harmless instead, so moto changes nothing:
+        // DescribeAvailabilityZones for EC2, ListBuckets for S3.
         let req = context.request_mut();
-        *req.body_mut() = SdkBody::from(body);
-        req.headers_mut().insert("content-length", body.len().to_string());
-        cfg.interceptor_state().store_put(FaultHit(code));
+        if s3 {
+            let uri = req.uri().to_owned();
+            let host_start = uri.find("://").map_or(0, |i| i + 3);
+            let host_end = uri[host_start..].find('/').map_or(uri.len(), |i| host_start + i);
+            let root = format!("{}/", &uri[..host_end]);
+            req.set_method("GET")?;
+            req.set_uri(root)?;
+            *req.body_mut() = SdkBody::empty();
+            req.headers_mut().insert("content-length", "0");
+        } else {
+            let body = "Action=DescribeAvailabilityZones&Version=2016-11-15";
+            *req.body_mut() = SdkBody::from(body);
+            req.headers_mut().insert("content-length", body.len().to_string());
+        }
+        cfg.interceptor_state().store_put(FaultHit(code, s3));
         Ok(())
     }
 
@@ -470,14 +488,22 @@ impl Intercept for Faults {
         _rc: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let Some(FaultHit(code)) = cfg.load::<FaultHit>().cloned() else { return Ok(()) };
+        let Some(FaultHit(code, s3)) = cfg.load::<FaultHit>().cloned() else { return Ok(()) };
         self.hits.fetch_add(1, Ordering::Relaxed);
-        let xml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
-             <Message>injected {code}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
-        );
+        let xml = if s3 {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+                 <Message>injected {code}</Message><RequestId>fault</RequestId></Error>"
+            )
+        } else {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+                 <Message>injected {code}</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+            )
+        };
         let resp = context.response_mut();
-        *resp.status_mut() = 400u16.try_into().map_err(|e| format!("{e:?}"))?;
+        let status: u16 = if code.starts_with("Internal") { 500 } else { 400 };
+        *resp.status_mut() = status.try_into().map_err(|e| format!("{e:?}"))?;
         resp.headers_mut().insert("content-length", xml.len().to_string());
         *resp.body_mut() = SdkBody::from(xml);
         Ok(())
