@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-aws_users=(np-driver-aws np-launcher)
+aws_users=(np-driver-aws np-drivers np-launcher np-builder)
 others=()
 for dir in crates/*/; do
     name="$(basename "$dir")"

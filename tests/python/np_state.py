@@ -14,6 +14,8 @@ one JSON document on stdout and exits 0, or an error on stderr and exits 1.
   build-request IMAGE             ZooKeeper.submitBuildRequest -> {"ok": true}
   builds IMAGE                    ZooKeeper.getBuilds -> [{"id": .., "state": ..,
                                   "builder": .., ...}], as Python reads them
+  uploads IMAGE BUILD PROVIDER    ZooKeeper.getUploads -> [{"id": .., "state": ..,
+                                  "external_id": .., ...}]
 """
 
 import argparse
@@ -60,6 +62,15 @@ def cmd_builds(peer, opts):
     emit(sorted(out, key=lambda d: d["state_time"]))
 
 
+def cmd_uploads(peer, opts):
+    out = []
+    for upload in peer.zk.getUploads(opts.image, opts.build, opts.provider):
+        d = upload.toDict()
+        d["id"] = upload.id
+        out.append(d)
+    emit(sorted(out, key=lambda d: d["id"]))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="np_state.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +99,10 @@ def build_parser():
     p.add_argument("image")
     p = cmd("builds", cmd_builds)
     p.add_argument("image")
+    p = cmd("uploads", cmd_uploads)
+    p.add_argument("image")
+    p.add_argument("build")
+    p.add_argument("provider")
     return parser
 
 

@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use np_config::{Config, DiskImage};
+
+use crate::Setup;
 use np_core::{BuildState, ImageBuild};
 use np_zk::{paths, LockOptions, Zk, ZkError};
 use tokio::sync::{watch, Notify};
@@ -152,7 +154,7 @@ enum Outcome {
 /// The build worker.
 pub struct BuildWorker {
     zk: Zk,
-    config: watch::Receiver<Arc<Config>>,
+    setup: watch::Receiver<Arc<Setup>>,
     settings: BuildSettings,
     changes: Arc<Notify>,
     cancel: CancellationToken,
@@ -163,12 +165,12 @@ impl BuildWorker {
     /// under `/nodepool/images`).
     pub fn new(
         zk: Zk,
-        config: watch::Receiver<Arc<Config>>,
+        setup: watch::Receiver<Arc<Setup>>,
         settings: BuildSettings,
         changes: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Self {
-        BuildWorker { zk, config, settings, changes, cancel }
+        BuildWorker { zk, setup, settings, changes, cancel }
     }
 
     /// Runs until cancelled; running builds are killed then.
@@ -177,7 +179,8 @@ impl BuildWorker {
         let mut busy: BTreeSet<String> = BTreeSet::new();
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
         loop {
-            let config = self.config.borrow_and_update().clone();
+            let setup = self.setup.borrow_and_update().clone();
+            let config = setup.config.clone();
             let mut wake = Instant::now() + Duration::from_secs(3600);
             let now = np_core::now();
             for image in &config.diskimages {
@@ -234,7 +237,7 @@ impl BuildWorker {
                     // Let a burst of changes (a build's record and locks) settle.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                changed = self.config.changed() => if changed.is_err() { break },
+                changed = self.setup.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(wake) => {}
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     match done {

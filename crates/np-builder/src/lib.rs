@@ -7,13 +7,15 @@
 //!   timeout, and the files of a build in `images-dir`;
 //! * [`watch`]: ZooKeeper changes as wake-ups (no polling loop).
 //!
+//! * [`upload`]: uploads of the newest ready builds to the providers.
+//!
 //! [`Builder::start`] registers a `builder` component, reads (or creates)
 //! `<images-dir>/builder_id.txt` and runs the workers until
-//! [`Builder::stop`]. Uploading builds to providers and cleaning up old
-//! builds are not done yet.
+//! [`Builder::stop`]. Cleaning up old builds is not done yet.
 
 pub mod build;
 pub mod dib;
+pub mod upload;
 pub mod watch;
 
 use std::path::Path;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use np_config::Config;
+use np_provider::ProviderSet;
 use np_zk::{paths, ComponentRegistration, Zk};
 use tokio::sync::{watch as channel, Notify};
 use tokio::task::JoinHandle;
@@ -36,19 +39,30 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct BuilderSettings {
     /// `--build-workers` (default 1).
     pub build_workers: usize,
-    /// Wait before a failed build is tried again (upstream: 10 s).
+    /// `--upload-workers` (default 4).
+    pub upload_workers: usize,
+    /// Wait before a failed build or upload is tried again (upstream: its
+    /// 10 s cycle).
     pub retry_delay: Duration,
 }
 
 impl Default for BuilderSettings {
     fn default() -> Self {
-        BuilderSettings { build_workers: 1, retry_delay: Duration::from_secs(10) }
+        BuilderSettings { build_workers: 1, upload_workers: 4, retry_delay: Duration::from_secs(10) }
     }
+}
+
+/// What the workers work from: the configuration and its providers.
+pub struct Setup {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// A provider for each configured provider the builder can upload to.
+    pub providers: ProviderSet,
 }
 
 /// A running builder.
 pub struct Builder {
-    config: channel::Sender<Arc<Config>>,
+    setup: channel::Sender<Arc<Setup>>,
     registration: ComponentRegistration,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -82,8 +96,14 @@ pub fn hostname() -> String {
 }
 
 impl Builder {
-    /// Starts the builder on `zk`. Fails without `images-dir`, as upstream.
-    pub async fn start(config: &Config, zk: Zk, settings: BuilderSettings) -> anyhow::Result<Builder> {
+    /// Starts the builder on `zk`, uploading through `providers`. Fails
+    /// without `images-dir`, as upstream.
+    pub async fn start(
+        config: &Config,
+        zk: Zk,
+        providers: ProviderSet,
+        settings: BuilderSettings,
+    ) -> anyhow::Result<Builder> {
         let images_dir = config.images_dir.as_deref().context("the configuration has no images-dir")?;
         let builder_id = builder_id(images_dir)?;
         let hostname = hostname();
@@ -97,30 +117,38 @@ impl Builder {
             .await
             .context("registering the builder component")?;
         let cancel = CancellationToken::new();
-        let (config_tx, config_rx) = channel::channel(Arc::new(config.clone()));
-        let changes = Arc::new(Notify::new());
+        let setup = Setup { config: Arc::new(config.clone()), providers };
+        let (setup_tx, setup_rx) = channel::channel(Arc::new(setup));
+        let build_changes = Arc::new(Notify::new());
+        let upload_changes = Arc::new(Notify::new());
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(watch::watch_tree(
+        for changes in [&build_changes, &upload_changes] {
+            let watcher = watch::watch_tree(zk.clone(), paths::IMAGES, changes.clone(), cancel.clone());
+            tasks.push(tokio::spawn(watcher));
+        }
+        let uploader = upload::UploadWorker::new(
             zk.clone(),
-            paths::IMAGES,
-            changes.clone(),
+            setup_rx.clone(),
+            upload::UploadSettings { workers: settings.upload_workers, retry_delay: settings.retry_delay },
+            upload_changes,
             cancel.clone(),
-        )));
+        );
+        tasks.push(tokio::spawn(uploader.run()));
         let worker = build::BuildWorker::new(
             zk.clone(),
-            config_rx,
+            setup_rx,
             build::BuildSettings {
                 workers: settings.build_workers,
                 hostname,
                 builder_id: builder_id.clone(),
                 retry_delay: settings.retry_delay,
             },
-            changes,
+            build_changes,
             cancel.clone(),
         );
         tasks.push(tokio::spawn(worker.run()));
         info!(builder_id = %builder_id, "builder started");
-        Ok(Builder { config: config_tx, registration, cancel, tasks, builder_id })
+        Ok(Builder { setup: setup_tx, registration, cancel, tasks, builder_id })
     }
 
     /// This builder's id.
@@ -128,9 +156,9 @@ impl Builder {
         &self.builder_id
     }
 
-    /// Applies a new configuration.
-    pub fn reconfigure(&self, config: &Config) {
-        let _ = self.config.send(Arc::new(config.clone()));
+    /// Applies a new configuration and its providers.
+    pub fn reconfigure(&self, config: &Config, providers: ProviderSet) {
+        let _ = self.setup.send(Arc::new(Setup { config: Arc::new(config.clone()), providers }));
     }
 
     /// Stops the workers (running builds are killed and recorded as failed)

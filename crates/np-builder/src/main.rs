@@ -33,9 +33,16 @@ struct Args {
     /// Number of builds at once.
     #[arg(long = "build-workers", default_value_t = 1)]
     build_workers: usize,
-    /// Number of uploads at once (accepted; uploads are not done yet).
+    /// Number of uploads at once.
     #[arg(long = "upload-workers", default_value_t = 4)]
     upload_workers: usize,
+}
+
+/// The providers that take images (those with `diskimages`).
+async fn image_providers(config: &np_config::Config) -> anyhow::Result<np_provider::ProviderSet> {
+    let names =
+        config.providers.iter().filter(|p| !p.diskimage_names().is_empty()).map(|p| p.name.clone()).collect();
+    np_drivers::build_providers_async(config, &std::collections::HashMap::new(), Some(&names)).await
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,9 +88,13 @@ async fn run() -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(60),
     };
     let zk = Zk::connect(zk_config).await.context("connecting to ZooKeeper")?;
-    let settings =
-        np_builder::BuilderSettings { build_workers: args.build_workers.max(1), ..Default::default() };
-    let builder = np_builder::Builder::start(&config, zk.clone(), settings).await?;
+    let settings = np_builder::BuilderSettings {
+        build_workers: args.build_workers.max(1),
+        upload_workers: args.upload_workers.max(1),
+        ..Default::default()
+    };
+    let providers = image_providers(&config).await?;
+    let builder = np_builder::Builder::start(&config, zk.clone(), providers, settings).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -91,7 +102,10 @@ async fn run() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT received"); break; }
             _ = term.recv() => { info!("SIGTERM received"); break; }
             _ = hup.recv() => match np_config::load_file(&args.config, args.secure.as_deref()) {
-                Ok(new) => { info!("configuration reloaded"); builder.reconfigure(&new); }
+                Ok(new) => match image_providers(&new).await {
+                    Ok(providers) => { info!("configuration reloaded"); builder.reconfigure(&new, providers); }
+                    Err(e) => warn!("configuration not reloaded: {e:#}"),
+                },
                 Err(errors) => warn!("configuration not reloaded: {errors}"),
             },
         }

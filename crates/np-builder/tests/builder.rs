@@ -4,18 +4,22 @@
 //! build records with it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use np_builder::{Builder, BuilderSettings};
 use np_core::BuildState;
+use np_driver_fake::{FakeCloud, FakeSettings};
 use np_testing::{env, eventually, repo_root, TestZk};
 use serde_json::Value;
 
 struct Env {
     t: TestZk,
     dir: PathBuf,
+    /// The simulated clouds of the fake providers.
+    clouds: HashMap<String, FakeCloud>,
 }
 
 impl Env {
@@ -23,7 +27,11 @@ impl Env {
         let t = TestZk::new().await;
         let dir = std::env::temp_dir().join(format!("np-builder-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        Env { t, dir }
+        let clouds = ["fake-provider", "paused-provider"]
+            .into_iter()
+            .map(|n| (n.to_owned(), FakeCloud::new(n, FakeSettings::default())))
+            .collect();
+        Env { t, dir, clouds }
     }
 
     fn images_dir(&self) -> PathBuf {
@@ -37,6 +45,11 @@ impl Env {
     /// A configuration with one diskimage `ubuntu` (extra keys indented for
     /// it), uploaded to one fake provider (so qcow2 is built).
     fn config(&self, image_extra: &str) -> np_config::Config {
+        self.config_with(image_extra, "")
+    }
+
+    /// [`Env::config`] with more keys for `fake-provider` (indented for it).
+    fn config_with(&self, image_extra: &str, provider_extra: &str) -> np_config::Config {
         let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
         let yaml = format!(
             r#"
@@ -55,13 +68,31 @@ diskimages:
     formats: [raw]
     release: 22
     username: builder
+    metadata:
+      team: ci
 {image_extra}
 providers:
   - name: fake-provider
     driver: fake
     cloud: fake
+    image-name-format: "np-{{image_name}}-{{upload_id}}"
+{provider_extra}
     diskimages:
       - name: ubuntu
+        meta:
+          os: ubuntu
+    pools:
+      - name: main
+        labels:
+          - name: small
+            diskimage: ubuntu
+            min-ram: 1024
+  - name: paused-provider
+    driver: fake
+    cloud: fake
+    diskimages:
+      - name: ubuntu
+        pause: true
     pools:
       - name: main
         labels:
@@ -78,7 +109,11 @@ providers:
 
     async fn start(&self, config: &np_config::Config) -> Builder {
         let settings = BuilderSettings { retry_delay: Duration::from_millis(200), ..Default::default() };
-        Builder::start(config, self.t.zk.clone(), settings).await.unwrap()
+        Builder::start(config, self.t.zk.clone(), self.providers(config), settings).await.unwrap()
+    }
+
+    fn providers(&self, config: &np_config::Config) -> np_provider::ProviderSet {
+        np_drivers::build_providers(config, &self.clouds).unwrap()
     }
 
     /// Python Nodepool's view of the image's builds.
@@ -211,7 +246,8 @@ async fn requests_pauses_failures_and_rebuild_age() {
     assert!(files(&e.log_dir()).len() <= 3, "{:?}", files(&e.log_dir()));
 
     // Fixed: the next build is ready and the request is gone.
-    builder.reconfigure(&e.config("    rebuild-age: 2\n"));
+    let fixed = e.config("    rebuild-age: 2\n");
+    builder.reconfigure(&fixed, e.providers(&fixed));
     assert!(
         eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Ready).await == 1 })
             .await
@@ -295,4 +331,115 @@ fn the_daemon_refuses_a_config_without_zookeeper_or_images_dir() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no zookeeper-servers"), "{out:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn uploads(e: &Env, image: &str, build: &str, provider: &str) -> Vec<(String, np_core::ImageUpload)> {
+    np_builder::upload::uploads_of(&e.t.zk, image, build, provider).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_build_is_uploaded_with_its_metadata_and_failures_are_retried() {
+    let e = Env::new().await;
+    let cloud = e.clouds["fake-provider"].clone();
+    cloud.fail_next_uploads(1);
+    let builder = e.start(&e.config("")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Ready).await == 1 })
+            .await
+    );
+    let (build, _) = e.builds("ubuntu").await.remove(0);
+    let ready = || async {
+        uploads(&e, "ubuntu", &build, "fake-provider")
+            .await
+            .into_iter()
+            .filter(|(_, u)| u.state == np_core::UploadState::Ready)
+            .count()
+    };
+    assert!(eventually(Duration::from_secs(20), || async { ready().await == 1 }).await);
+    // The first attempt failed and stays recorded as failed (cleanup's job).
+    let records = uploads(&e, "ubuntu", &build, "fake-provider").await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0].1.state, np_core::UploadState::Failed);
+    let (upload_id, upload) = &records[1];
+
+    // In the cloud: the qcow2 file, named by image-name-format, with the
+    // diskimage's metadata, the provider entry's meta and the builder's ids.
+    let images = cloud.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let image = &images[0];
+    assert_eq!(upload.external_id.as_deref(), Some(image.id.as_str()));
+    assert_eq!(image.name, format!("np-ubuntu-{upload_id}"));
+    assert_eq!(upload.external_name.as_deref(), Some(image.name.as_str()));
+    assert_eq!(image.format, "qcow2");
+    assert_eq!(image.size, 4096);
+    assert_eq!(image.metadata["team"], "ci");
+    assert_eq!(image.metadata["os"], "ubuntu");
+    assert_eq!(image.metadata["nodepool_build_id"], build);
+    assert_eq!(image.metadata["nodepool_upload_id"], upload_id.as_str());
+    assert_eq!(image.metadata["nodepool_provider_name"], "fake-provider");
+
+    // Python reads the upload; the paused provider got none.
+    let py = e.python(&["uploads", "ubuntu", &build, "fake-provider"]);
+    let py = py.as_array().unwrap();
+    assert_eq!(py.len(), 2, "{py:?}");
+    assert_eq!(py[1]["state"], "ready");
+    assert_eq!(py[1]["external_id"], image.id.as_str());
+    assert_eq!(py[1]["format"], "qcow2");
+    assert!(uploads(&e, "ubuntu", &build, "paused-provider").await.is_empty());
+    assert!(e.clouds["paused-provider"].images().is_empty());
+
+    // Nothing more to do: no second upload.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cloud.images().len(), 1);
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_post_upload_hook_runs_and_a_failing_one_discards_the_image() {
+    let e = Env::new().await;
+    let hook = e.dir.join("hook");
+    let calls = e.dir.join("hook-calls");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {calls}\n[ -e {fail} ] && exit 3\nexit 0\n",
+            calls = calls.display(),
+            fail = e.dir.join("hook-fails").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(e.dir.join("hook-fails"), "").unwrap();
+    let config = e.config_with("", &format!("    post-upload-hook: {}", hook.display()));
+    let builder = e.start(&config).await;
+    let cloud = e.clouds["fake-provider"].clone();
+    // The failing hook: the image is deleted again and the upload failed.
+    assert!(eventually(Duration::from_secs(20), || async { cloud.image_deletes() >= 1 }).await);
+    let (build, _) = e.builds("ubuntu").await.remove(0);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            uploads(&e, "ubuntu", &build, "fake-provider")
+                .await
+                .first()
+                .is_some_and(|(_, u)| u.state == np_core::UploadState::Failed)
+        })
+        .await
+    );
+    assert!(cloud.images().is_empty());
+    // A working hook: the upload is ready, the hook saw provider, id, file.
+    std::fs::remove_file(e.dir.join("hook-fails")).unwrap();
+    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
+    let image = cloud.images().remove(0);
+    let file = e.images_dir().join(format!("ubuntu-{build}.qcow2"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(&calls).unwrap_or_default().contains(&format!(
+                "fake-provider {} {}",
+                image.id,
+                file.display()
+            ))
+        })
+        .await
+    );
+    builder.stop().await;
 }

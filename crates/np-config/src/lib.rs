@@ -46,8 +46,8 @@ pub use drivers::static_::{StaticNode, StaticPool, StaticProvider};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, KeyPath, Location, Segment};
 pub use load::{nodepool_env, substitute_env_vars};
 pub use model::{
-    Config, Dict, DiskImage, DriverName, Label, LabelImage, Provider, ProviderDriver, TenantResourceLimit,
-    WebApp, ZooKeeperConfig, ZooKeeperServer, ZooKeeperTls,
+    Config, Dict, DiskImage, DriverName, Label, LabelImage, Provider, ProviderDiskImage, ProviderDriver,
+    TenantResourceLimit, WebApp, ZooKeeperConfig, ZooKeeperServer, ZooKeeperTls,
 };
 
 /// Loads a main configuration from text, with this process's `NODEPOOL_*` variables.

@@ -359,6 +359,53 @@ impl Provider {
         }
     }
 
+    /// The provider's `diskimages` entry `name` (image-managing drivers
+    /// only), in the terms the builder needs.
+    pub fn provider_diskimage(&self, name: &str) -> Option<ProviderDiskImage<'_>> {
+        match &self.driver {
+            ProviderDriver::OpenStack(p) | ProviderDriver::Fake(p) => {
+                p.diskimages.iter().find(|d| d.name == name).map(|d| ProviderDiskImage {
+                    name: &d.name,
+                    pause: d.pause,
+                    metadata: &d.meta,
+                    username: Some(&d.username),
+                    python_path: &d.python_path,
+                    shell_type: d.shell_type.as_deref(),
+                })
+            }
+            ProviderDriver::Aws(p) => {
+                p.diskimages.iter().find(|d| d.name == name).map(|d| ProviderDiskImage {
+                    name: &d.name,
+                    pause: d.pause,
+                    metadata: &d.tags,
+                    username: d.username.as_deref(),
+                    python_path: &d.python_path,
+                    shell_type: d.shell_type.as_deref(),
+                })
+            }
+            ProviderDriver::Static(_) | ProviderDriver::Kubernetes(_) => None,
+        }
+    }
+
+    /// The cloud name of an upload: a Python format string over
+    /// `image_name`, `upload_id` and `timestamp` (OpenStack's
+    /// `image-name-format`; AWS uses upstream's fixed default).
+    pub fn image_name_format(&self) -> &str {
+        match &self.driver {
+            ProviderDriver::OpenStack(p) | ProviderDriver::Fake(p) => &p.image_name_format,
+            _ => "{image_name}-{timestamp}",
+        }
+    }
+
+    /// `post-upload-hook`.
+    pub fn post_upload_hook(&self) -> Option<&str> {
+        match &self.driver {
+            ProviderDriver::OpenStack(p) | ProviderDriver::Fake(p) => p.post_upload_hook.as_deref(),
+            ProviderDriver::Aws(p) => p.post_upload_hook.as_deref(),
+            ProviderDriver::Static(_) | ProviderDriver::Kubernetes(_) => None,
+        }
+    }
+
     /// The disk format this provider takes builds in (image-managing drivers
     /// only): AWS's `image-format` (default raw); OpenStack's clouds and the
     /// fake driver take qcow2, as upstream's defaults.
@@ -374,6 +421,23 @@ impl Provider {
     pub fn effective_priority(&self, pool_priority: Option<i64>) -> i64 {
         pool_priority.or(self.priority).unwrap_or(defaults::PRIORITY)
     }
+}
+
+/// A provider's `diskimages` entry, driver-independent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderDiskImage<'a> {
+    /// The diskimage name.
+    pub name: &'a str,
+    /// `pause`: build, but do not upload to this provider.
+    pub pause: bool,
+    /// What the cloud image is tagged with: OpenStack's `meta`, AWS's `tags`.
+    pub metadata: &'a Dict,
+    /// `username` (AWS: none unless set).
+    pub username: Option<&'a str>,
+    /// `python-path`.
+    pub python_path: &'a str,
+    /// `shell-type`.
+    pub shell_type: Option<&'a str>,
 }
 
 /// Which image a cloud label boots.

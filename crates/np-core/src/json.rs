@@ -94,6 +94,31 @@ impl Formatter for PythonFormatter {
     }
 }
 
+/// Python's `str()` of a JSON value (as `str(value)` prints what
+/// `yaml.safe_load` gave): strings bare, `None`/`True`/`False`, lists and
+/// dicts with repr'd items. Close enough for cloud tags and image metadata.
+pub fn python_str(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(a) => format!("[{}]", a.iter().map(python_repr).collect::<Vec<_>>().join(", ")),
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter().map(|(k, v)| format!("'{k}': {}", python_repr(v))).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn python_repr(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+        other => python_str(other),
+    }
+}
+
 /// Formats a float the way Python's `repr(float)` (and so `json.dumps`) does.
 ///
 /// Shortest round-trip digits; positional notation when the decimal exponent is

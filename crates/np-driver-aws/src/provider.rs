@@ -2022,6 +2022,17 @@ impl Provider for AwsProvider {
         }
     }
 
+    async fn upload_image(&self, request: &np_provider::ImageUploadRequest) -> Result<String, ProviderError> {
+        // The provider diskimage's `image-format` decides the file; the
+        // builder passes the file of that format.
+        AwsProvider::upload_image(self, &request.diskimage, &request.path, &request.name, &request.metadata)
+            .await
+    }
+
+    async fn delete_image(&self, external_id: &str) -> Result<(), ProviderError> {
+        self.inner.delete_image(external_id).await
+    }
+
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
     }

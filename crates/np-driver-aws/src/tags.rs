@@ -37,28 +37,7 @@ pub enum TemplateError {
     Field(String),
 }
 
-/// Python's `str()` of a JSON value, close enough for tags.
-pub(crate) fn python_str(v: &Value) -> String {
-    match v {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Array(a) => format!("[{}]", a.iter().map(python_repr).collect::<Vec<_>>().join(", ")),
-        Value::Object(m) => format!(
-            "{{{}}}",
-            m.iter().map(|(k, v)| format!("'{k}': {}", python_repr(v))).collect::<Vec<_>>().join(", ")
-        ),
-    }
-}
-
-fn python_repr(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
-        other => python_str(other),
-    }
-}
+pub(crate) use np_core::json::python_str;
 
 /// Formats a `dynamic-tags` template with the request attributes `request`
 /// (a JSON object; missing safe attributes read as `None`).

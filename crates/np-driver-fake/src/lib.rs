@@ -43,6 +43,8 @@ pub struct FakeSettings {
     pub address: Option<String>,
     /// Report no host keys, so the launcher has to scan them.
     pub without_host_keys: bool,
+    /// Time an image upload takes.
+    pub upload_delay: Duration,
 }
 
 impl Default for FakeSettings {
@@ -55,6 +57,7 @@ impl Default for FakeSettings {
             report_only: false,
             address: None,
             without_host_keys: false,
+            upload_delay: Duration::ZERO,
         }
     }
 }
@@ -69,9 +72,28 @@ struct FakeServer {
     image: Option<String>,
 }
 
+/// An uploaded image in the fake cloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeImage {
+    /// Its cloud id.
+    pub id: String,
+    /// The name it was uploaded under.
+    pub name: String,
+    /// Its disk format.
+    pub format: String,
+    /// The file's size.
+    pub size: u64,
+    /// The metadata it carries.
+    pub metadata: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Default)]
 struct CloudState {
     servers: BTreeMap<String, FakeServer>,
+    images: BTreeMap<String, FakeImage>,
+    fail_uploads: u32,
+    fail_image_deletes: u32,
+    image_deletes: u64,
     fail_launches: u32,
     quota_errors: u32,
     stuck_deletes: bool,
@@ -155,6 +177,26 @@ impl FakeCloud {
     /// The uploaded image (its cloud id) a server boots, for diskimage labels.
     pub fn server_image(&self, id: &str) -> Option<String> {
         self.state().servers.get(id).and_then(|s| s.image.clone())
+    }
+
+    /// The images uploaded so far (and not deleted).
+    pub fn images(&self) -> Vec<FakeImage> {
+        self.state().images.values().cloned().collect()
+    }
+
+    /// The next `n` image uploads fail.
+    pub fn fail_next_uploads(&self, n: u32) {
+        self.state().fail_uploads = n;
+    }
+
+    /// The next `n` image deletes fail.
+    pub fn fail_next_image_deletes(&self, n: u32) {
+        self.state().fail_image_deletes = n;
+    }
+
+    /// Image delete calls so far (failed ones included).
+    pub fn image_deletes(&self) -> u64 {
+        self.state().image_deletes
     }
 
     /// Injected quota errors not handed out yet.
@@ -399,6 +441,45 @@ impl Provider for FakeProvider {
         // The simulated cloud changes only through its API: re-checking
         // often costs nothing.
         Some(Duration::from_secs(1))
+    }
+
+    async fn upload_image(&self, request: &np_provider::ImageUploadRequest) -> Result<String, ProviderError> {
+        let size = std::fs::metadata(&request.path)
+            .map_err(|e| ProviderError::Fatal(format!("cannot read {}: {e}", request.path.display())))?
+            .len();
+        let delay = self.cloud.settings().upload_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.limiter.acquire().await;
+        let mut state = self.cloud.state();
+        if state.fail_uploads > 0 {
+            state.fail_uploads -= 1;
+            return Err(ProviderError::Fatal("injected upload failure".into()));
+        }
+        drop(state);
+        let id = format!("image-{}", self.cloud.next_id());
+        let image = FakeImage {
+            id: id.clone(),
+            name: request.name.clone(),
+            format: request.format.clone(),
+            size,
+            metadata: request.metadata.clone(),
+        };
+        self.cloud.state().images.insert(id.clone(), image);
+        Ok(id)
+    }
+
+    async fn delete_image(&self, external_id: &str) -> Result<(), ProviderError> {
+        self.limiter.acquire().await;
+        let mut state = self.cloud.state();
+        state.image_deletes += 1;
+        if state.fail_image_deletes > 0 {
+            state.fail_image_deletes -= 1;
+            return Err(ProviderError::Transient("injected image delete failure".into()));
+        }
+        state.images.remove(external_id);
+        Ok(())
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -2,13 +2,11 @@
 //! caches, and orderly shutdown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use np_config::{Config, ProviderDriver};
-use np_driver_fake::{FakeCloud, FakeProvider, FakeSettings};
-use np_provider::Provider;
+use np_driver_fake::{FakeCloud, FakeProvider};
 use np_zk::{NodeCache, PoolComponentCache, RequestCache, Zk};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -19,92 +17,9 @@ use crate::metrics::Metrics;
 use crate::pool::{PoolSpec, PoolWorker, SharedState};
 use crate::webapp::WebServer;
 
-/// Provider instances by provider name.
-pub type ProviderSet = HashMap<String, Arc<dyn Provider>>;
+pub use np_provider::ProviderSet;
 
-/// Builds a provider for every provider in `config` that this launcher can
-/// drive. Fake providers get a fresh simulated cloud; `fake_clouds` lets tests
-/// and benchmarks supply (and then inspect) their own.
-pub fn build_providers(
-    config: &Config,
-    fake_clouds: &HashMap<String, FakeCloud>,
-) -> anyhow::Result<ProviderSet> {
-    let mut out: ProviderSet = HashMap::new();
-    for p in &config.providers {
-        match build_one(p, fake_clouds)? {
-            Some(provider) => {
-                out.insert(p.name.clone(), provider);
-            }
-            None => anyhow::bail!(
-                "provider '{}': driver '{}' needs build_providers_async",
-                p.name,
-                p.driver_name().as_str()
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// Like [`build_providers`], for every driver, including those whose
-/// construction talks to the cloud (AWS reads its instance types). Only the
-/// providers named in `only` are built when it is given.
-pub async fn build_providers_async(
-    config: &Config,
-    fake_clouds: &HashMap<String, FakeCloud>,
-    only: Option<&std::collections::BTreeSet<String>>,
-) -> anyhow::Result<ProviderSet> {
-    let mut out: ProviderSet = HashMap::new();
-    for p in &config.providers {
-        if only.is_some_and(|names| !names.contains(&p.name)) {
-            continue;
-        }
-        let provider: Arc<dyn Provider> = match &p.driver {
-            ProviderDriver::Aws(aws) => Arc::new(
-                np_driver_aws::AwsProvider::new(
-                    &p.name,
-                    aws,
-                    std::env::var("NODEPOOL_AWS_ENDPOINT_URL").ok(),
-                )
-                .await
-                .with_context(|| format!("provider '{}': cannot set up AWS", p.name))?,
-            ),
-            _ => match build_one(p, fake_clouds)? {
-                Some(provider) => provider,
-                None => continue,
-            },
-        };
-        out.insert(p.name.clone(), provider);
-    }
-    Ok(out)
-}
-
-/// The provider for one config entry, for drivers that need no I/O to set
-/// up; `None` for those that do (AWS).
-fn build_one(
-    p: &np_config::Provider,
-    fake_clouds: &HashMap<String, FakeCloud>,
-) -> anyhow::Result<Option<Arc<dyn Provider>>> {
-    Ok(Some(match &p.driver {
-        ProviderDriver::Fake(os) => {
-            let cloud = fake_clouds.get(&p.name).cloned().unwrap_or_else(|| {
-                let delay = std::env::var("NODEPOOL_FAKE_LAUNCH_DELAY_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .map(Duration::from_millis)
-                    .unwrap_or_default();
-                FakeCloud::new(&p.name, FakeSettings { launch_delay: delay, ..FakeSettings::default() })
-            });
-            Arc::new(FakeProvider::new(cloud, os.region_name.clone()).with_rate(os.rate))
-        }
-        ProviderDriver::Static(_) => Arc::new(np_driver_static::StaticProvider::new(&p.name)),
-        ProviderDriver::Aws(_) => return Ok(None),
-        ProviderDriver::OpenStack(_) | ProviderDriver::Kubernetes(_) => anyhow::bail!(
-            "provider '{}': driver '{}' is not supported by this launcher yet",
-            p.name,
-            p.driver_name().as_str()
-        ),
-    }))
-}
+pub use np_drivers::{build_providers, build_providers_async};
 
 /// The pool workers' specifications.
 pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {

@@ -39,6 +39,9 @@ pub const META_BUILD_ID: &str = "nodepool_build_id";
 /// Builder metadata on uploaded images: the upload id.
 pub const META_UPLOAD_ID: &str = "nodepool_upload_id";
 
+/// Provider instances by provider name.
+pub type ProviderSet = std::collections::HashMap<String, std::sync::Arc<dyn Provider>>;
+
 /// A classified cloud error.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -163,6 +166,28 @@ pub trait DeleteMachine: Send {
     async fn step(&mut self) -> Result<Step<()>, ProviderError>;
 }
 
+/// A built disk image to upload (the builder's upload worker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUploadRequest {
+    /// The provider's `diskimages` entry (the diskimage name).
+    pub diskimage: String,
+    /// The image file.
+    pub path: std::path::PathBuf,
+    /// Its disk format (`qcow2`, `raw`, ...).
+    pub format: String,
+    /// The name to give it in the cloud.
+    pub name: String,
+    /// Tags or properties for the cloud image: the diskimage's metadata and
+    /// the builder's `nodepool_provider_name`, `nodepool_build_id` and
+    /// `nodepool_upload_id`.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The file's MD5 and SHA-256 (hex), from diskimage-builder's checksum
+    /// files, when present.
+    pub md5: Option<String>,
+    /// See `md5`.
+    pub sha256: Option<String>,
+}
+
 /// One configured provider.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -191,6 +216,23 @@ pub trait Provider: Send + Sync {
     /// ZooKeeper changes free quota.
     fn usage_refresh(&self) -> Option<Duration> {
         None
+    }
+    /// Uploads a built image; returns its id in the cloud (the upload's
+    /// `external_id`). Only drivers that manage images implement it.
+    async fn upload_image(&self, request: &ImageUploadRequest) -> Result<String, ProviderError> {
+        Err(ProviderError::Fatal(format!(
+            "provider {} cannot upload image {}: its driver does not manage images",
+            self.name(),
+            request.name
+        )))
+    }
+    /// Deletes an uploaded image (and what belongs to it, such as its
+    /// snapshots). An image that is already gone is not an error.
+    async fn delete_image(&self, external_id: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Fatal(format!(
+            "provider {} cannot delete image {external_id}: its driver does not manage images",
+            self.name()
+        )))
     }
     /// The concrete provider, for code that must keep driver state across a
     /// configuration reload (e.g. the fake driver's simulated cloud).
