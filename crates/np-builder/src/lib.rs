@@ -7,13 +7,15 @@
 //!   timeout, and the files of a build in `images-dir`;
 //! * [`watch`]: ZooKeeper changes as wake-ups (no polling loop).
 //!
-//! * [`upload`]: uploads of the newest ready builds to the providers.
+//! * [`upload`]: uploads of the newest ready builds to the providers;
+//! * [`cleanup`]: retention, removed images and providers, local files.
 //!
 //! [`Builder::start`] registers a `builder` component, reads (or creates)
 //! `<images-dir>/builder_id.txt` and runs the workers until
-//! [`Builder::stop`]. Cleaning up old builds is not done yet.
+//! [`Builder::stop`].
 
 pub mod build;
+pub mod cleanup;
 pub mod dib;
 pub mod upload;
 pub mod watch;
@@ -44,11 +46,18 @@ pub struct BuilderSettings {
     /// Wait before a failed build or upload is tried again (upstream: its
     /// 10 s cycle).
     pub retry_delay: Duration,
+    /// Cleanup timing.
+    pub cleanup: cleanup::CleanupSettings,
 }
 
 impl Default for BuilderSettings {
     fn default() -> Self {
-        BuilderSettings { build_workers: 1, upload_workers: 4, retry_delay: Duration::from_secs(10) }
+        BuilderSettings {
+            build_workers: 1,
+            upload_workers: 4,
+            retry_delay: Duration::from_secs(10),
+            cleanup: cleanup::CleanupSettings::default(),
+        }
     }
 }
 
@@ -121,11 +130,10 @@ impl Builder {
         let (setup_tx, setup_rx) = channel::channel(Arc::new(setup));
         let build_changes = Arc::new(Notify::new());
         let upload_changes = Arc::new(Notify::new());
+        let cleanup_changes = Arc::new(Notify::new());
         let mut tasks = Vec::new();
-        for changes in [&build_changes, &upload_changes] {
-            let watcher = watch::watch_tree(zk.clone(), paths::IMAGES, changes.clone(), cancel.clone());
-            tasks.push(tokio::spawn(watcher));
-        }
+        let all = vec![build_changes.clone(), upload_changes.clone(), cleanup_changes.clone()];
+        tasks.push(tokio::spawn(watch::watch_tree(zk.clone(), paths::IMAGES, all, cancel.clone())));
         let uploader = upload::UploadWorker::new(
             zk.clone(),
             setup_rx.clone(),
@@ -134,6 +142,14 @@ impl Builder {
             cancel.clone(),
         );
         tasks.push(tokio::spawn(uploader.run()));
+        let cleaner = cleanup::CleanupWorker::new(
+            zk.clone(),
+            setup_rx.clone(),
+            settings.cleanup.clone(),
+            cleanup_changes,
+            cancel.clone(),
+        );
+        tasks.push(tokio::spawn(cleaner.run()));
         let worker = build::BuildWorker::new(
             zk.clone(),
             setup_rx,

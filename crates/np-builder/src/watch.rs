@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use zookeeper_client::{AddWatchMode, EventType, SessionState};
 
-/// Signals `notify` on every change below `root` until `cancel`.
-pub async fn watch_tree(zk: Zk, root: &'static str, notify: Arc<Notify>, cancel: CancellationToken) {
+/// Signals every one of `all` on every change below `root` until
+/// `cancel` (one ZooKeeper watch for all the workers).
+pub async fn watch_tree(zk: Zk, root: &'static str, all: Vec<Arc<Notify>>, cancel: CancellationToken) {
+    let notify = |all: &[Arc<Notify>]| all.iter().for_each(|n| n.notify_one());
     let mut status = zk.subscribe();
     'session: loop {
         if cancel.is_cancelled() || zk.status().closed {
@@ -37,7 +39,7 @@ pub async fn watch_tree(zk: Zk, root: &'static str, notify: Arc<Notify>, cancel:
             }
         };
         // Anything may have changed while there was no watch.
-        notify.notify_one();
+        notify(&all);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -52,7 +54,7 @@ pub async fn watch_tree(zk: Zk, root: &'static str, notify: Arc<Notify>, cancel:
                         match event.session_state {
                             SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                                 debug!(root, "reconnected");
-                                notify.notify_one();
+                                notify(&all);
                             }
                             s if s.is_terminated() => {
                                 // Polling the watcher after a terminal event
@@ -64,7 +66,7 @@ pub async fn watch_tree(zk: Zk, root: &'static str, notify: Arc<Notify>, cancel:
                         }
                         continue;
                     }
-                    notify.notify_one();
+                    notify(&all);
                 }
             }
         }

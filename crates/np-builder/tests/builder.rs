@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use np_builder::cleanup::CleanupSettings;
 use np_builder::{Builder, BuilderSettings};
 use np_core::BuildState;
 use np_driver_fake::{FakeCloud, FakeSettings};
@@ -107,8 +108,23 @@ providers:
         np_config::load_str(&yaml, "nodepool.yaml").unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A builder with quick retries and a quick cleanup.
     async fn start(&self, config: &np_config::Config) -> Builder {
-        let settings = BuilderSettings { retry_delay: Duration::from_millis(200), ..Default::default() };
+        let cleanup =
+            CleanupSettings { interval: Duration::from_secs(1), settle: Duration::from_millis(100) };
+        self.start_with(config, cleanup).await
+    }
+
+    /// A builder whose cleanup waits a minute after changes (so failed
+    /// records stay to be looked at).
+    async fn start_slow_cleanup(&self, config: &np_config::Config) -> Builder {
+        let cleanup = CleanupSettings { interval: Duration::from_secs(60), settle: Duration::from_secs(60) };
+        self.start_with(config, cleanup).await
+    }
+
+    async fn start_with(&self, config: &np_config::Config, cleanup: CleanupSettings) -> Builder {
+        let settings =
+            BuilderSettings { retry_delay: Duration::from_millis(200), cleanup, ..Default::default() };
         Builder::start(config, self.t.zk.clone(), self.providers(config), settings).await.unwrap()
     }
 
@@ -221,26 +237,30 @@ async fn requests_pauses_failures_and_rebuild_age() {
     e.t.zk.ensure_path(&np_zk::paths::image("ubuntu")).await.unwrap();
     e.python(&["pause", "ubuntu"]);
     e.python(&["build-request", "ubuntu"]);
-    let failing = e.config("    env-vars:\n      FAKE_DIB_FAIL: '1'\n");
+    let args_file = e.dir.join("args");
+    let failing = e.config(&format!(
+        "    env-vars:\n      FAKE_DIB_FAIL: '1'\n      FAKE_DIB_ARGS_TO: {}\n",
+        args_file.display()
+    ));
     let builder = e.start(&failing).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(e.builds("ubuntu").await.is_empty());
 
     // Unpaused: the requested build runs, fails, and is tried again; the
-    // request stays until a build is ready.
+    // request stays until a build is ready. (The cleanup removes failed
+    // builds, so the attempts are counted from diskimage-builder's runs.)
     e.python(&["pause", "ubuntu", "--off"]);
-    assert!(
-        eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Failed).await >= 2 })
-            .await
-    );
+    let runs = || std::fs::read_to_string(&args_file).map(|t| t.lines().count()).unwrap_or(0);
+    assert!(eventually(Duration::from_secs(20), || async { runs() >= 2 }).await);
+    assert!(e.builds("ubuntu").await.iter().all(|(_, b)| b.state != BuildState::Ready));
     let py = e.python_builds("ubuntu");
-    assert!(py.iter().all(|b| b["state"] == "failed"), "{py:?}");
-    assert_eq!(py[0]["requested"], true);
-    let failed_log = std::fs::read_to_string(
-        e.log_dir().join(format!("ubuntu-{}.log", py.last().unwrap()["id"].as_str().unwrap())),
-    )
-    .unwrap();
-    assert!(failed_log.ends_with("Exit code: 127\n"), "{failed_log}");
+    assert!(py.iter().all(|b| b["state"] == "failed" || b["state"] == "deleting"), "{py:?}");
+    assert!(e.t.zk.exists(&np_zk::paths::image_build_request("ubuntu")).await.unwrap().is_some());
+    let logs: Vec<String> = files(&e.log_dir())
+        .iter()
+        .map(|f| std::fs::read_to_string(e.log_dir().join(f)).unwrap_or_default())
+        .collect();
+    assert!(logs.iter().any(|l| l.ends_with("Exit code: 127\n")), "{logs:?}");
     // Logs are pruned to build-log-retention (2) before each build, so at
     // most 3 exist.
     assert!(files(&e.log_dir()).len() <= 3, "{:?}", files(&e.log_dir()));
@@ -293,7 +313,7 @@ async fn one_builder_at_a_time_and_timeouts_kill_the_build() {
     let e = Env::new().await;
     let hanging = e.config("    build-timeout: 1\n    env-vars:\n      FAKE_DIB_SLEEP: '30'\n");
     let started = std::time::Instant::now();
-    let builder = e.start(&hanging).await;
+    let builder = e.start_slow_cleanup(&hanging).await;
     assert!(
         eventually(Duration::from_secs(10), || async { e.count("ubuntu", BuildState::Failed).await >= 1 })
             .await
@@ -308,7 +328,7 @@ async fn one_builder_at_a_time_and_timeouts_kill_the_build() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_kills_a_running_build_and_records_it_failed() {
     let e = Env::new().await;
-    let builder = e.start(&e.config("    env-vars:\n      FAKE_DIB_SLEEP: '30'\n")).await;
+    let builder = e.start_slow_cleanup(&e.config("    env-vars:\n      FAKE_DIB_SLEEP: '30'\n")).await;
     assert!(
         eventually(Duration::from_secs(10), || async { e.count("ubuntu", BuildState::Building).await == 1 })
             .await
@@ -356,11 +376,16 @@ async fn the_newest_build_is_uploaded_with_its_metadata_and_failures_are_retried
             .count()
     };
     assert!(eventually(Duration::from_secs(20), || async { ready().await == 1 }).await);
-    // The first attempt failed and stays recorded as failed (cleanup's job).
+    // The first attempt failed; the cleanup removes its record.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            uploads(&e, "ubuntu", &build, "fake-provider").await.len() == 1
+        })
+        .await
+    );
     let records = uploads(&e, "ubuntu", &build, "fake-provider").await;
-    assert_eq!(records.len(), 2, "{records:?}");
-    assert_eq!(records[0].1.state, np_core::UploadState::Failed);
-    let (upload_id, upload) = &records[1];
+    let (upload_id, upload) = &records[0];
+    assert_eq!(upload_id, "0000000002", "the second attempt");
 
     // In the cloud: the qcow2 file, named by image-name-format, with the
     // diskimage's metadata, the provider entry's meta and the builder's ids.
@@ -381,10 +406,10 @@ async fn the_newest_build_is_uploaded_with_its_metadata_and_failures_are_retried
     // Python reads the upload; the paused provider got none.
     let py = e.python(&["uploads", "ubuntu", &build, "fake-provider"]);
     let py = py.as_array().unwrap();
-    assert_eq!(py.len(), 2, "{py:?}");
-    assert_eq!(py[1]["state"], "ready");
-    assert_eq!(py[1]["external_id"], image.id.as_str());
-    assert_eq!(py[1]["format"], "qcow2");
+    assert_eq!(py.len(), 1, "{py:?}");
+    assert_eq!(py[0]["state"], "ready");
+    assert_eq!(py[0]["external_id"], image.id.as_str());
+    assert_eq!(py[0]["format"], "qcow2");
     assert!(uploads(&e, "ubuntu", &build, "paused-provider").await.is_empty());
     assert!(e.clouds["paused-provider"].images().is_empty());
 
@@ -411,7 +436,7 @@ async fn the_post_upload_hook_runs_and_a_failing_one_discards_the_image() {
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::write(e.dir.join("hook-fails"), "").unwrap();
     let config = e.config_with("", &format!("    post-upload-hook: {}", hook.display()));
-    let builder = e.start(&config).await;
+    let builder = e.start_slow_cleanup(&config).await;
     let cloud = e.clouds["fake-provider"].clone();
     // The failing hook: the image is deleted again and the upload failed.
     assert!(eventually(Duration::from_secs(20), || async { cloud.image_deletes() >= 1 }).await);
@@ -441,5 +466,201 @@ async fn the_post_upload_hook_runs_and_a_failing_one_discards_the_image() {
         })
         .await
     );
+    builder.stop().await;
+}
+
+/// Ready builds of `image`, oldest first.
+async fn ready_builds(e: &Env, image: &str) -> Vec<String> {
+    e.builds(image)
+        .await
+        .into_iter()
+        .filter(|(_, b)| b.state == BuildState::Ready)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+fn build_files(e: &Env, build: &str) -> Vec<String> {
+    files(&e.images_dir()).into_iter().filter(|f| f.contains(build)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_builds_rotate_out_with_their_uploads_and_files() {
+    let e = Env::new().await;
+    let cloud = e.clouds["fake-provider"].clone();
+    // A new build every second: the third one retires the first.
+    let builder = e.start(&e.config("    rebuild-age: 1\n")).await;
+    assert!(eventually(Duration::from_secs(30), || async { e.builds("ubuntu").await.len() >= 3 }).await);
+    let first = e.builds("ubuntu").await.remove(0).0;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !e.builds("ubuntu").await.iter().any(|(id, _)| *id == first)
+        })
+        .await,
+        "the oldest build is deleted"
+    );
+    assert!(build_files(&e, &first).is_empty(), "{:?}", build_files(&e, &first));
+    // Stop rebuilding, then look: two ready builds, each build's upload
+    // in the cloud, nothing of the first.
+    let steady = e.config("");
+    builder.reconfigure(&steady, e.providers(&steady));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let kept = ready_builds(&e, "ubuntu").await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            ready_builds(&e, "ubuntu").await.len() == 2 && e.builds("ubuntu").await.len() == 2
+        })
+        .await,
+        "{kept:?}"
+    );
+    let kept = ready_builds(&e, "ubuntu").await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let mut in_cloud: Vec<String> =
+                cloud.images().iter().map(|i| i.metadata["nodepool_build_id"].clone()).collect();
+            in_cloud.sort();
+            let mut want = kept.clone();
+            want.sort();
+            in_cloud == want
+        })
+        .await,
+        "cloud images {:?}, kept {kept:?}",
+        cloud.images()
+    );
+    for id in &kept {
+        assert!(!build_files(&e, id).is_empty());
+    }
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_images_and_providers_are_cleaned_and_cloud_errors_retried() {
+    let e = Env::new().await;
+    let cloud = e.clouds["fake-provider"].clone();
+    let builder = e.start(&e.config("")).await;
+    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
+    let build = ready_builds(&e, "ubuntu").await.remove(0);
+
+    // The provider drops the image; its cloud refuses the first two
+    // deletes: the upload stays `deleting` and is retried.
+    cloud.fail_next_image_deletes(2);
+    let mut dropped = e.config("");
+    if let Some(p) = dropped.providers.iter_mut().find(|p| p.name == "fake-provider") {
+        if let np_config::ProviderDriver::Fake(os) = &mut p.driver {
+            os.diskimages.clear();
+        }
+    }
+    builder.reconfigure(&dropped, e.providers(&dropped));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            uploads(&e, "ubuntu", &build, "fake-provider")
+                .await
+                .first()
+                .is_some_and(|(_, u)| u.state == np_core::UploadState::Deleting)
+        })
+        .await
+    );
+    assert!(eventually(Duration::from_secs(20), || async { cloud.images().is_empty() }).await);
+    assert!(cloud.image_deletes() >= 3, "{}", cloud.image_deletes());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            uploads(&e, "ubuntu", &build, "fake-provider").await.is_empty()
+        })
+        .await
+    );
+    // The build itself stays: the image is still configured.
+    assert_eq!(ready_builds(&e, "ubuntu").await, vec![build.clone()]);
+
+    // The image leaves the configuration: its builds and files go.
+    let mut gone = dropped.clone();
+    gone.diskimages.clear();
+    builder.reconfigure(&gone, e.providers(&gone));
+    assert!(eventually(Duration::from_secs(20), || async { e.builds("ubuntu").await.is_empty() }).await);
+    assert!(eventually(Duration::from_secs(10), || async { build_files(&e, &build).is_empty() }).await);
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_failed_and_abandoned_records_are_removed() {
+    let e = Env::new().await;
+    let cloud = e.clouds["fake-provider"].clone();
+    let builder = e.start_slow_cleanup(&e.config("")).await;
+    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
+    let build = ready_builds(&e, "ubuntu").await.remove(0);
+    builder.stop().await;
+    // Leftovers of crashed processes: an `uploading` record nobody holds,
+    // a failed build with files, a `building` build whose builder died.
+    let zk = &e.t.zk;
+    let stale = np_core::ImageUpload::new(np_core::UploadState::Uploading);
+    zk.store_upload("ubuntu", &build, "fake-provider", None, &stale).await.unwrap();
+    let failed = zk.store_build("ubuntu", None, &np_core::ImageBuild::new(BuildState::Failed)).await.unwrap();
+    std::fs::write(e.images_dir().join(format!("ubuntu-{failed}.qcow2")), "x").unwrap();
+    let dead = zk.store_build("ubuntu", None, &np_core::ImageBuild::new(BuildState::Building)).await.unwrap();
+    // And a file of a build ZooKeeper never heard of.
+    let stray = "0123456789abcdef0123456789abcdef";
+    std::fs::write(e.images_dir().join(format!("ubuntu-{stray}.qcow2")), "x").unwrap();
+
+    let builder = e.start(&e.config("")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let ids: Vec<String> = e.builds("ubuntu").await.into_iter().map(|(id, _)| id).collect();
+            ids == [build.clone()] && uploads(&e, "ubuntu", &build, "fake-provider").await.len() == 1
+        })
+        .await,
+        "{:?}",
+        e.builds("ubuntu").await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            build_files(&e, &failed).is_empty()
+                && build_files(&e, stray).is_empty()
+                && build_files(&e, &dead).is_empty()
+        })
+        .await
+    );
+
+    // `nodepool dib-image-delete` marks the build deleting: its upload and
+    // cloud image, files and record go.
+    let (mut record, _) = zk.get_build("ubuntu", &build).await.unwrap().unwrap();
+    record.state = BuildState::Deleting;
+    zk.store_build("ubuntu", Some(&build), &record).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !e.builds("ubuntu").await.iter().any(|(id, _)| *id == build)
+                && cloud.images().iter().all(|i| i.metadata["nodepool_build_id"] != build)
+                && build_files(&e, &build).is_empty()
+        })
+        .await
+    );
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_after_upload_keeps_only_what_is_still_needed() {
+    let e = Env::new().await;
+    let cloud = e.clouds["fake-provider"].clone();
+    let other = e.clouds["paused-provider"].clone();
+    other.set_settings(FakeSettings { upload_delay: Duration::from_secs(2), ..FakeSettings::default() });
+    let mut config = e.config("    delete-after-upload: true\n    keep-formats: [raw]\n");
+    for p in &mut config.providers {
+        if let np_config::ProviderDriver::Fake(os) = &mut p.driver {
+            os.diskimages.iter_mut().for_each(|d| d.pause = false);
+        }
+    }
+    let builder = e.start(&config).await;
+    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
+    let build = ready_builds(&e, "ubuntu").await.remove(0);
+    let qcow2 = format!("ubuntu-{build}.qcow2");
+    // The other provider's (slow) upload still needs the qcow2 file.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(other.images().is_empty());
+    assert!(build_files(&e, &build).contains(&qcow2));
+    // Uploaded everywhere: deleted; raw is in keep-formats.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            other.images().len() == 1 && !build_files(&e, &build).contains(&qcow2)
+        })
+        .await
+    );
+    assert!(build_files(&e, &build).contains(&format!("ubuntu-{build}.raw")));
     builder.stop().await;
 }
