@@ -664,3 +664,59 @@ async fn delete_after_upload_keeps_only_what_is_still_needed() {
     assert!(build_files(&e, &build).contains(&format!("ubuntu-{build}.raw")));
     builder.stop().await;
 }
+
+/// Our builder and our launcher on one ZooKeeper and one (fake) cloud: a
+/// diskimage label boots the builder's upload; a requested
+/// rebuild gives new nodes the new image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launcher_boots_what_the_builder_uploaded() {
+    use np_core::{NodeRequest, RequestState};
+    let e = Env::new().await;
+    let cloud = e.clouds["fake-provider"].clone();
+    let config = e.config("");
+    let launcher = np_launcher::Launcher::start(&config, e.t.zk.clone(), e.providers(&config)).await.unwrap();
+    let builder = e.start(&config).await;
+    let fulfilled = |id: String| {
+        let zk = e.t.zk.clone();
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                zk.get_request(&id).await.unwrap().is_some_and(|(r, _)| r.state == RequestState::Fulfilled)
+            })
+            .await
+        }
+    };
+    let node_image = |id: String| {
+        let zk = e.t.zk.clone();
+        let cloud = cloud.clone();
+        async move {
+            let (req, _) = zk.get_request(&id).await.unwrap().unwrap();
+            let (node, _) = zk.get_node(&req.nodes[0]).await.unwrap().unwrap();
+            let server = node.external_id.as_ref().and_then(|v| v.as_str()).unwrap().to_owned();
+            (node, cloud.server_image(&server).unwrap())
+        }
+    };
+    // (Before the first upload every pool declines and a request fails, as
+    // upstream's launchers do.)
+    assert!(eventually(Duration::from_secs(30), || async { cloud.images().len() == 1 }).await);
+    let mut first = NodeRequest::new(vec!["small".into()]);
+    e.t.zk.create_request(&mut first, 100, false).await.unwrap();
+    assert!(fulfilled(first.id.clone()).await);
+    let (node, booted) = node_image(first.id.clone()).await;
+    let images = cloud.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(booted, images[0].id);
+    assert_eq!(node.username.as_deref(), Some("builder"), "the diskimage's username");
+    let build = ready_builds(&e, "ubuntu").await.remove(0);
+    assert!(node.image_id.as_deref().unwrap().contains(&build), "{:?}", node.image_id);
+
+    // A rebuild asked for through Python's API: the next node boots it.
+    e.python(&["build-request", "ubuntu"]);
+    assert!(eventually(Duration::from_secs(30), || async { cloud.images().len() == 2 }).await);
+    let newest = cloud.images().into_iter().find(|i| i.metadata["nodepool_build_id"] != build).unwrap();
+    let mut second = NodeRequest::new(vec!["small".into()]);
+    e.t.zk.create_request(&mut second, 100, false).await.unwrap();
+    assert!(fulfilled(second.id.clone()).await);
+    assert_eq!(node_image(second.id.clone()).await.1, newest.id);
+    builder.stop().await;
+    launcher.stop().await;
+}
