@@ -206,6 +206,20 @@ impl BuildWorker {
                 };
                 match decision {
                     Decision::Build { manual, reason } if busy.len() < self.settings.workers.max(1) => {
+                        // Another builder is building it: look, without
+                        // contending (a contender's znodes would wake every
+                        // builder, this one included, and it would try again).
+                        match self.zk.is_locked(&paths::image_build_lock(&image.name)).await {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                debug!(image = %image.name, "another builder is building it");
+                                continue;
+                            }
+                            Err(e) => {
+                                warn!(image = %image.name, error = %e, "cannot look at the build lock");
+                                continue;
+                            }
+                        }
                         info!(image = %image.name, "building: {reason}");
                         busy.insert(image.name.clone());
                         let job = BuildJob {

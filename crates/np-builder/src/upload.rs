@@ -249,6 +249,10 @@ impl UploadWorker {
                 if uploads.iter().any(|(_, u)| u.state == UploadState::Ready) {
                     continue;
                 }
+                // Uploading elsewhere: look without contending (see the build worker).
+                if self.zk.is_locked(&paths::upload_lock(&image, build_id, &provider_config.name)).await? {
+                    continue;
+                }
                 busy.insert(key.clone());
                 let job = UploadJob {
                     zk: self.zk.clone(),

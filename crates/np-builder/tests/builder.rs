@@ -25,7 +25,15 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let t = TestZk::new().await;
+        Self::with(TestZk::new().await)
+    }
+
+    /// On the TLS port (Python Nodepool insists on TLS).
+    async fn new_tls() -> Env {
+        Self::with(TestZk::new_tls().await)
+    }
+
+    fn with(t: TestZk) -> Env {
         let dir = std::env::temp_dir().join(format!("np-builder-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let clouds = ["fake-provider", "paused-provider"]
@@ -719,4 +727,146 @@ async fn the_launcher_boots_what_the_builder_uploaded() {
     assert_eq!(node_image(second.id.clone()).await.1, newest.id);
     builder.stop().await;
     launcher.stop().await;
+}
+
+/// Python Nodepool 11's `nodepool-builder`, killed on drop.
+struct PythonBuilder(std::process::Child);
+
+impl Drop for PythonBuilder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Python's builder and ours share ZooKeeper during a migration: the image
+/// build lock gives each image to one of them, each uploads what it built,
+/// and neither removes the other's builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_builders_share_the_images() {
+    let e = Env::new_tls().await;
+    let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
+    let py_dir = e.dir.join("python");
+    std::fs::create_dir_all(py_dir.join("images")).unwrap();
+    std::fs::create_dir_all(py_dir.join("logs")).unwrap();
+    let hosts = env("NP_ZK_TLS_HOSTS");
+    let (host, port) = hosts.rsplit_once(':').unwrap();
+    // The same diskimages and provider for both; the Python builder's
+    // files and logs in its own directories. ubuntu builds slowly, so the
+    // builder that takes it first is still busy when the other arrives.
+    let yaml = |images: &Path, logs: &Path| {
+        format!(
+            r#"
+zookeeper-servers:
+  - host: {host}
+    port: {port}
+    chroot: {chroot}
+zookeeper-tls:
+  ca: {ca}
+  cert: {cert}
+  key: {key}
+images-dir: {images}
+build-log-dir: {logs}
+labels:
+  - name: small
+diskimages:
+  - name: ubuntu
+    dib-cmd: {fake_dib}
+    elements: [vm]
+    env-vars:
+      FAKE_DIB_SLEEP: '4'
+  - name: debian
+    dib-cmd: {fake_dib}
+    elements: [vm]
+providers:
+  - name: fake-provider
+    driver: fake
+    cloud: fake
+    diskimages:
+      - name: ubuntu
+      - name: debian
+    pools:
+      - name: main
+        labels:
+          - name: small
+            diskimage: ubuntu
+            min-ram: 1024
+"#,
+            chroot = e.t.chroot,
+            ca = env("NP_ZK_TLS_CA"),
+            cert = env("NP_ZK_TLS_CERT"),
+            key = env("NP_ZK_TLS_KEY"),
+            images = images.display(),
+            logs = logs.display(),
+            fake_dib = fake_dib.display(),
+        )
+    };
+    let py_config = py_dir.join("nodepool.yaml");
+    std::fs::write(&py_config, yaml(&py_dir.join("images"), &py_dir.join("logs"))).unwrap();
+    std::fs::write(
+        py_dir.join("clouds.yaml"),
+        "clouds:\n  fake:\n    auth:\n      username: fake\n      password: fake\n      project_id: fake\n      auth_url: fake\n",
+    )
+    .unwrap();
+    let python = PathBuf::from(env("NP_PYTHON"));
+    let log = std::fs::File::create(py_dir.join("builder.out")).unwrap();
+    let _py = PythonBuilder(
+        Command::new(python.parent().unwrap().join("nodepool-builder"))
+            .args(["-f", "-c"])
+            .arg(&py_config)
+            .env("OS_CLIENT_CONFIG_FILE", py_dir.join("clouds.yaml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // Python takes the first image (ubuntu) ...
+    let python_building = eventually(Duration::from_secs(30), || async {
+        e.builds("ubuntu").await.iter().any(|(_, b)| b.state == BuildState::Building)
+    })
+    .await;
+    assert!(python_building, "{}", std::fs::read_to_string(py_dir.join("builder.out")).unwrap_or_default());
+    let py_builder_id = std::fs::read_to_string(py_dir.join("images/builder_id.txt")).unwrap();
+    // ... and ours, started now, finds it locked and takes debian.
+    let ours_config = np_config::load_str(&yaml(&e.images_dir(), &e.log_dir()), "nodepool.yaml").unwrap();
+    let builder = e.start(&ours_config).await;
+    let done = eventually(Duration::from_secs(40), || async {
+        let mut ok = true;
+        for image in ["ubuntu", "debian"] {
+            let ready = ready_builds(&e, image).await;
+            ok &= ready.len() == 1
+                && uploads(&e, image, &ready[0], "fake-provider")
+                    .await
+                    .iter()
+                    .any(|(_, u)| u.state == np_core::UploadState::Ready);
+        }
+        ok
+    })
+    .await;
+    assert!(done, "{}", std::fs::read_to_string(py_dir.join("builder.out")).unwrap_or_default());
+    let (_, ubuntu) =
+        e.builds("ubuntu").await.into_iter().find(|(_, b)| b.state == BuildState::Ready).unwrap();
+    let (_, debian) =
+        e.builds("debian").await.into_iter().find(|(_, b)| b.state == BuildState::Ready).unwrap();
+    assert_eq!(
+        ubuntu.builder_id.as_deref(),
+        Some(py_builder_id.trim()),
+        "{}",
+        std::fs::read_to_string(py_dir.join("builder.out")).unwrap_or_default()
+    );
+    let our_logs: Vec<String> = files(&e.log_dir())
+        .iter()
+        .map(|f| format!("{f}: {}", std::fs::read_to_string(e.log_dir().join(f)).unwrap_or_default()))
+        .collect();
+    assert_eq!(debian.builder_id.as_deref(), Some(builder.builder_id()), "our logs: {our_logs:?}");
+    // Each uploaded what it built: our cloud has debian only.
+    let ours: Vec<String> = e.clouds["fake-provider"].images().iter().map(|i| i.name.clone()).collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert!(ours[0].starts_with("debian-"), "{ours:?}");
+    // A while later: still one build each, nobody deleted the other's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for image in ["ubuntu", "debian"] {
+        assert_eq!(e.builds(image).await.len(), 1, "{image}: {:?}", e.builds(image).await);
+    }
+    builder.stop().await;
 }
