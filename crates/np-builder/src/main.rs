@@ -38,6 +38,21 @@ struct Args {
     upload_workers: usize,
 }
 
+/// Reads the configuration again and hands it to the builder; a bad file is
+/// reported and the running configuration kept.
+async fn reload(args: &Args, builder: &np_builder::Builder) {
+    match np_config::load_file(&args.config, args.secure.as_deref()) {
+        Ok(new) => match image_providers(&new).await {
+            Ok(providers) => {
+                info!("configuration reloaded");
+                builder.reconfigure(&new, providers);
+            }
+            Err(e) => warn!("configuration not reloaded: {e:#}"),
+        },
+        Err(errors) => warn!("configuration not reloaded: {errors}"),
+    }
+}
+
 /// The providers that take images (those with `diskimages`).
 async fn image_providers(config: &np_config::Config) -> anyhow::Result<np_provider::ProviderSet> {
     let names =
@@ -97,17 +112,25 @@ async fn run() -> anyhow::Result<()> {
     let builder = np_builder::Builder::start(&config, zk.clone(), providers, settings).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Reload when the files change (as upstream's workers do when the
+    // mtimes change), or on SIGHUP.
+    let mut files = vec![args.config.clone()];
+    files.extend(args.secure.clone());
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let _watch = np_config::watch::watch_files(&files, move || {
+        let _ = tx.send(());
+    })?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT received"); break; }
             _ = term.recv() => { info!("SIGTERM received"); break; }
-            _ = hup.recv() => match np_config::load_file(&args.config, args.secure.as_deref()) {
-                Ok(new) => match image_providers(&new).await {
-                    Ok(providers) => { info!("configuration reloaded"); builder.reconfigure(&new, providers); }
-                    Err(e) => warn!("configuration not reloaded: {e:#}"),
-                },
-                Err(errors) => warn!("configuration not reloaded: {errors}"),
-            },
+            _ = hup.recv() => reload(&args, &builder).await,
+            Some(()) = changes.recv() => {
+                // Editors write in several steps: let the burst settle.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while changes.try_recv().is_ok() {}
+                reload(&args, &builder).await;
+            }
         }
     }
     builder.stop().await;

@@ -870,3 +870,60 @@ providers:
     }
     builder.stop().await;
 }
+
+/// The daemon itself: builds what its configuration file says, picks up an
+/// edited file by itself, and on SIGTERM stops and unregisters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
+    let e = Env::new().await;
+    let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
+    let hosts = env("NP_ZK_HOSTS");
+    let (host, port) = hosts.rsplit_once(':').unwrap();
+    let yaml = |images: &[&str]| {
+        let mut text = format!(
+            "zookeeper-servers:\n  - host: {host}\n    port: {port}\n    chroot: {chroot}\n\
+             images-dir: {dir}\nbuild-log-dir: {logs}\ndiskimages:\n",
+            chroot = e.t.chroot,
+            dir = e.images_dir().display(),
+            logs = e.log_dir().display(),
+        );
+        for image in images {
+            text.push_str(&format!(
+                "  - name: {image}\n    dib-cmd: {}\n    elements: [vm]\n    formats: [raw]\n",
+                fake_dib.display()
+            ));
+        }
+        text
+    };
+    let config = e.dir.join("nodepool.yaml");
+    std::fs::write(&config, yaml(&["ubuntu"])).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodepool-builder"))
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async { ready_builds(&e, "ubuntu").await.len() == 1 }).await
+    );
+    let components =
+        || async { e.t.zk.children("/nodepool/components/builder").await.unwrap().unwrap_or_default().len() };
+    assert_eq!(components().await, 1, "the builder is registered");
+
+    // The file is replaced, as configuration management does: debian too.
+    let next = e.dir.join("nodepool.yaml.new");
+    std::fs::write(&next, yaml(&["ubuntu", "debian"])).unwrap();
+    std::fs::rename(&next, &config).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async { ready_builds(&e, "debian").await.len() == 1 }).await
+    );
+
+    let pid = child.id().unwrap();
+    let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(components().await, 0, "unregistered on the way out");
+}

@@ -29,6 +29,7 @@ mod error;
 mod load;
 mod model;
 mod read;
+pub mod watch;
 pub mod yaml;
 
 use std::path::Path;

@@ -36,30 +36,15 @@ struct Args {
     no_webapp: bool,
 }
 
-/// Watches the directories of `files` (editors replace files, so the file
-/// itself is not watched) and reports changes to any of them.
+/// Reports changes to the configuration files on a channel.
 fn watch_files(
     files: &[PathBuf],
-) -> anyhow::Result<(notify::RecommendedWatcher, tokio::sync::mpsc::UnboundedReceiver<()>)> {
-    use notify::Watcher;
+) -> anyhow::Result<(np_config::watch::FileWatch, tokio::sync::mpsc::UnboundedReceiver<()>)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let names: Vec<PathBuf> = files.iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect();
-    let wanted = names.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if event.paths.iter().any(|p| wanted.iter().any(|w| w == p || w.file_name() == p.file_name())) {
-                let _ = tx.send(());
-            }
-        }
-    })
-    .context("starting the config file watcher")?;
-    for f in &names {
-        let dir = f.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        watcher
-            .watch(&dir, notify::RecursiveMode::NonRecursive)
-            .with_context(|| format!("watching {}", dir.display()))?;
-    }
-    Ok((watcher, rx))
+    let watch = np_config::watch::watch_files(files, move || {
+        let _ = tx.send(());
+    })?;
+    Ok((watch, rx))
 }
 
 /// mimalloc: the launcher's work is many small, short-lived allocations
