@@ -1,0 +1,132 @@
+//! The builder uploading to an AWS provider on moto (a real EC2 and S3 API
+//! server on 127.0.0.1, with the VM Import tasks the test server adds):
+//! the snapshot import path end to end, and the cleanup deregistering what
+//! it no longer keeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../np-driver-aws/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use np_builder::cleanup::CleanupSettings;
+use np_builder::{Builder, BuilderSettings};
+use np_core::{BuildState, UploadState};
+use np_testing::{eventually, TestZk};
+use support::PROVIDER;
+
+const BUCKET: &str = "nodepool-images";
+
+fn yaml(dir: &std::path::Path, image_extra: &str) -> String {
+    let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
+    format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+images-dir: {images}
+build-log-dir: {logs}
+labels:
+  - name: built
+diskimages:
+  - name: built-image
+    dib-cmd: {fake_dib}
+    elements: [vm]
+{image_extra}
+providers:
+  - name: {PROVIDER}
+    driver: aws
+    region-name: us-west-2
+    rate: 100
+    object-storage:
+      bucket-name: {BUCKET}
+    diskimages:
+      - name: built-image
+        import-method: snapshot
+        tags:
+          team: ci
+    pools:
+      - name: main
+        labels:
+          - name: built
+            diskimage: built-image
+            instance-type: t3.medium
+            key-name: zuul
+"#,
+        images = dir.join("images").display(),
+        logs = dir.join("logs").display(),
+        fake_dib = fake_dib.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_are_imported_into_ec2_and_old_ones_deregistered() {
+    let env = support::TestEnv::new().await;
+    env.bucket(BUCKET).await;
+    let t = TestZk::new().await;
+    let dir = std::env::temp_dir().join(format!("np-builder-aws-{}", uuid::Uuid::new_v4().simple()));
+    // A new build every 2 s: the third retires the first.
+    let text = yaml(&dir, "    rebuild-age: 2\n");
+    let config = np_config::load_str(&text, "nodepool.yaml").unwrap();
+    let provider = env.provider(&text, PROVIDER).await;
+    let providers: np_provider::ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
+    let settings = BuilderSettings {
+        retry_delay: Duration::from_millis(200),
+        cleanup: CleanupSettings { interval: Duration::from_secs(1), settle: Duration::from_millis(100) },
+        ..Default::default()
+    };
+    let builder = Builder::start(&config, t.zk.clone(), providers, settings).await.unwrap();
+
+    let ready_uploads = || async {
+        let mut out = Vec::new();
+        for build in t.zk.build_ids("built-image").await.unwrap() {
+            for (id, u) in
+                np_builder::upload::uploads_of(&t.zk, "built-image", &build, PROVIDER).await.unwrap()
+            {
+                if u.state == UploadState::Ready {
+                    out.push((build.clone(), id, u));
+                }
+            }
+        }
+        out
+    };
+    assert!(eventually(Duration::from_secs(30), || async { !ready_uploads().await.is_empty() }).await);
+    let (build, upload_id, upload) = ready_uploads().await.remove(0);
+    let ami = upload.external_id.clone().unwrap();
+    assert!(ami.starts_with("ami-"), "{ami}");
+    assert_eq!(upload.format.as_deref(), Some("raw"));
+
+    // EC2 has the AMI with the upload's tags; the import task read the
+    // staged object, which is gone again.
+    let images = env.ec2().describe_images().image_ids(&ami).send().await.unwrap();
+    let tags = np_driver_aws::tag_map(images.images()[0].tags());
+    assert_eq!(tags["nodepool_build_id"], build);
+    assert_eq!(tags["nodepool_upload_id"], upload_id);
+    assert_eq!(tags["nodepool_provider_name"], PROVIDER);
+    assert_eq!(tags["team"], "ci");
+    assert_eq!(env.faults.sent("ImportSnapshot").len(), 1);
+    assert!(env.keys(BUCKET).await.is_empty());
+
+    // Builds roll on; the first one's AMI is deregistered once two newer
+    // uploads exist, and its records go.
+    let ami_exists = |ami: String| {
+        let ec2 = env.ec2();
+        async move {
+            let out = ec2.describe_images().owners("self").send().await.unwrap();
+            out.images().iter().any(|i| i.image_id() == Some(ami.as_str()))
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            !ami_exists(ami.clone()).await && t.zk.get_build("built-image", &build).await.unwrap().is_none()
+        })
+        .await
+    );
+    let ready_builds = t.zk.build_ids("built-image").await.unwrap().len();
+    assert!(ready_builds >= 2, "{ready_builds}");
+    builder.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = BuildState::Ready;
+}
