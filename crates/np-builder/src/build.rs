@@ -205,7 +205,7 @@ impl BuildWorker {
                     }
                 };
                 match decision {
-                    Decision::Build { manual, reason } if busy.len() < self.settings.workers.max(1) => {
+                    Decision::Build { reason, .. } if busy.len() < self.settings.workers.max(1) => {
                         // Another builder is building it: look, without
                         // contending (a contender's znodes would wake every
                         // builder, this one included, and it would try again).
@@ -227,7 +227,6 @@ impl BuildWorker {
                             config: config.clone(),
                             settings: self.settings.clone(),
                             image: image.name.clone(),
-                            manual,
                             formats,
                             cancel: self.cancel.clone(),
                         };
@@ -286,7 +285,6 @@ struct BuildJob {
     config: Arc<Config>,
     settings: BuildSettings,
     image: String,
-    manual: bool,
     formats: BTreeSet<String>,
     cancel: CancellationToken,
 }
@@ -313,10 +311,10 @@ impl BuildJob {
         // Re-check under the lock: another builder may just have finished.
         let (paused, requested, newest) = state_of(zk, &self.image).await?;
         let decision = decide(diskimage, &self.formats, paused, requested, &newest, np_core::now());
-        if !matches!(decision, Decision::Build { .. }) {
+        let Decision::Build { manual, .. } = decision else {
             lock.release().await?;
             return Ok(Outcome::Skipped);
-        }
+        };
         let Some(images_dir) = self.config.images_dir.clone() else {
             lock.release().await?;
             return Ok(Outcome::Failed);
@@ -359,6 +357,10 @@ impl BuildJob {
             }
         };
         record.state = if ok { BuildState::Ready } else { BuildState::Failed };
+        if !ok {
+            // As upstream's failed record: no formats.
+            record.formats.clear();
+        }
         record.state_time = np_core::now();
         record.username = Some(diskimage.username.clone());
         record.python_path = Some(diskimage.python_path.clone());
@@ -372,9 +374,10 @@ impl BuildJob {
         }
         if ok {
             info!(build = %build_id, seconds = started.elapsed().as_secs(), "image build ready");
-            if self.manual {
+            if manual {
                 match zk.delete(&paths::image_build_request(&self.image)).await {
-                    Ok(()) | Err(ZkError::Op { source: zookeeper_client::Error::NoNode, .. }) => {}
+                    Ok(()) => {}
+                    Err(e) if e.is_no_node() => {}
                     Err(e) => warn!(error = %e, "cannot remove the build request"),
                 }
             }

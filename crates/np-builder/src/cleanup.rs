@@ -42,7 +42,8 @@ use std::time::Duration;
 
 use np_core::{BuildState, ImageBuild, ImageUpload, UploadState};
 use np_zk::{paths, LockOptions, Zk, ZkError};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -74,6 +75,8 @@ pub struct CleanupWorker {
     settings: CleanupSettings,
     changes: Arc<Notify>,
     cancel: CancellationToken,
+    /// Uploads whose cloud deletion failed: not tried again before then.
+    backoff: Mutex<HashMap<String, Instant>>,
 }
 
 /// All builds of an image with their uploads per provider.
@@ -91,7 +94,7 @@ impl CleanupWorker {
         changes: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Self {
-        CleanupWorker { zk, setup, settings, changes, cancel }
+        CleanupWorker { zk, setup, settings, changes, cancel, backoff: Mutex::new(HashMap::new()) }
     }
 
     /// Runs until cancelled.
@@ -101,6 +104,10 @@ impl CleanupWorker {
             if let Err(e) = self.pass(&setup).await {
                 warn!(error = %e, "cleanup pass failed");
             }
+            // The pass's own writes (states, lock contenders) woke it: that
+            // is no reason for another pass. (A change by someone else during
+            // the pass is seen at their next change or the next interval.)
+            let _ = tokio::time::timeout(Duration::ZERO, self.changes.notified()).await;
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = self.changes.notified() => {
@@ -224,7 +231,7 @@ impl CleanupWorker {
                         !is_recent
                     };
                     if delete {
-                        self.delete_upload(setup, image, build_id, provider, upload_id).await?;
+                        self.delete_upload(setup, image, build_id, provider, upload_id, upload.state).await?;
                     }
                 }
             }
@@ -236,14 +243,16 @@ impl CleanupWorker {
             {
                 continue; // being built
             }
-            self.retire_build(image, build_id, build).await?;
+            self.retire_build(image, build_id, build.state).await?;
         }
         Ok(())
     }
 
     /// Marks a build that is not kept `deleting` once its uploads are going,
-    /// and deletes it once they are gone.
-    async fn retire_build(&self, image: &str, build_id: &str, build: &ImageBuild) -> Result<(), ZkError> {
+    /// and deletes it once they are gone. `seen` is the state the decision
+    /// was made on: if the build changed since (a `building` one that just
+    /// became `ready`), it is left for the next pass, as upstream re-checks.
+    async fn retire_build(&self, image: &str, build_id: &str, seen: BuildState) -> Result<(), ZkError> {
         let mut remaining = 0;
         let mut all_deleting = true;
         for provider in self.zk.build_providers(image, build_id).await? {
@@ -252,31 +261,64 @@ impl CleanupWorker {
                 all_deleting &= u.state == UploadState::Deleting;
             }
         }
-        if build.state != BuildState::Deleting && all_deleting {
-            let Some(lock) =
-                self.zk.lock(&paths::build_lock(image, build_id), &LockOptions::try_once()).await?
-            else {
-                return Ok(());
-            };
-            if let Some((mut current, _)) = self.zk.get_build(image, build_id).await? {
-                current.state = BuildState::Deleting;
-                current.state_time = np_core::now();
-                self.zk.store_build(image, Some(build_id), &current).await?;
-                info!(image, build = build_id, "build marked deleting");
+        if !all_deleting && seen != BuildState::Deleting {
+            return Ok(());
+        }
+        // The build-id lock, without recreating a build another builder has
+        // just deleted.
+        let options = LockOptions::try_once().no_parents();
+        let lock = match self.zk.lock(&paths::build_lock(image, build_id), &options).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_no_node() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let current = match self.zk.get_build(image, build_id).await {
+            Ok(Some((b, _))) => b,
+            Ok(None) => return lock.release().await,
+            Err(e) if e.is_malformed() => {
+                warn!(image, build = build_id, error = %e, "leaving a malformed build record alone");
+                return lock.release().await;
             }
-            lock.release().await?;
+            Err(e) => {
+                let _ = lock.release().await;
+                return Err(e);
+            }
+        };
+        if current.state != seen && current.state != BuildState::Deleting {
+            debug!(image, build = build_id, "the build changed during the pass; looking again later");
+            return lock.release().await;
         }
-        if remaining == 0 {
-            self.zk.delete_build(image, build_id).await?;
-            info!(image, build = build_id, "build deleted");
-        } else {
+        if current.state != BuildState::Deleting && all_deleting {
+            let mut current = current;
+            current.state = BuildState::Deleting;
+            current.state_time = np_core::now();
+            self.zk.store_build(image, Some(build_id), &current).await?;
+            info!(image, build = build_id, "build marked deleting");
+        }
+        if remaining > 0 {
             debug!(image, build = build_id, remaining, "build keeps uploads that are still being deleted");
+            return lock.release().await;
         }
-        Ok(())
+        // The record goes with its lock directory (our contender included).
+        match self.zk.delete_build(image, build_id).await {
+            Ok(()) => {
+                lock.disarm();
+                info!(image, build = build_id, "build deleted");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = lock.release().await;
+                Err(e)
+            }
+        }
     }
 
     /// Deletes one upload: `deleting` under its lock, the cloud image, the
-    /// record. Cloud errors leave it for the next pass.
+    /// record. `seen` is the state the decision was made on; an upload that
+    /// changed since (an `uploading` one that became `ready`) is left for the
+    /// next pass. A cloud error leaves it `deleting`, and it is not tried
+    /// again before [`CleanupSettings::interval`].
     async fn delete_upload(
         &self,
         setup: &Setup,
@@ -284,20 +326,39 @@ impl CleanupWorker {
         build: &str,
         provider: &str,
         upload: &str,
+        seen: UploadState,
     ) -> Result<(), ZkError> {
-        let lock_path = paths::upload_number_lock(image, build, provider, upload);
-        let Some(lock) = self.zk.lock(&lock_path, &LockOptions::try_once()).await? else {
-            return Ok(()); // being uploaded or deleted elsewhere
-        };
-        let Some((mut record, _)) = self.zk.get_upload(image, build, provider, upload).await? else {
-            lock.release().await?;
+        let key = format!("{image}/{build}/{provider}/{upload}");
+        if self.backoff.lock().await.get(&key).is_some_and(|at| *at > Instant::now()) {
             return Ok(());
+        }
+        let lock_path = paths::upload_number_lock(image, build, provider, upload);
+        let options = LockOptions::try_once().no_parents();
+        let lock = match self.zk.lock(&lock_path, &options).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Ok(()), // being uploaded or deleted elsewhere
+            Err(e) if e.is_no_node() => return Ok(()), // deleted meanwhile
+            Err(e) => return Err(e),
         };
+        let mut record = match self.zk.get_upload(image, build, provider, upload).await {
+            Ok(Some((u, _))) => u,
+            Ok(None) => return lock.release().await,
+            Err(e) if e.is_malformed() => {
+                warn!(image, build, provider, upload, error = %e, "leaving a malformed upload record alone");
+                return lock.release().await;
+            }
+            Err(e) => {
+                let _ = lock.release().await;
+                return Err(e);
+            }
+        };
+        if record.state != seen && record.state != UploadState::Deleting {
+            return lock.release().await;
+        }
         if record.state == UploadState::Uploading
             && self.zk.is_locked(&paths::upload_lock(image, build, provider)).await?
         {
-            lock.release().await?;
-            return Ok(()); // an upload in progress after all
+            return lock.release().await; // an upload in progress after all
         }
         if record.state != UploadState::Deleting {
             record.state = UploadState::Deleting;
@@ -306,16 +367,16 @@ impl CleanupWorker {
         }
         if let Some(external_id) = record.external_id.as_deref() {
             let Some(cloud) = setup.providers.get(provider) else {
-                lock.release().await?;
-                return Ok(());
+                return lock.release().await;
             };
             if let Err(e) = cloud.delete_image(external_id).await {
                 warn!(image, build, provider, upload, external_id, error = %e, "cannot delete the cloud image yet");
-                lock.release().await?;
-                return Ok(());
+                self.backoff.lock().await.insert(key, Instant::now() + self.settings.interval);
+                return lock.release().await;
             }
             info!(image, build, provider, upload, external_id, "cloud image deleted");
         }
+        self.backoff.lock().await.remove(&key);
         // The record goes with its lock directory (our contender included).
         match self.zk.delete_upload(image, build, provider, upload).await {
             Ok(()) => {
@@ -399,6 +460,11 @@ impl CleanupWorker {
             match std::fs::remove_file(&path) {
                 Ok(()) => info!(file = %path.display(), "uploaded everywhere; deleted (delete-after-upload)"),
                 Err(e) => error!(file = %path.display(), error = %e, "cannot delete an uploaded image file"),
+            }
+            for suffix in [".md5", ".sha256"] {
+                let mut checksum = path.clone().into_os_string();
+                checksum.push(suffix);
+                let _ = std::fs::remove_file(checksum);
             }
         }
         Ok(())

@@ -90,10 +90,21 @@ impl DibJob {
         self.log_dir.join(format!("{}-{}.log", self.image, self.build_id))
     }
 
-    /// The command line as one string (as upstream logs it).
+    /// The command line as one string (as upstream logs it). `%p` in
+    /// `dib-cmd` (upstream: Nodepool's package directory, where its test
+    /// tools live) becomes the directory of the builder's executable.
     pub fn command_line(&self) -> String {
         let formats: Vec<&str> = self.formats.iter().map(String::as_str).collect();
-        let mut cmd = format!("{} -x -t {} --checksum --no-tmpfs", self.dib_cmd, formats.join(","));
+        let dib_cmd = if self.dib_cmd.contains("%p") {
+            let dir = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from("."));
+            self.dib_cmd.replace("%p", &dir.display().to_string())
+        } else {
+            self.dib_cmd.clone()
+        };
+        let mut cmd = format!("{dib_cmd} -x -t {} --checksum --no-tmpfs", formats.join(","));
         // Upstream adds this for old qemu compatibility whenever qcow2 is built.
         if self.formats.contains("qcow2") {
             cmd.push_str(" --qemu-img-options 'compat=0.10'");
@@ -153,9 +164,11 @@ pub async fn run(job: &DibJob, cancel: &tokio_util::sync::CancellationToken) -> 
             return Err(DibError::Cancelled);
         }
     };
-    // Killed by a signal: no code (upstream only appends the line when the
-    // process exited by itself).
-    let Some(code) = status.code() else { return Err(DibError::Failed(-1)) };
+    // Killed by a signal: Python reports the negated signal number.
+    let code = status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        -status.signal().unwrap_or(1)
+    });
     let mut log = tokio::fs::OpenOptions::new().append(true).open(&log_path).await.map_err(log_error)?;
     log.write_all(format!("Exit code: {code}\n").as_bytes()).await.map_err(log_error)?;
     if code == 0 {
@@ -167,10 +180,14 @@ pub async fn run(job: &DibJob, cancel: &tokio_util::sync::CancellationToken) -> 
 
 /// Deletes old build logs of `image` before a build: of the files in `dir`
 /// whose names start with the image name, all but the newest `keep` (at
-/// least 1) by modification time. QUIRK (upstream, kept for identical
-/// retention): the prefix match also counts the logs of images whose names
-/// start with this one (`foo` prunes `foo-bar`'s logs).
+/// least 1) by modification time; a negative `keep` keeps them all. QUIRK
+/// (upstream, kept for identical retention): the prefix match also counts
+/// the logs of images whose names start with this one (`foo` prunes
+/// `foo-bar`'s logs).
 pub fn prune_logs(dir: &Path, image: &str, keep: i64) {
+    if keep < 0 {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(Result::ok)
@@ -251,6 +268,25 @@ mod tests {
             shlex::split(&job().command_line()).unwrap()[6..8],
             ["--qemu-img-options".to_owned(), "compat=0.10".to_owned()]
         );
+    }
+
+    #[test]
+    fn old_logs_are_pruned_unless_retention_is_negative() {
+        let dir = std::env::temp_dir().join(format!("np-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in 0..4 {
+            std::fs::write(dir.join(format!("ubuntu-{n}.log")), "x").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(dir.join("debian-0.log"), "x").unwrap();
+        prune_logs(&dir, "ubuntu", -1);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
+        prune_logs(&dir, "ubuntu", 2);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["debian-0.log", "ubuntu-2.log", "ubuntu-3.log"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -53,10 +53,24 @@ async fn reload(args: &Args, builder: &np_builder::Builder) {
     }
 }
 
-/// The providers that take images (those with `diskimages`).
+/// The providers the builder uploads to and deletes from: every provider of
+/// a driver that manages images (fake, AWS), with or without `diskimages`
+/// (a provider whose list was emptied still needs its uploads removed).
+/// OpenStack providers are skipped with a warning: builds go on, uploads to
+/// them are not supported yet.
 async fn image_providers(config: &np_config::Config) -> anyhow::Result<np_provider::ProviderSet> {
-    let names =
-        config.providers.iter().filter(|p| !p.diskimage_names().is_empty()).map(|p| p.name.clone()).collect();
+    let mut names = std::collections::BTreeSet::new();
+    for p in &config.providers {
+        match &p.driver {
+            np_config::ProviderDriver::Fake(_) | np_config::ProviderDriver::Aws(_) => {
+                names.insert(p.name.clone());
+            }
+            np_config::ProviderDriver::OpenStack(_) if !p.diskimage_names().is_empty() => {
+                warn!(provider = %p.name, "uploads to OpenStack providers are not supported yet; not uploading there");
+            }
+            _ => {}
+        }
+    }
     np_drivers::build_providers_async(config, &std::collections::HashMap::new(), Some(&names)).await
 }
 

@@ -303,11 +303,15 @@ impl UploadJob {
             return Ok(Outcome::Skipped);
         };
         // Re-check under the lock.
-        let build = zk.get_build(&self.image, &self.build).await?;
+        let build = match zk.get_build(&self.image, &self.build).await? {
+            Some((b, _)) if b.state == BuildState::Ready => b,
+            _ => {
+                lock.release().await?;
+                return Ok(Outcome::Skipped);
+            }
+        };
         let uploads = uploads_of(zk, &self.image, &self.build, &self.provider_name).await?;
-        if build.is_none_or(|(b, _)| b.state != BuildState::Ready)
-            || uploads.iter().any(|(_, u)| u.state == UploadState::Ready)
-        {
+        if uploads.iter().any(|(_, u)| u.state == UploadState::Ready) {
             lock.release().await?;
             return Ok(Outcome::Skipped);
         }
@@ -315,11 +319,10 @@ impl UploadJob {
         let entry = provider_config.and_then(|p| p.provider_diskimage(&self.image));
         let mut record = ImageUpload::new(UploadState::Uploading);
         record.format = Some(self.format.clone());
-        if let Some(entry) = &entry {
-            record.username = entry.username.map(str::to_owned).or(record.username);
-            record.python_path = Some(entry.python_path.to_owned());
-            record.shell_type = entry.shell_type.map(str::to_owned);
-        }
+        // As upstream: the connection settings come from the build.
+        record.username = build.username.clone();
+        record.python_path = build.python_path.clone();
+        record.shell_type = build.shell_type.clone();
         let upload_id = zk.store_upload(&self.image, &self.build, &self.provider_name, None, &record).await?;
         let name_format = provider_config.map_or("{image_name}-{timestamp}", |p| p.image_name_format());
         let name = image_name(name_format, &self.image, &upload_id, np_core::now() as i64);
@@ -346,7 +349,16 @@ impl UploadJob {
         let started = std::time::Instant::now();
         let uploaded = match self.provider.upload_image(&request).await {
             Ok(external_id) => match provider_config.and_then(|p| p.post_upload_hook()) {
-                Some(hook) => self.post_upload_hook(hook, &external_id).await.map(|()| external_id),
+                Some(hook) => match self.post_upload_hook(hook, &external_id).await {
+                    Ok(()) => Ok(external_id),
+                    Err(e) => {
+                        // Keep the id: if deleting the image failed too, the
+                        // cleanup deletes it with the failed record.
+                        record.external_id = Some(external_id);
+                        record.external_name = Some(name.clone());
+                        Err(e)
+                    }
+                },
                 None => Ok(external_id),
             },
             Err(e) => Err(e.to_string()),

@@ -246,13 +246,19 @@ async fn requests_pauses_failures_and_rebuild_age() {
     e.python(&["pause", "ubuntu"]);
     e.python(&["build-request", "ubuntu"]);
     let args_file = e.dir.join("args");
+    // A second image, not paused, shows the worker at work meanwhile.
+    let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
     let failing = e.config(&format!(
-        "    env-vars:\n      FAKE_DIB_FAIL: '1'\n      FAKE_DIB_ARGS_TO: {}\n",
-        args_file.display()
+        "    env-vars:\n      FAKE_DIB_FAIL: '1'\n      FAKE_DIB_ARGS_TO: {}\n  \
+         - name: debian\n    dib-cmd: {}\n    elements: [vm]\n    formats: [raw]\n",
+        args_file.display(),
+        fake_dib.display()
     ));
     let builder = e.start(&failing).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(e.builds("ubuntu").await.is_empty());
+    assert!(
+        eventually(Duration::from_secs(20), || async { ready_builds(&e, "debian").await.len() == 1 }).await
+    );
+    assert!(e.builds("ubuntu").await.is_empty(), "paused, requested or not");
 
     // Unpaused: the requested build runs, fails, and is tried again; the
     // request stays until a build is ready. (The cleanup removes failed
@@ -303,10 +309,14 @@ async fn requests_pauses_failures_and_rebuild_age() {
 async fn one_builder_at_a_time_and_timeouts_kill_the_build() {
     let e = Env::new().await;
     // Two builders, one slow build: the image lock lets only one run it.
+    // Each with its own images-dir (and so its own builder id), as on two
+    // hosts.
     let slow = e.config("    env-vars:\n      FAKE_DIB_SLEEP: '1.5'\n");
+    let mut elsewhere = slow.clone();
+    elsewhere.images_dir = Some(e.dir.join("images-2"));
     let first = e.start(&slow).await;
-    let second = e.start(&slow).await;
-    assert_ne!(first.builder_id(), "");
+    let second = e.start(&elsewhere).await;
+    assert_ne!(first.builder_id(), second.builder_id());
     assert!(
         eventually(Duration::from_secs(20), || async { e.count("ubuntu", BuildState::Ready).await == 1 })
             .await
@@ -647,7 +657,8 @@ async fn delete_after_upload_keeps_only_what_is_still_needed() {
     let e = Env::new().await;
     let cloud = e.clouds["fake-provider"].clone();
     let other = e.clouds["paused-provider"].clone();
-    other.set_settings(FakeSettings { upload_delay: Duration::from_secs(2), ..FakeSettings::default() });
+    // The other provider refuses uploads until told otherwise.
+    other.fail_next_uploads(u32::MAX);
     let mut config = e.config("    delete-after-upload: true\n    keep-formats: [raw]\n");
     for p in &mut config.providers {
         if let np_config::ProviderDriver::Fake(os) = &mut p.driver {
@@ -658,10 +669,12 @@ async fn delete_after_upload_keeps_only_what_is_still_needed() {
     assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
     let build = ready_builds(&e, "ubuntu").await.remove(0);
     let qcow2 = format!("ubuntu-{build}.qcow2");
-    // The other provider's (slow) upload still needs the qcow2 file.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The other provider's upload still needs the qcow2 file: it stays over
+    // several cleanup passes (one a second here).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(other.images().is_empty());
     assert!(build_files(&e, &build).contains(&qcow2));
+    other.fail_next_uploads(0);
     // Uploaded everywhere: deleted; raw is in keep-formats.
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -879,10 +892,11 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
     let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
     let hosts = env("NP_ZK_HOSTS");
     let (host, port) = hosts.rsplit_once(':').unwrap();
-    let yaml = |images: &[&str]| {
+    // `uploaded`: the images the (in-process, simulated) fake provider lists.
+    let yaml = |images: &[&str], uploaded: &[&str]| {
         let mut text = format!(
             "zookeeper-servers:\n  - host: {host}\n    port: {port}\n    chroot: {chroot}\n\
-             images-dir: {dir}\nbuild-log-dir: {logs}\ndiskimages:\n",
+             images-dir: {dir}\nbuild-log-dir: {logs}\nlabels:\n  - name: small\ndiskimages:\n",
             chroot = e.t.chroot,
             dir = e.images_dir().display(),
             logs = e.log_dir().display(),
@@ -893,10 +907,26 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
                 fake_dib.display()
             ));
         }
+        text.push_str(
+            "providers:\n  - name: fake-provider\n    driver: fake\n    cloud: fake\n    \
+             cloud-images:\n      - name: fake-image\n    diskimages:",
+        );
+        if uploaded.is_empty() {
+            text.push_str(" []\n");
+        } else {
+            text.push('\n');
+            for image in uploaded {
+                text.push_str(&format!("      - name: {image}\n"));
+            }
+        }
+        text.push_str(
+            "    pools:\n      - name: main\n        labels:\n          - name: small\n            \
+             cloud-image: fake-image\n            min-ram: 1024\n",
+        );
         text
     };
     let config = e.dir.join("nodepool.yaml");
-    std::fs::write(&config, yaml(&["ubuntu"])).unwrap();
+    std::fs::write(&config, yaml(&["ubuntu"], &["ubuntu"])).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodepool-builder"))
         .arg("-c")
         .arg(&config)
@@ -908,17 +938,31 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
     assert!(
         eventually(Duration::from_secs(20), || async { ready_builds(&e, "ubuntu").await.len() == 1 }).await
     );
+    let build = ready_builds(&e, "ubuntu").await.remove(0);
+    let uploaded = || async {
+        uploads(&e, "ubuntu", &build, "fake-provider")
+            .await
+            .iter()
+            .any(|(_, u)| u.state == np_core::UploadState::Ready)
+    };
+    assert!(eventually(Duration::from_secs(20), uploaded).await);
     let components =
         || async { e.t.zk.children("/nodepool/components/builder").await.unwrap().unwrap_or_default().len() };
     assert_eq!(components().await, 1, "the builder is registered");
 
     // The file is replaced, as configuration management does: debian too.
     let next = e.dir.join("nodepool.yaml.new");
-    std::fs::write(&next, yaml(&["ubuntu", "debian"])).unwrap();
+    std::fs::write(&next, yaml(&["ubuntu", "debian"], &["ubuntu"])).unwrap();
     std::fs::rename(&next, &config).unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async { ready_builds(&e, "debian").await.len() == 1 }).await
     );
+    // The provider's list is emptied (upstream's provider-removal step): its
+    // upload goes.
+    std::fs::write(&next, yaml(&["ubuntu", "debian"], &[])).unwrap();
+    std::fs::rename(&next, &config).unwrap();
+    let gone = || async { uploads(&e, "ubuntu", &build, "fake-provider").await.is_empty() };
+    assert!(eventually(Duration::from_secs(20), gone).await);
 
     let pid = child.id().unwrap();
     let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
@@ -926,4 +970,71 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(components().await, 0, "unregistered on the way out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_during_a_session_loss_fails_and_is_done_again() {
+    let e = Env::new().await;
+    let args_file = e.dir.join("args");
+    let config = e.config(&format!(
+        "    env-vars:\n      FAKE_DIB_SLEEP: '1'\n      FAKE_DIB_ARGS_TO: {}\n",
+        args_file.display()
+    ));
+    let builder = e.start_slow_cleanup(&config).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { e.count("ubuntu", BuildState::Building).await == 1 })
+            .await
+    );
+    e.t.zk.expire_session().await.unwrap();
+    // (The test shares the builder's client: reads fail until it is back.)
+    let ready =
+        || async { np_builder::upload::newest_ready_build(&e.t.zk, "ubuntu").await.ok().flatten().is_some() };
+    assert!(eventually(Duration::from_secs(20), ready).await);
+    let states: Vec<BuildState> = e.builds("ubuntu").await.into_iter().map(|(_, b)| b.state).collect();
+    assert_eq!(states, [BuildState::Failed, BuildState::Ready], "the first build failed");
+    let runs = std::fs::read_to_string(&args_file).unwrap().lines().count();
+    assert_eq!(runs, 2);
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_are_skipped_and_left_alone() {
+    let e = Env::new().await;
+    let garbage = "0123456789abcdef0123456789abcdef";
+    let path = np_zk::paths::build("ubuntu", garbage);
+    e.t.zk.create(&path, b"{not json", zookeeper_client::CreateMode::Persistent, true).await.unwrap();
+    let builder = e.start(&e.config("")).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async { e.clouds["fake-provider"].images().len() == 1 }).await
+    );
+    // Several cleanup passes later the record is still there, untouched.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (data, _) = e.t.zk.get(&path).await.unwrap().unwrap();
+    assert_eq!(data, b"{not json");
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_delete_that_keeps_failing_is_retried_once_an_interval() {
+    let e = Env::new().await;
+    let cloud = e.clouds["fake-provider"].clone();
+    let builder = e.start(&e.config("")).await;
+    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
+    cloud.fail_next_image_deletes(u32::MAX);
+    let mut dropped = e.config("");
+    for p in &mut dropped.providers {
+        if let np_config::ProviderDriver::Fake(os) = &mut p.driver {
+            os.diskimages.clear();
+        }
+    }
+    builder.reconfigure(&dropped, e.providers(&dropped));
+    assert!(eventually(Duration::from_secs(10), || async { cloud.image_deletes() >= 1 }).await);
+    let before = cloud.image_deletes();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tries = cloud.image_deletes() - before;
+    // The interval is 1 s here: about three more tries, not one per wake-up.
+    assert!((1..=5).contains(&tries), "{tries} delete calls in 3 s");
+    cloud.fail_next_image_deletes(0);
+    assert!(eventually(Duration::from_secs(10), || async { cloud.images().is_empty() }).await);
+    builder.stop().await;
 }
