@@ -137,12 +137,39 @@ impl LockGuard {
     }
 
     /// Releases the lock: deletes our contender (a missing one is fine).
+    /// If the connection drops while the session lives on, the contender is
+    /// deleted in the background once the connection is back (an error is
+    /// not returned then: the lock will be released; leaving it would block
+    /// every other holder until the session ends).
     pub async fn release(mut self) -> Result<(), ZkError> {
         self.released = true;
         if !self.is_valid() {
             return Ok(());
         }
-        self.zk.delete(&self.node_path).await
+        match self.zk.delete(&self.node_path).await {
+            Err(e) if e.is_connection_error() && self.is_valid() => {
+                warn!(path = %self.node_path, error = %e, "lock release interrupted; retrying when reconnected");
+                let zk = self.zk.clone();
+                let path = std::mem::take(&mut self.node_path);
+                let generation = self.generation;
+                tokio::spawn(async move {
+                    loop {
+                        if zk.status().generation != generation || zk.status().closed {
+                            return; // the session (and the ephemeral contender) is gone
+                        }
+                        if zk.wait_connected(Duration::from_secs(60)).await.is_ok() {
+                            match zk.delete(&path).await {
+                                Err(e) if e.is_connection_error() => {}
+                                _ => return,
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                });
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
