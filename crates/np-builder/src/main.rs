@@ -124,6 +124,9 @@ async fn run() -> anyhow::Result<()> {
     };
     let providers = image_providers(&config).await?;
     let builder = np_builder::Builder::start(&config, zk.clone(), providers, settings).await?;
+    // Signal streams made once: a signal arriving while the loop is busy
+    // (reloading) is kept for the next turn instead of being lost.
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Reload when the files change (as upstream's workers do when the
@@ -136,7 +139,7 @@ async fn run() -> anyhow::Result<()> {
     })?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT received"); break; }
+            _ = int.recv() => { info!("SIGINT received"); break; }
             _ = term.recv() => { info!("SIGTERM received"); break; }
             _ = hup.recv() => reload(&args, &builder).await,
             Some(()) = changes.recv() => {

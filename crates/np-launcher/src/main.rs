@@ -121,10 +121,13 @@ async fn run() -> anyhow::Result<()> {
     let mut files = vec![args.config.clone()];
     files.extend(args.secure.clone());
     let (_watcher, mut changes) = watch_files(&files)?;
+    // Signal streams made once: a signal arriving while the loop is busy
+    // (reloading) is kept for the next turn instead of being lost.
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT received"); break; }
+            _ = int.recv() => { info!("SIGINT received"); break; }
             _ = term.recv() => { info!("SIGTERM received"); break; }
             Some(()) = changes.recv() => {
                 // Editors write in several steps: let the burst settle.
