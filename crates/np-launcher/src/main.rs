@@ -133,6 +133,7 @@ async fn run() -> anyhow::Result<()> {
                 // Editors write in several steps: let the burst settle.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while changes.try_recv().is_ok() {}
+                info!("configuration file changed; reloading");
                 match np_config::load_file(&args.config, args.secure.as_deref()) {
                     Ok(new) => {
                         if new.zookeeper != launcher.config().zookeeper {

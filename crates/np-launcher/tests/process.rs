@@ -50,16 +50,19 @@ async fn reloads_config_on_file_change_and_stops_cleanly_on_sigterm() {
     let path = dir.join("nodepool.yaml");
     std::fs::write(&path, config(&t.chroot, &["small"])).unwrap();
     let pidfile = dir.join("launcher.pid");
+    let log = dir.join("launcher.log");
     let child = Command::new(env!("CARGO_BIN_EXE_nodepool-launcher"))
         .arg("-c")
         .arg(&path)
         .arg("-p")
         .arg(&pidfile)
         .arg("-f")
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let reloads =
+        || std::fs::read_to_string(&log).unwrap_or_default().matches("configuration file changed").count();
     let launcher = Launcher(child);
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -81,11 +84,16 @@ async fn reloads_config_on_file_change_and_stops_cleanly_on_sigterm() {
         "the pool is re-registered with the new labels: {:?}",
         pool_labels(&t).await
     );
+    // One edit, one reload: reading the file while reloading is no change
+    // (it used to start a reload loop, about five a second).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(reloads(), 1);
 
     // An invalid edit is rejected and the running config kept.
     std::fs::write(&path, "labels: [").unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(pool_labels(&t).await.len(), 1);
+    assert_eq!(reloads(), 2);
 
     let pid = launcher.0.id();
     let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
