@@ -152,5 +152,8 @@ async fn run() -> anyhow::Result<()> {
     }
     builder.stop().await;
     zk.close();
+    if let Some(pidfile) = &args.pidfile {
+        let _ = std::fs::remove_file(pidfile);
+    }
     Ok(())
 }

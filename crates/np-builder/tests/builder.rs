@@ -927,9 +927,12 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
     };
     let config = e.dir.join("nodepool.yaml");
     std::fs::write(&config, yaml(&["ubuntu"], &["ubuntu"])).unwrap();
+    let pidfile = e.dir.join("builder.pid");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nodepool-builder"))
         .arg("-c")
         .arg(&config)
+        .arg("-p")
+        .arg(&pidfile)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -949,6 +952,7 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
     let components =
         || async { e.t.zk.children("/nodepool/components/builder").await.unwrap().unwrap_or_default().len() };
     assert_eq!(components().await, 1, "the builder is registered");
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), child.id().unwrap().to_string());
 
     // The file is replaced, as configuration management does: debian too.
     let next = e.dir.join("nodepool.yaml.new");
@@ -970,6 +974,7 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(components().await, 0, "unregistered on the way out");
+    assert!(!pidfile.exists(), "the pid file is removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
