@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use np_config::{Config, DriverName};
 use np_core::{BuildState, NodeState, UploadState};
-use np_zk::{paths, LockOptions, Zk, ZkConfig, ZkError, ZkTls};
+use np_zk::{paths, LockOptions, Zk, ZkError};
 use serde_json::{Map, Value};
 use zookeeper_client::CreateMode;
 
@@ -42,11 +42,7 @@ pub async fn connect(config: &Config, timeout: Duration) -> Result<Zk> {
     if zkc.servers.is_empty() {
         bail!("no zookeeper-servers in the configuration");
     }
-    let mut zk_config = ZkConfig::new(zkc.connect_string());
-    zk_config.tls =
-        zkc.tls.as_ref().map(|t| ZkTls { ca: t.ca.clone(), cert: t.cert.clone(), key: t.key.clone() });
-    zk_config.session_timeout = zkc.timeout;
-    zk_config.connect_timeout = timeout;
+    let zk_config = np_daemon::zk_config(zkc, timeout);
     let hosts = zk_config.hosts.clone();
     let tls = if zk_config.tls.is_some() { " (TLS)" } else { "" };
     // The client may keep retrying inside its own timeout; bound the whole attempt.
