@@ -22,18 +22,18 @@
 //! tried again after [`BuildSettings::retry_delay`] (upstream: its 10 s
 //! cycle).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use np_config::{Config, DiskImage};
 
+use crate::attempts::{outcome, Attempts, Outcome};
 use crate::Setup;
 use np_core::{BuildState, ImageBuild};
 use np_zk::{paths, LockOptions, Zk, ZkError};
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -123,32 +123,10 @@ pub fn decide(
 async fn state_of(zk: &Zk, image: &str) -> Result<(bool, bool, NewestReady), ZkError> {
     let paused = zk.is_image_paused(image).await?;
     let requested = zk.exists(&paths::image_build_request(image)).await?.is_some();
-    let mut newest: NewestReady = None;
-    for id in zk.build_ids(image).await? {
-        let build = match zk.get_build(image, &id).await {
-            Ok(Some((b, _))) => b,
-            Ok(None) => continue,
-            Err(e) if e.is_malformed() => {
-                warn!(image, build = %id, error = %e, "skipping a malformed build record");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if build.state == BuildState::Ready && newest.as_ref().is_none_or(|(t, _)| build.state_time > *t) {
-            newest = Some((build.state_time, build.formats.iter().cloned().collect()));
-        }
-    }
+    let newest = crate::upload::newest_ready_build(zk, image)
+        .await?
+        .map(|(_, b)| (b.state_time, b.formats.into_iter().collect()));
     Ok((paused, requested, newest))
-}
-
-/// How a build attempt ended.
-#[derive(Debug)]
-enum Outcome {
-    /// Another builder holds the image's lock, or the build was no longer
-    /// needed under it.
-    Skipped,
-    Ready,
-    Failed,
 }
 
 /// The build worker.
@@ -175,23 +153,15 @@ impl BuildWorker {
 
     /// Runs until cancelled; running builds are killed then.
     pub async fn run(mut self) {
-        let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
-        let mut busy: BTreeSet<String> = BTreeSet::new();
-        let mut retry_at: HashMap<String, Instant> = HashMap::new();
+        let mut attempts: Attempts<String> = Attempts::new(self.settings.workers, self.settings.retry_delay);
         loop {
             let setup = self.setup.borrow_and_update().clone();
             let config = setup.config.clone();
             let mut wake = Instant::now() + Duration::from_secs(3600);
             let now = np_core::now();
             for image in &config.diskimages {
-                if busy.contains(&image.name) {
+                if !attempts.idle(&image.name, &mut wake) {
                     continue;
-                }
-                if let Some(at) = retry_at.get(&image.name) {
-                    if *at > Instant::now() {
-                        wake = wake.min(*at);
-                        continue;
-                    }
                 }
                 let formats = config.build_formats(&image.name);
                 let decision = match state_of(&self.zk, &image.name).await {
@@ -205,7 +175,7 @@ impl BuildWorker {
                     }
                 };
                 match decision {
-                    Decision::Build { reason, .. } if busy.len() < self.settings.workers.max(1) => {
+                    Decision::Build { reason, .. } if attempts.has_room() => {
                         // Another builder is building it: look, without
                         // contending (a contender's znodes would wake every
                         // builder, this one included, and it would try again).
@@ -221,7 +191,6 @@ impl BuildWorker {
                             }
                         }
                         info!(image = %image.name, "building: {reason}");
-                        busy.insert(image.name.clone());
                         let job = BuildJob {
                             zk: self.zk.clone(),
                             config: config.clone(),
@@ -230,9 +199,8 @@ impl BuildWorker {
                             formats,
                             cancel: self.cancel.clone(),
                         };
-                        let name = image.name.clone();
-                        let span = info_span!("build", image = %name);
-                        running.spawn(async move { (name, job.run().await) }.instrument(span));
+                        let span = info_span!("build", image = %image.name);
+                        attempts.start(image.name.clone(), job.run().instrument(span));
                     }
                     Decision::Build { .. } => {} // all workers busy: a finished build wakes us
                     Decision::UpToDate { rebuild_at } => {
@@ -252,30 +220,11 @@ impl BuildWorker {
                 }
                 changed = self.setup.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(wake) => {}
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    match done {
-                        Ok((image, outcome)) => {
-                            busy.remove(&image);
-                            match outcome {
-                                Outcome::Failed => {
-                                    retry_at.insert(image, Instant::now() + self.settings.retry_delay);
-                                }
-                                Outcome::Ready | Outcome::Skipped => {
-                                    retry_at.remove(&image);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            // A panicked build task: forget what was busy.
-                            error!(error = %e, "a build task failed");
-                            busy.clear();
-                        }
-                    }
-                }
+                Some(done) = attempts.join_next(), if attempts.is_running() => attempts.finished(done),
             }
         }
         // Shutdown: the builds see the cancellation and kill diskimage-builder.
-        while running.join_next().await.is_some() {}
+        attempts.shutdown(false).await;
     }
 }
 
@@ -291,13 +240,7 @@ struct BuildJob {
 
 impl BuildJob {
     async fn run(self) -> Outcome {
-        match self.try_run().await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                warn!(error = %e, "build attempt failed");
-                Outcome::Failed
-            }
-        }
+        outcome(self.try_run().await, "build")
     }
 
     async fn try_run(&self) -> Result<Outcome, ZkError> {

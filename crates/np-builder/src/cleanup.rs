@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::upload::uploads_of;
+use crate::upload::{builds_of, uploads_of};
 use crate::Setup;
 
 /// Ready builds (and per provider, ready uploads) kept.
@@ -150,16 +150,7 @@ impl CleanupWorker {
         let providers: Vec<&str> = providers.collect();
         let mut builds = Vec::new();
         let mut uploads = HashMap::new();
-        for id in self.zk.build_ids(image).await? {
-            let build = match self.zk.get_build(image, &id).await {
-                Ok(Some((b, _))) => b,
-                Ok(None) => continue,
-                Err(e) if e.is_malformed() => {
-                    warn!(image, build = %id, error = %e, "leaving a malformed build record alone");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+        for (id, build) in builds_of(&self.zk, image).await? {
             for provider in &providers {
                 let list = uploads_of(&self.zk, image, &id, provider).await?;
                 if !list.is_empty() {

@@ -14,6 +14,7 @@
 //! `<images-dir>/builder_id.txt` and runs the workers until
 //! [`Builder::stop`].
 
+mod attempts;
 pub mod build;
 pub mod cleanup;
 pub mod dib;

@@ -22,7 +22,7 @@
 //! Like the build worker, it wakes on ZooKeeper changes, configuration
 //! changes, finished uploads and retry deadlines; nothing polls.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +32,11 @@ use np_core::{BuildState, ImageBuild, ImageUpload, UploadState};
 use np_provider::{ImageUploadRequest, Provider, META_BUILD_ID, META_PROVIDER, META_UPLOAD_ID};
 use np_zk::{paths, LockOptions, Zk, ZkError};
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::attempts::{outcome, Attempts, Outcome};
 use crate::Setup;
 
 /// Upload worker settings.
@@ -48,25 +48,30 @@ pub struct UploadSettings {
     pub retry_delay: Duration,
 }
 
-/// The newest ready build of `image`: (build id, record). Malformed records
-/// are skipped.
-pub async fn newest_ready_build(zk: &Zk, image: &str) -> Result<Option<(String, ImageBuild)>, ZkError> {
-    let mut newest: Option<(String, ImageBuild)> = None;
+/// The builds of `image` (malformed records are logged and skipped: they
+/// are left alone, never overwritten).
+pub async fn builds_of(zk: &Zk, image: &str) -> Result<Vec<(String, ImageBuild)>, ZkError> {
+    let mut out = Vec::new();
     for id in zk.build_ids(image).await? {
         match zk.get_build(image, &id).await {
-            Ok(Some((b, _))) if b.state == BuildState::Ready => {
-                if newest.as_ref().is_none_or(|(_, n)| b.state_time > n.state_time) {
-                    newest = Some((id, b));
-                }
-            }
-            Ok(_) => {}
+            Ok(Some((b, _))) => out.push((id, b)),
+            Ok(None) => {}
             Err(e) if e.is_malformed() => {
                 warn!(image, build = %id, error = %e, "skipping a malformed build record")
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(newest)
+    Ok(out)
+}
+
+/// The newest ready build of `image`: (build id, record).
+pub async fn newest_ready_build(zk: &Zk, image: &str) -> Result<Option<(String, ImageBuild)>, ZkError> {
+    Ok(builds_of(zk, image)
+        .await?
+        .into_iter()
+        .filter(|(_, b)| b.state == BuildState::Ready)
+        .max_by(|a, b| a.1.state_time.total_cmp(&b.1.state_time)))
 }
 
 /// The uploads of a build to a provider, oldest first (malformed ones
@@ -139,14 +144,6 @@ fn checksum(path: &Path, suffix: &str, len: usize) -> Option<String> {
     (hash.len() == len && hash.chars().all(|c| c.is_ascii_hexdigit())).then_some(hash)
 }
 
-/// How an upload attempt ended.
-#[derive(Debug)]
-enum Outcome {
-    Skipped,
-    Ready,
-    Failed,
-}
-
 /// The upload worker.
 pub struct UploadWorker {
     zk: Zk,
@@ -168,15 +165,14 @@ impl UploadWorker {
         UploadWorker { zk, setup, settings, changes, cancel }
     }
 
-    /// Runs until cancelled; running uploads finish first.
+    /// Runs until cancelled; running uploads are abandoned then.
     pub async fn run(mut self) {
-        let mut running: JoinSet<((String, String), Outcome)> = JoinSet::new();
-        let mut busy: HashSet<(String, String)> = HashSet::new();
-        let mut retry_at: HashMap<(String, String), Instant> = HashMap::new();
+        let mut attempts: Attempts<(String, String)> =
+            Attempts::new(self.settings.workers, self.settings.retry_delay);
         loop {
             let setup = self.setup.borrow_and_update().clone();
             let mut wake = Instant::now() + Duration::from_secs(3600);
-            if let Err(e) = self.start_uploads(&setup, &mut running, &mut busy, &retry_at, &mut wake).await {
+            if let Err(e) = self.start_uploads(&setup, &mut attempts, &mut wake).await {
                 warn!(error = %e, "cannot read the image records");
                 wake = wake.min(Instant::now() + self.settings.retry_delay);
             }
@@ -187,34 +183,18 @@ impl UploadWorker {
                 }
                 changed = self.setup.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(wake) => {}
-                Some(done) = running.join_next(), if !running.is_empty() => match done {
-                    Ok((key, outcome)) => {
-                        busy.remove(&key);
-                        if matches!(outcome, Outcome::Failed) {
-                            retry_at.insert(key, Instant::now() + self.settings.retry_delay);
-                        } else {
-                            retry_at.remove(&key);
-                        }
-                    }
-                    Err(e) => {
-                        error!(error = %e, "an upload task failed");
-                        busy.clear();
-                    }
-                },
+                Some(done) = attempts.join_next(), if attempts.is_running() => attempts.finished(done),
             }
         }
         // Upstream does not wait for uploads either; an interrupted one is
         // left `uploading` and removed by the cleanup once its lock is free.
-        running.abort_all();
-        while running.join_next().await.is_some() {}
+        attempts.shutdown(true).await;
     }
 
     async fn start_uploads(
         &self,
         setup: &Arc<Setup>,
-        running: &mut JoinSet<((String, String), Outcome)>,
-        busy: &mut HashSet<(String, String)>,
-        retry_at: &HashMap<(String, String), Instant>,
+        attempts: &mut Attempts<(String, String)>,
         wake: &mut Instant,
     ) -> Result<(), ZkError> {
         let Some(images_dir) = setup.config.images_dir.clone() else { return Ok(()) };
@@ -224,11 +204,7 @@ impl UploadWorker {
             let Some(format) = provider_config.image_format() else { continue };
             for image in provider_config.diskimage_names() {
                 let key = (image.clone(), provider_config.name.clone());
-                if busy.contains(&key) || busy.len() >= self.settings.workers.max(1) {
-                    continue;
-                }
-                if let Some(at) = retry_at.get(&key).filter(|at| **at > Instant::now()) {
-                    *wake = (*wake).min(*at);
+                if !attempts.has_room() || !attempts.idle(&key, wake) {
                     continue;
                 }
                 if provider_config.provider_diskimage(&image).is_none_or(|d| d.pause) {
@@ -253,7 +229,6 @@ impl UploadWorker {
                 if self.zk.is_locked(&paths::upload_lock(&image, build_id, &provider_config.name)).await? {
                     continue;
                 }
-                busy.insert(key.clone());
                 let job = UploadJob {
                     zk: self.zk.clone(),
                     config: setup.config.clone(),
@@ -266,7 +241,7 @@ impl UploadWorker {
                 };
                 let span =
                     info_span!("upload", image = %image, build = %build_id, provider = %provider_config.name);
-                running.spawn(async move { (key, job.run().await) }.instrument(span));
+                attempts.start(key, job.run().instrument(span));
             }
         }
         Ok(())
@@ -287,13 +262,7 @@ struct UploadJob {
 
 impl UploadJob {
     async fn run(self) -> Outcome {
-        match self.try_run().await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                warn!(error = %e, "upload attempt failed");
-                Outcome::Failed
-            }
-        }
+        outcome(self.try_run().await, "upload")
     }
 
     async fn try_run(&self) -> Result<Outcome, ZkError> {

@@ -1,0 +1,118 @@
+//! The bookkeeping the build and upload workers share: attempts run as
+//! tasks, at most one per key (an image; an image and provider) and at most
+//! `workers` at once; a key whose attempt failed waits `retry_delay` before
+//! the next.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::Hash;
+use std::time::Duration;
+
+use np_zk::ZkError;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Someone else holds the work's lock, or it was no longer needed under
+    /// the lock.
+    Skipped,
+    Ready,
+    Failed,
+}
+
+/// An attempt's result, a ZooKeeper error counting as a failure.
+pub(crate) fn outcome(result: Result<Outcome, ZkError>, what: &str) -> Outcome {
+    result.unwrap_or_else(|e| {
+        warn!(error = %e, "{what} attempt failed");
+        Outcome::Failed
+    })
+}
+
+/// The running attempts and the retry deadlines.
+pub(crate) struct Attempts<K> {
+    running: JoinSet<(K, Outcome)>,
+    busy: HashSet<K>,
+    retry_at: HashMap<K, Instant>,
+    workers: usize,
+    retry_delay: Duration,
+}
+
+impl<K: Clone + Eq + Hash + Send + 'static> Attempts<K> {
+    pub(crate) fn new(workers: usize, retry_delay: Duration) -> Self {
+        Attempts {
+            running: JoinSet::new(),
+            busy: HashSet::new(),
+            retry_at: HashMap::new(),
+            workers: workers.max(1),
+            retry_delay,
+        }
+    }
+
+    /// Whether `key` can be looked at: no attempt of it is running, and a
+    /// failed one's delay is over (else `wake` is moved up to that time).
+    pub(crate) fn idle(&self, key: &K, wake: &mut Instant) -> bool {
+        if self.busy.contains(key) {
+            return false;
+        }
+        match self.retry_at.get(key) {
+            Some(at) if *at > Instant::now() => {
+                *wake = (*wake).min(*at);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether another attempt may start.
+    pub(crate) fn has_room(&self) -> bool {
+        self.busy.len() < self.workers
+    }
+
+    /// Starts an attempt for `key`.
+    pub(crate) fn start(&mut self, key: K, attempt: impl Future<Output = Outcome> + Send + 'static) {
+        self.busy.insert(key.clone());
+        self.running.spawn(async move { (key, attempt.await) });
+    }
+
+    /// Whether attempts are running (guard for [`Attempts::join_next`]).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.running.is_empty()
+    }
+
+    /// The next attempt to finish.
+    pub(crate) async fn join_next(&mut self) -> Option<Result<(K, Outcome), JoinError>> {
+        self.running.join_next().await
+    }
+
+    /// Records a finished attempt: its key is free, and after a failure it
+    /// waits `retry_delay`.
+    pub(crate) fn finished(&mut self, done: Result<(K, Outcome), JoinError>) {
+        match done {
+            Ok((key, outcome)) => {
+                self.busy.remove(&key);
+                if outcome == Outcome::Failed {
+                    self.retry_at.insert(key, Instant::now() + self.retry_delay);
+                } else {
+                    self.retry_at.remove(&key);
+                }
+            }
+            Err(e) => {
+                // A panicked task: its key is unknown, forget them all.
+                error!(error = %e, "an attempt's task failed");
+                self.busy.clear();
+            }
+        }
+    }
+
+    /// Waits for the running attempts (after they saw the cancellation),
+    /// or aborts them.
+    pub(crate) async fn shutdown(mut self, abort: bool) {
+        if abort {
+            self.running.abort_all();
+        }
+        while self.running.join_next().await.is_some() {}
+    }
+}
