@@ -221,36 +221,23 @@ impl Inner {
             .map(str::to_owned)
             .ok_or_else(|| ProviderError::Fatal("ImportSnapshot returned no task id".into()))?;
         info!(task = %task_id, "snapshot import started");
-        loop {
-            tokio::time::sleep(self.settings.import_poll_interval).await;
+        self.wait_for_task(&task_id, || async {
             let answer = self
                 .call(&self.non_mutating, "DescribeImportSnapshotTasks", || {
                     self.ec2().describe_import_snapshot_tasks().import_task_ids(&task_id).send()
                 })
-                .await;
-            let answer = match answer {
-                Ok(a) => a,
-                Err(ProviderError::Transient(e)) => {
-                    warn!(task = %task_id, error = %e, "cannot look at the import task; trying again");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let Some(task) = answer.import_snapshot_tasks().first() else {
-                return Err(ProviderError::Fatal(format!("import task {task_id} disappeared")));
-            };
-            let detail = task.snapshot_task_detail();
-            let status = detail.and_then(|d| d.status()).unwrap_or_default().to_ascii_lowercase();
-            debug!(task = %task_id, status = %status, progress = ?detail.and_then(|d| d.progress()), "import task");
-            if status == "completed" || status == "deleted" || status == "deleting" {
-                return Ok(Finished {
-                    status,
+                .await?;
+            Ok(answer.import_snapshot_tasks().first().map(|task| {
+                let detail = task.snapshot_task_detail();
+                Finished {
+                    status: detail.and_then(|d| d.status()).unwrap_or_default().to_ascii_lowercase(),
                     message: detail.and_then(|d| d.status_message()).unwrap_or_default().to_owned(),
                     snapshot: detail.and_then(|d| d.snapshot_id()).map(str::to_owned),
                     image: None,
-                });
-            }
-        }
+                }
+            }))
+        })
+        .await
     }
 
     async fn run_image_import(
@@ -283,32 +270,37 @@ impl Inner {
             .map(str::to_owned)
             .ok_or_else(|| ProviderError::Fatal("ImportImage returned no task id".into()))?;
         info!(task = %task_id, "image import started");
+        self.wait_for_task(&task_id, || async {
+            Ok(self.import_image_task(&task_id).await?.map(|task| Finished {
+                status: task.status().unwrap_or_default().to_ascii_lowercase(),
+                message: task.status_message().unwrap_or_default().to_owned(),
+                snapshot: task.snapshot_details().first().and_then(|d| d.snapshot_id()).map(str::to_owned),
+                image: task.image_id().map(str::to_owned),
+            }))
+        })
+        .await
+    }
+
+    /// Looks at an import task every `import_poll_interval` (`look` gives
+    /// its state, `None` once EC2 no longer knows it) until it has ended.
+    /// Transient errors are logged and the task looked at again.
+    async fn wait_for_task<F, Fut>(&self, task_id: &str, mut look: F) -> Result<Finished, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Finished>, ProviderError>>,
+    {
         loop {
             tokio::time::sleep(self.settings.import_poll_interval).await;
-            let task = match self.import_image_task(&task_id).await {
-                Ok(Some(task)) => task,
-                Ok(None) => {
-                    return Err(ProviderError::Fatal(format!("import task {task_id} disappeared")));
+            match look().await {
+                Ok(Some(task)) if matches!(task.status.as_str(), "completed" | "deleted" | "deleting") => {
+                    return Ok(task);
                 }
+                Ok(Some(task)) => debug!(task = %task_id, status = %task.status, "import task"),
+                Ok(None) => return Err(ProviderError::Fatal(format!("import task {task_id} disappeared"))),
                 Err(ProviderError::Transient(e)) => {
                     warn!(task = %task_id, error = %e, "cannot look at the import task; trying again");
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            let status = task.status().unwrap_or_default().to_ascii_lowercase();
-            debug!(task = %task_id, status = %status, progress = ?task.progress(), "import task");
-            if status == "completed" || status == "deleted" || status == "deleting" {
-                return Ok(Finished {
-                    status,
-                    message: task.status_message().unwrap_or_default().to_owned(),
-                    snapshot: task
-                        .snapshot_details()
-                        .first()
-                        .and_then(|d| d.snapshot_id())
-                        .map(str::to_owned),
-                    image: task.image_id().map(str::to_owned),
-                });
             }
         }
     }
