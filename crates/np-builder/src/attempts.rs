@@ -8,10 +8,16 @@ use std::future::Future;
 use std::hash::Hash;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use np_zk::ZkError;
+use tokio::sync::{watch, Notify};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
+
+use crate::Setup;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,19 +83,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> Attempts<K> {
         self.running.spawn(async move { (key, attempt.await) });
     }
 
-    /// Whether attempts are running (guard for [`Attempts::join_next`]).
-    pub(crate) fn is_running(&self) -> bool {
-        !self.running.is_empty()
-    }
-
-    /// The next attempt to finish.
-    pub(crate) async fn join_next(&mut self) -> Option<Result<(K, Outcome), JoinError>> {
-        self.running.join_next().await
-    }
-
     /// Records a finished attempt: its key is free, and after a failure it
     /// waits `retry_delay`.
-    pub(crate) fn finished(&mut self, done: Result<(K, Outcome), JoinError>) {
+    fn finished(&mut self, done: Result<(K, Outcome), JoinError>) {
         match done {
             Ok((key, outcome)) => {
                 self.busy.remove(&key);
@@ -103,6 +99,32 @@ impl<K: Clone + Eq + Hash + Send + 'static> Attempts<K> {
                 // A panicked task: its key is unknown, forget them all.
                 error!(error = %e, "an attempt's task failed");
                 self.busy.clear();
+            }
+        }
+    }
+
+    /// Waits for the worker's next reason to look again: a ZooKeeper change
+    /// under `/nodepool/images` (let settle for a moment: one change brings
+    /// others), a new setup, `wake`, or a finished attempt (recorded).
+    /// `false`: stop.
+    pub(crate) async fn next_turn(
+        &mut self,
+        cancel: &CancellationToken,
+        changes: &Notify,
+        setup: &mut watch::Receiver<Arc<Setup>>,
+        wake: Instant,
+    ) -> bool {
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = changes.notified() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                true
+            }
+            changed = setup.changed() => changed.is_ok(),
+            () = tokio::time::sleep_until(wake) => true,
+            Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                self.finished(done);
+                true
             }
         }
     }

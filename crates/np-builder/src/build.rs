@@ -212,15 +212,8 @@ impl BuildWorker {
                     }
                 }
             }
-            tokio::select! {
-                () = self.cancel.cancelled() => break,
-                () = self.changes.notified() => {
-                    // Let a burst of changes (a build's record and locks) settle.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                changed = self.setup.changed() => if changed.is_err() { break },
-                () = tokio::time::sleep_until(wake) => {}
-                Some(done) = attempts.join_next(), if attempts.is_running() => attempts.finished(done),
+            if !attempts.next_turn(&self.cancel, &self.changes, &mut self.setup, wake).await {
+                break;
             }
         }
         // Shutdown: the builds see the cancellation and kill diskimage-builder.

@@ -176,14 +176,8 @@ impl UploadWorker {
                 warn!(error = %e, "cannot read the image records");
                 wake = wake.min(Instant::now() + self.settings.retry_delay);
             }
-            tokio::select! {
-                () = self.cancel.cancelled() => break,
-                () = self.changes.notified() => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                changed = self.setup.changed() => if changed.is_err() { break },
-                () = tokio::time::sleep_until(wake) => {}
-                Some(done) = attempts.join_next(), if attempts.is_running() => attempts.finished(done),
+            if !attempts.next_turn(&self.cancel, &self.changes, &mut self.setup, wake).await {
+                break;
             }
         }
         // Upstream does not wait for uploads either; an interrupted one is
