@@ -765,8 +765,11 @@ async fn python_and_rust_builders_share_the_images() {
     let hosts = env("NP_ZK_TLS_HOSTS");
     let (host, port) = hosts.rsplit_once(':').unwrap();
     // The same diskimages and provider for both; the Python builder's
-    // files and logs in its own directories. ubuntu builds slowly, so the
-    // builder that takes it first is still busy when the other arrives.
+    // files and logs in its own directories. ubuntu's build is held until
+    // ours has taken debian, so the builder that takes ubuntu first is still
+    // busy when the other arrives, however slow the machine is.
+    let hold = e.dir.join("hold-ubuntu");
+    std::fs::write(&hold, b"").unwrap();
     let yaml = |images: &Path, logs: &Path| {
         format!(
             r#"
@@ -787,7 +790,7 @@ diskimages:
     dib-cmd: {fake_dib}
     elements: [vm]
     env-vars:
-      FAKE_DIB_SLEEP: '4'
+      FAKE_DIB_HOLD: {hold}
   - name: debian
     dib-cmd: {fake_dib}
     elements: [vm]
@@ -812,6 +815,7 @@ providers:
             images = images.display(),
             logs = logs.display(),
             fake_dib = fake_dib.display(),
+            hold = hold.display(),
         )
     };
     let py_config = py_dir.join("nodepool.yaml");
@@ -843,6 +847,12 @@ providers:
     // ... and ours, started now, finds it locked and takes debian.
     let ours_config = np_config::load_str(&yaml(&e.images_dir(), &e.log_dir()), "nodepool.yaml").unwrap();
     let builder = e.start(&ours_config).await;
+    let ours_took_debian = eventually(Duration::from_secs(20), || async {
+        e.builds("debian").await.iter().any(|(_, b)| b.builder_id.as_deref() == Some(builder.builder_id()))
+    })
+    .await;
+    assert!(ours_took_debian, "{:?}", e.builds("debian").await);
+    std::fs::remove_file(&hold).unwrap();
     let done = eventually(Duration::from_secs(40), || async {
         let mut ok = true;
         for image in ["ubuntu", "debian"] {
@@ -981,8 +991,13 @@ async fn the_daemon_reloads_its_file_and_stops_on_sigterm() {
 async fn a_build_during_a_session_loss_fails_and_is_done_again() {
     let e = Env::new().await;
     let args_file = e.dir.join("args");
+    // The first DIB run is held until the session has been replaced, so the
+    // loss falls inside the build however slow the machine is.
+    let hold = e.dir.join("hold");
+    std::fs::write(&hold, b"").unwrap();
     let config = e.config(&format!(
-        "    env-vars:\n      FAKE_DIB_SLEEP: '1'\n      FAKE_DIB_ARGS_TO: {}\n",
+        "    env-vars:\n      FAKE_DIB_HOLD: {}\n      FAKE_DIB_ARGS_TO: {}\n",
+        hold.display(),
         args_file.display()
     ));
     let builder = e.start_slow_cleanup(&config).await;
@@ -990,14 +1005,21 @@ async fn a_build_during_a_session_loss_fails_and_is_done_again() {
         eventually(Duration::from_secs(10), || async { e.count("ubuntu", BuildState::Building).await == 1 })
             .await
     );
+    let generation = e.t.zk.status().generation;
     e.t.zk.expire_session().await.unwrap();
     // (The test shares the builder's client: reads fail until it is back.)
+    let replaced = || async {
+        let status = e.t.zk.status();
+        status.connected && status.generation != generation
+    };
+    assert!(eventually(Duration::from_secs(20), replaced).await, "a new session");
+    std::fs::remove_file(&hold).unwrap();
     let ready =
         || async { np_builder::upload::newest_ready_build(&e.t.zk, "ubuntu").await.ok().flatten().is_some() };
     assert!(eventually(Duration::from_secs(20), ready).await);
     let states: Vec<BuildState> = e.builds("ubuntu").await.into_iter().map(|(_, b)| b.state).collect();
-    assert_eq!(states, [BuildState::Failed, BuildState::Ready], "the first build failed");
     let runs = std::fs::read_to_string(&args_file).unwrap().lines().count();
+    assert_eq!(states, [BuildState::Failed, BuildState::Ready], "the first build failed ({runs} DIB runs)");
     assert_eq!(runs, 2);
     builder.stop().await;
 }

@@ -251,11 +251,35 @@ impl Zk {
     /// Forces the current session to expire, as a server-side timeout would:
     /// a second connection takes over the session and closes it. Used by tests
     /// and the chaos tooling; the supervisor then reconnects.
+    ///
+    /// The thief gets a single try inside the client library (a resumed
+    /// session has no reconnect budget before it is established), so a
+    /// connection loss or a slow handshake on a loaded machine is retried here
+    /// until `connect_timeout`. A session that is already gone counts as done.
     pub async fn expire_session(&self) -> Result<(), ZkError> {
         let session = self.client().session().clone();
-        let thief = connect_with(&self.inner.config, connector(&self.inner.config, Some(session))?).await?;
-        drop(thief);
-        Ok(())
+        let deadline = tokio::time::Instant::now() + self.inner.config.connect_timeout;
+        loop {
+            match connect_with(&self.inner.config, connector(&self.inner.config, Some(session.clone()))?)
+                .await
+            {
+                Ok(thief) => {
+                    drop(thief);
+                    return Ok(());
+                }
+                Err(ZkError::Connect { source: zookeeper_client::Error::SessionExpired, .. }) => {
+                    return Ok(())
+                }
+                Err(ZkError::Connect {
+                    source: zookeeper_client::Error::Timeout | zookeeper_client::Error::ConnectionLoss,
+                    ..
+                }) if tokio::time::Instant::now() < deadline => {
+                    debug!("expire_session: the thief connection failed, trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     // === thin wrappers with path-carrying errors ===
