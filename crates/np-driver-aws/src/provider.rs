@@ -1110,6 +1110,7 @@ impl Inner {
             node_properties: label.map(|l| {
                 json!({"fleet": matches!(l.instance, Some(AwsInstance::Fleet { .. })), "spot": l.use_spot})
             }),
+            ..Instance::default()
         }
     }
 

@@ -332,7 +332,7 @@ impl CreateMachine for FakeCreate {
             cloud: Some(self.cloud.name.clone()),
             host_keys: if settings.without_host_keys { Vec::new() } else { vec!["ssh-rsa FAKEKEY".into()] },
             metadata: server.metadata,
-            node_properties: None,
+            ..Instance::default()
         }))
     }
 

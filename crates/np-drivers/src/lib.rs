@@ -1,8 +1,9 @@
 //! Provider construction: one [`np_provider::Provider`] per configured
-//! provider, for every driver this project has (fake, static, AWS). Shared by
-//! the launcher and the builder, so neither depends on the other.
+//! provider, for every driver this project has (fake, static, AWS,
+//! Kubernetes). Shared by the launcher and the builder, so neither depends on
+//! the other.
 //!
-//! OpenStack and Kubernetes providers are refused with a clear error.
+//! OpenStack providers are refused with a clear error.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +60,11 @@ pub async fn build_providers_async(
                 .await
                 .with_context(|| format!("provider '{}': cannot set up AWS", p.name))?,
             ),
+            ProviderDriver::Kubernetes(k) => Arc::new(
+                np_driver_kubernetes::KubernetesProvider::new(&p.name, k, None)
+                    .await
+                    .with_context(|| format!("provider '{}': cannot set up Kubernetes", p.name))?,
+            ),
             _ => match build_one(p, fake_clouds)? {
                 Some(provider) => provider,
                 None => continue,
@@ -70,7 +76,7 @@ pub async fn build_providers_async(
 }
 
 /// The provider for one config entry, for drivers that need no I/O to set
-/// up; `None` for those that do (AWS).
+/// up; `None` for those that do (AWS, Kubernetes).
 fn build_one(
     p: &np_config::Provider,
     fake_clouds: &HashMap<String, FakeCloud>,
@@ -88,8 +94,8 @@ fn build_one(
             Arc::new(FakeProvider::new(cloud, os.region_name.clone()).with_rate(os.rate))
         }
         ProviderDriver::Static(_) => Arc::new(np_driver_static::StaticProvider::new(&p.name)),
-        ProviderDriver::Aws(_) => return Ok(None),
-        ProviderDriver::OpenStack(_) | ProviderDriver::Kubernetes(_) => anyhow::bail!(
+        ProviderDriver::Aws(_) | ProviderDriver::Kubernetes(_) => return Ok(None),
+        ProviderDriver::OpenStack(_) => anyhow::bail!(
             "provider '{}': driver '{}' is not supported by this launcher yet",
             p.name,
             p.driver_name().as_str()

@@ -183,6 +183,12 @@ pub async fn run_launch(
                     node.cloud = instance.cloud;
                 }
                 node.host_keys = instance.host_keys;
+                if let Some(t) = instance.connection_type {
+                    node.connection_type = Some(t);
+                }
+                if let Some(port) = instance.connection_port {
+                    node.connection_port = port;
+                }
                 if let Err(e) = scan_keys(&mut node, &policy, host_key_checking).await {
                     warn!(node = %node.id, label, attempt, error = %e, "host-key scan failed");
                     last_error = e;

@@ -94,6 +94,10 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
             }
             continue;
         }
+        if let ProviderDriver::Kubernetes(k) = &p.driver {
+            out.extend(kubernetes_pool_specs(config, p, k));
+            continue;
+        }
         let ProviderDriver::Fake(os) = &p.driver else { continue };
         for pool in &os.pools {
             out.push(PoolSpec {
@@ -138,6 +142,67 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
         }
     }
     out
+}
+
+/// The pools of a Kubernetes provider: limits from the pool's `max-*` (the
+/// cluster itself reports no quota), node settings from the labels.
+fn kubernetes_pool_specs(
+    config: &Config,
+    p: &np_config::Provider,
+    k: &np_config::KubernetesProvider,
+) -> Vec<PoolSpec> {
+    let f = |v: Option<u64>| v.map(|v| v as f64);
+    k.pools
+        .iter()
+        .map(|pool| {
+            let mut limits =
+                np_core::Quota::new(f(pool.max_cores), f(pool.max_servers), f(pool.max_ram), f64::INFINITY);
+            for (key, v) in &pool.max_resources {
+                limits.set(key, *v as f64);
+            }
+            let label_settings = pool
+                .labels
+                .iter()
+                .map(|l| {
+                    let settings = crate::launch::LabelSettings {
+                        // Upstream leaves a Kubernetes node's username unset.
+                        username: None,
+                        python_path: l.python_path.clone(),
+                        shell_type: l.shell_type.clone(),
+                        connection_type: if l.kind == "pod" { "kubectl" } else { "namespace" }.into(),
+                        connection_port: 22,
+                        host_key_checking: false,
+                        image_id: None,
+                        diskimage: None,
+                    };
+                    (l.name.clone(), settings)
+                })
+                .collect();
+            PoolSpec {
+                provider: p.name.clone(),
+                pool: pool.name.clone(),
+                labels: pool.labels.iter().map(|l| l.name.clone()).collect(),
+                max_servers: pool.max_servers,
+                limits,
+                ignore_provider_quota: true,
+                priority: p.effective_priority(pool.priority),
+                node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
+                launch: LaunchPolicy {
+                    retries: k.launch_retries,
+                    // Upstream's own bounds: 30 s for the token, 300 s for the pod.
+                    timeout: np_driver_kubernetes::machine::TOKEN_WAIT
+                        + np_driver_kubernetes::machine::POD_WAIT
+                        + Duration::from_secs(60),
+                    boot_timeout: Duration::from_secs(60),
+                },
+                label_settings,
+                max_concurrency: p.max_concurrency,
+                cloud: k.context.clone(),
+                tenant_limits: tenant_limits(config),
+                never_launch: false,
+            }
+        })
+        .collect()
 }
 
 /// Node settings of an OpenStack-schema (fake) label, from its cloud image

@@ -39,12 +39,15 @@ async fn start(t: &TestZk, config: &np_config::Config) -> (Launcher, HashMap<Str
         .collect();
     let launcher =
         Launcher::start(config, t.zk.clone(), build_providers(config, &clouds).unwrap()).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            launcher.shared().pools.len() == config.providers.len()
-        })
-        .await
-    );
+    // Every provider of this launcher has registered its pool (the cache
+    // also holds other launchers' pools in the same chroot).
+    let registered = || {
+        let providers: Vec<String> = launcher.shared().pools.scan(|entries| {
+            entries.filter_map(|e| e.value.pool.as_ref().map(|p| p.provider_name.clone())).collect()
+        });
+        config.providers.iter().all(|p| providers.contains(&p.name))
+    };
+    assert!(eventually(Duration::from_secs(10), || async { registered() }).await);
     (launcher, clouds)
 }
 

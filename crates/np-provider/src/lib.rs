@@ -26,6 +26,7 @@ use np_core::Quota;
 use serde_json::Value;
 
 pub mod rate;
+pub mod template;
 pub use rate::RateLimiter;
 
 /// Metadata key naming the provider that owns an instance.
@@ -127,6 +128,12 @@ pub struct Instance {
     pub metadata: BTreeMap<String, String>,
     /// Driver-specific node properties (Nodepool 11 `node_properties`).
     pub node_properties: Option<Value>,
+    /// The node's `connection_type` when the driver decides it (Kubernetes:
+    /// `namespace` or `kubectl`); `None` keeps the label's.
+    pub connection_type: Option<String>,
+    /// The node's `connection_port` when the driver decides it (Kubernetes:
+    /// an object with the cluster credentials); `None` keeps the label's.
+    pub connection_port: Option<Value>,
 }
 
 /// One cloud instance's tags and resource use (see [`Provider::instance_usage`]).
