@@ -1,12 +1,20 @@
 //! The Kubernetes objects a node is made of, as JSON bodies.
 //!
 //! They are upstream's objects, with two deliberate differences (QUIRKs not
-//! copied, both invisible to a job):
+//! copied):
 //! * upstream puts `restartPolicy: Never` beside the pod's `spec`, where an
-//!   API server ignores it; here it goes into the spec (unless a custom
-//!   `spec` sets its own), which is what upstream meant;
+//!   API server ignores it; here it goes into the spec of the pods Nodepool
+//!   builds (their one container sleeps for ever, so only a crashed
+//!   container sees the difference: the attempt fails instead of the
+//!   container restarting). A label's own `spec` is sent exactly as given,
+//!   so its pods behave as upstream's do;
 //! * CPU quantities are sent as strings (`"2"`), the canonical form, where
 //!   upstream sends JSON integers.
+//!
+//! The roles are upstream's as they are, including grants that give nothing
+//! (`jobs`, `deployments` and `replicasets` under the core API group, and
+//! the restricted role's `pods/logs`): Zuul's jobs are written against
+//! exactly these permissions.
 
 use std::collections::BTreeMap;
 
@@ -149,11 +157,7 @@ pub fn role_binding(namespace: &str, restricted: bool) -> Value {
 pub fn pod(label: &KubernetesLabel, labels: &BTreeMap<String, String>) -> Value {
     let annotations = label.annotations.clone().unwrap_or_default();
     let spec = match &label.spec {
-        Some(custom) => {
-            let mut spec = custom.clone();
-            spec.entry("restartPolicy").or_insert_with(|| json!("Never"));
-            Value::Object(spec)
-        }
+        Some(custom) => Value::Object(custom.clone()),
         None => nodepool_pod_spec(label),
     };
     json!({
@@ -415,10 +419,7 @@ providers:
         let labels = labels_of(CONFIG);
         let l = &labels[3];
         let body = pod(l, &k8s_labels(l, None, &meta()));
-        assert_eq!(
-            body["spec"],
-            json!({"containers": [{"name": "pod-custom", "image": "ubuntu:jammy"}], "restartPolicy": "Never"})
-        );
+        assert_eq!(body["spec"], json!({"containers": [{"name": "pod-custom", "image": "ubuntu:jammy"}]}));
     }
 
     #[test]

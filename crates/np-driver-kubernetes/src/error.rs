@@ -5,14 +5,15 @@
 //! decides the class (the `reason` text differs between servers, so it is
 //! not relied on):
 //! * 404: not found (a delete of something already gone succeeds);
-//! * 403 whose message says `exceeded quota` (a `ResourceQuota` of the
-//!   cluster): quota, so the node is aborted and the pool pauses;
 //! * 409, 429, 5xx and connection failures: transient;
-//! * any other 4xx (a bad pod spec, forbidden): fatal for this attempt.
+//! * any other 4xx (a bad pod spec, forbidden, a `ResourceQuota` exceeded):
+//!   fatal for this attempt.
 //!
-//! The client itself retries 429, 503 and 504 with backoff before any of
-//! this. Upstream treats every API error alike and retries the launch; the launcher
-//! still retries transient and fatal launch errors `launch-retries` times.
+//! A `ResourceQuota` refusal is not the launcher's quota class: a node's
+//! namespace is new, so such a quota is one a policy puts into every
+//! namespace, and the pod will never fit; aborting and relaunching would
+//! loop for ever. Upstream treats every API error alike: the launcher
+//! retries the attempt `launch-retries` times, then the node fails.
 
 use np_provider::ProviderError;
 
@@ -45,7 +46,6 @@ pub fn classify_status(what: &str, code: u16, message: &str) -> ProviderError {
     let text = format!("{what}: {message} (HTTP {code})");
     match code {
         404 => ProviderError::NotFound(text),
-        403 if message.contains("exceeded quota") => ProviderError::Quota(text),
         409 | 429 | 500..=599 => ProviderError::Transient(text),
         _ => ProviderError::Fatal(text),
     }
@@ -69,7 +69,7 @@ mod tests {
     fn codes_decide_the_class() {
         assert!(matches!(classify_status("get", 404, "gone"), ProviderError::NotFound(_)));
         let quota = "pods \"x\" is forbidden: exceeded quota: compute, requested: cpu=2";
-        assert!(matches!(classify_status("create pod", 403, quota), ProviderError::Quota(_)));
+        assert!(matches!(classify_status("create pod", 403, quota), ProviderError::Fatal(_)));
         assert!(matches!(classify_status("create pod", 403, "forbidden"), ProviderError::Fatal(_)));
         assert!(matches!(classify_status("create", 409, "exists"), ProviderError::Transient(_)));
         assert!(matches!(classify_status("create", 429, "slow down"), ProviderError::Transient(_)));

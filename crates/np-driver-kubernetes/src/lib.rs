@@ -6,7 +6,8 @@
 //! * a `type: namespace` label gets an empty namespace with a `zuul-worker`
 //!   service account, its token, and a `zuul` role with all verbs on the usual
 //!   workload resources: the node's `connection_type` is `namespace`;
-//! * a `type: pod` label gets the same namespace with the restricted
+//! * a `type: pod` label (any type but `namespace`, as upstream) gets the
+//!   same namespace with the restricted
 //!   `zuul-restricted` role and one pod named after the label, running
 //!   `sleep` (or the label's own `spec`): `connection_type` `kubectl`, the
 //!   pod name as `interface_ip` and the Kubernetes node as `host_id`.
@@ -17,9 +18,9 @@
 //!
 //! [`bodies`] builds the objects; [`machine`] has the create and delete state
 //! machines; [`provider`] the [`np_provider::Provider`]; [`error`] classifies
-//! API errors. The client is kube-rs: a kubeconfig `context` works with every
-//! authentication method kubectl has, and without a kubeconfig the in-cluster
-//! service account is used.
+//! API errors. The client is kube-rs: a kubeconfig `context` with tokens,
+//! client certificates or exec credential plugins, and without any
+//! kubeconfig the in-cluster service account.
 
 pub mod bodies;
 pub mod error;

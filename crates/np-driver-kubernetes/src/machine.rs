@@ -2,9 +2,18 @@
 //!
 //! Create: namespace → service account → token secret → (wait for the token)
 //! → role → role binding → for pod labels: pod → (wait until it runs). The
-//! namespace name is the node's `external_id` from the moment its creation is
-//! sent, so the launcher deletes it whatever step fails, and a launcher crash
-//! leaves nothing the leak cleanup cannot find.
+//! namespace name becomes the node's `external_id` once its creation
+//! succeeded, or may have succeeded (a lost answer, a server error), so the
+//! launcher deletes it whatever later step fails. A namespace of that name
+//! that exists already is adopted only if it carries this node's id and
+//! provider (the answer to our own POST was lost); anybody else's is never
+//! claimed, so never deleted. A launcher crash leaves nothing the leak
+//! cleanup cannot find.
+//!
+//! The API server's "try again" answers (429, 503, 504) are retried by the
+//! step itself, at most [`BUSY_RETRIES`] times with the waits' backoff, so a
+//! step is bounded in time (kube-rs's own retry layer is off: it waits up
+//! to many minutes inside one call).
 //!
 //! Waiting steps read the object again after a short, growing pause (0.1 s
 //! doubling up to 1 s: a fast cluster answers well under upstream's fixed
@@ -39,6 +48,14 @@ pub const TOKEN_WAIT: Duration = Duration::from_secs(30);
 /// How long a pod has to start running (upstream: 300 reads, a second apart).
 pub const POD_WAIT: Duration = Duration::from_secs(300);
 
+/// How often one step retries a 429, 503 or 504 before the attempt fails.
+pub const BUSY_RETRIES: u32 = 5;
+
+/// Whether `e` is one of the API server's "try again" answers.
+fn is_busy(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if matches!(s.code, 429 | 503 | 504))
+}
+
 /// The bounds of the waiting steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waits {
@@ -69,18 +86,17 @@ fn object(body: Value) -> Result<DynamicObject, ProviderError> {
     serde_json::from_value(body).map_err(|e| ProviderError::Fatal(format!("cannot build the object: {e}")))
 }
 
-/// Creates `body` as a `K`; an object that exists already (this attempt's
-/// own earlier try whose answer was lost) counts as created.
-async fn create<K>(client: &kube::Client, namespace: Option<&str>, body: Value) -> Result<(), ProviderError>
+/// Creates `obj` as a `K` in the node's namespace; an object that exists
+/// already (this step's earlier try whose answer was lost: the namespace is
+/// this node's alone) counts as created.
+async fn create<K>(client: &kube::Client, namespace: &str, obj: &DynamicObject) -> Result<(), kube::Error>
 where
     K: kube::Resource<DynamicType = ()>,
 {
-    let kind = K::kind(&());
-    let obj = object(body)?;
-    match api::<K>(client, namespace).create(&PostParams::default(), &obj).await {
+    match api::<K>(client, Some(namespace)).create(&PostParams::default(), obj).await {
         Ok(_) => Ok(()),
         Err(e) if is_conflict(&e) => Ok(()),
-        Err(e) => Err(classify(&format!("create {kind}"), &e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -114,6 +130,7 @@ pub struct Create {
     tries: u32,
     deadline: Option<Instant>,
     waits: Waits,
+    busy: u32,
 }
 
 impl Create {
@@ -127,6 +144,7 @@ impl Create {
     ) -> Self {
         Create {
             waits,
+            busy: 0,
             client,
             access,
             label,
@@ -140,15 +158,45 @@ impl Create {
         }
     }
 
+    /// As upstream: every label type other than `namespace` is a pod.
     fn pod_label(&self) -> bool {
-        self.label.kind == "pod"
+        self.label.kind != "namespace"
     }
 
     fn advance(&mut self, next: State) -> Step<Instance> {
         self.state = next;
         self.tries = 0;
         self.deadline = None;
+        self.busy = 0;
         Step::Pending(Duration::ZERO)
+    }
+
+    /// The same step again after a busy answer, or the error.
+    fn busy_or(&mut self, what: &str, e: &kube::Error) -> Result<Step<Instance>, ProviderError> {
+        if is_busy(e) && self.busy < BUSY_RETRIES {
+            self.busy += 1;
+            debug!(namespace = %self.namespace, what, error = %e, "API server busy; trying again");
+            return Ok(Step::Pending(backoff(self.busy)));
+        }
+        Err(classify(what, e))
+    }
+
+    /// After a 409 on the namespace: whether the namespace there is the one
+    /// this node's earlier POST made (its labels name this node and
+    /// provider, and it is not being deleted).
+    async fn is_ours(&self) -> Result<bool, ProviderError> {
+        let found = api::<Namespace>(&self.client, None).get(&self.namespace).await;
+        let ns = match found {
+            Ok(ns) => ns,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(classify("read Namespace", &e)),
+        };
+        let labels = ns.metadata.labels.unwrap_or_default();
+        let same = |k: &str| labels.get(k) == self.labels.get(k);
+        Ok(ns.metadata.deletion_timestamp.is_none()
+            && same(np_provider::META_NODE_ID)
+            && same(np_provider::META_PROVIDER)
+            && same(np_provider::META_POOL))
     }
 
     /// Waits once more (until `limit` from the first wait), or fails.
@@ -201,10 +249,10 @@ impl Create {
     }
 
     async fn read_token(&mut self) -> Result<Step<Instance>, ProviderError> {
-        let secret = api::<Secret>(&self.client, Some(&self.namespace))
-            .get(bodies::USER)
-            .await
-            .map_err(|e| classify("read Secret", &e))?;
+        let secret = match api::<Secret>(&self.client, Some(&self.namespace)).get(bodies::USER).await {
+            Ok(secret) => secret,
+            Err(e) => return self.busy_or("read Secret", &e),
+        };
         let data = secret.data.get("data");
         let field = |k: &str| data.and_then(|d| d.get(k)).and_then(Value::as_str).filter(|s| !s.is_empty());
         if let (Some(token), Some(ca_crt)) = (field("token"), field("ca.crt")) {
@@ -225,10 +273,10 @@ impl Create {
     }
 
     async fn read_pod(&mut self) -> Result<Step<Instance>, ProviderError> {
-        let pod = api::<Pod>(&self.client, Some(&self.namespace))
-            .get(&self.label.name)
-            .await
-            .map_err(|e| classify("read Pod", &e))?;
+        let pod = match api::<Pod>(&self.client, Some(&self.namespace)).get(&self.label.name).await {
+            Ok(pod) => pod,
+            Err(e) => return self.busy_or("read Pod", &e),
+        };
         let phase = pod.data.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Unknown").to_owned();
         match phase.as_str() {
             "Running" => {
@@ -251,44 +299,54 @@ impl Create {
 impl CreateMachine for Create {
     async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
         let ns = self.namespace.clone();
-        match self.state {
+        let pod = self.pod_label();
+        let (kind, body, next) = match self.state {
             State::Namespace => {
-                self.sent = true;
                 let obj = object(bodies::namespace(&ns, &self.labels))?;
-                match api::<Namespace>(&self.client, None).create(&PostParams::default(), &obj).await {
-                    Ok(_) => Ok(self.advance(State::ServiceAccount)),
-                    // Still there from an earlier attempt (terminating): the
-                    // launcher deletes it and tries again.
-                    Err(e) => Err(classify("create Namespace", &e)),
-                }
+                return match api::<Namespace>(&self.client, None).create(&PostParams::default(), &obj).await {
+                    Ok(_) => {
+                        self.sent = true;
+                        Ok(self.advance(State::ServiceAccount))
+                    }
+                    Err(e) if is_conflict(&e) => {
+                        if self.is_ours().await? {
+                            self.sent = true;
+                            Ok(self.advance(State::ServiceAccount))
+                        } else {
+                            // Somebody else's, or ours still being deleted
+                            // after an earlier attempt: not claimed.
+                            Err(classify("create Namespace", &e))
+                        }
+                    }
+                    Err(e) => {
+                        // The namespace may exist after a server error or a
+                        // lost answer; a definite refusal made nothing.
+                        let made_maybe = !matches!(&e, kube::Error::Api(s) if s.code < 500);
+                        self.sent |= made_maybe;
+                        self.busy_or("create Namespace", &e)
+                    }
+                };
             }
-            State::ServiceAccount => {
-                create::<ServiceAccount>(&self.client, Some(&ns), bodies::service_account()).await?;
-                Ok(self.advance(State::Secret))
-            }
-            State::Secret => {
-                create::<Secret>(&self.client, Some(&ns), bodies::token_secret()).await?;
-                Ok(self.advance(State::Token))
-            }
-            State::Token => self.read_token().await,
-            State::Role => {
-                create::<Role>(&self.client, Some(&ns), bodies::role(self.pod_label())).await?;
-                Ok(self.advance(State::RoleBinding))
-            }
-            State::RoleBinding => {
-                create::<RoleBinding>(&self.client, Some(&ns), bodies::role_binding(&ns, self.pod_label()))
-                    .await?;
-                if self.pod_label() {
-                    Ok(self.advance(State::Pod))
-                } else {
-                    Ok(Step::Done(self.instance(None)?))
-                }
-            }
-            State::Pod => {
-                create::<Pod>(&self.client, Some(&ns), bodies::pod(&self.label, &self.labels)).await?;
-                Ok(self.advance(State::PodRunning))
-            }
-            State::PodRunning => self.read_pod().await,
+            State::Token => return self.read_token().await,
+            State::PodRunning => return self.read_pod().await,
+            State::ServiceAccount => ("ServiceAccount", bodies::service_account(), State::Secret),
+            State::Secret => ("Secret", bodies::token_secret(), State::Token),
+            State::Role => ("Role", bodies::role(pod), State::RoleBinding),
+            State::RoleBinding => ("RoleBinding", bodies::role_binding(&ns, pod), State::Pod),
+            State::Pod => ("Pod", bodies::pod(&self.label, &self.labels), State::PodRunning),
+        };
+        let obj = object(body)?;
+        let created = match self.state {
+            State::ServiceAccount => create::<ServiceAccount>(&self.client, &ns, &obj).await,
+            State::Secret => create::<Secret>(&self.client, &ns, &obj).await,
+            State::Role => create::<Role>(&self.client, &ns, &obj).await,
+            State::RoleBinding => create::<RoleBinding>(&self.client, &ns, &obj).await,
+            _ => create::<Pod>(&self.client, &ns, &obj).await,
+        };
+        match created {
+            Err(e) => self.busy_or(&format!("create {kind}"), &e),
+            Ok(()) if next == State::Pod && !pod => Ok(Step::Done(self.instance(None)?)),
+            Ok(()) => Ok(self.advance(next)),
         }
     }
 
@@ -335,11 +393,26 @@ impl DeleteMachine for Delete {
                     Ok(Step::Pending(Duration::ZERO))
                 }
                 Err(e) if is_not_found(&e) => Ok(Step::Done(())),
+                // Already being deleted (an earlier delete): wait for it.
+                Err(e) if is_conflict(&e) => {
+                    self.requested = true;
+                    Ok(Step::Pending(Duration::ZERO))
+                }
+                Err(e) if is_busy(&e) && self.tries < BUSY_RETRIES => {
+                    self.tries += 1;
+                    Ok(Step::Pending(backoff(self.tries)))
+                }
                 Err(e) => Err(classify("delete Namespace", &e)),
             };
         }
         match namespaces.get(&self.namespace).await {
             Err(e) if is_not_found(&e) => Ok(Step::Done(())),
+            // Busy: read again later (the wait is bounded by the caller).
+            Err(e) if is_busy(&e) => {
+                let pause = backoff(self.tries);
+                self.tries += 1;
+                Ok(Step::Pending(pause))
+            }
             Err(e) => Err(classify("read Namespace", &e)),
             Ok(_) => {
                 let pause = backoff(self.tries);

@@ -68,11 +68,15 @@ impl KubernetesProvider {
             message,
         };
         let options = KubeConfigOptions { context: config.context.clone(), ..KubeConfigOptions::default() };
+        // As upstream, the in-cluster account is used only when there is no
+        // kubeconfig at all; a kubeconfig that cannot be read or parsed is
+        // an error, never a silent switch to another cluster.
         let file = match kubeconfig {
             Some(path) => {
                 Some(Kubeconfig::read_from(path).map_err(|e| error(format!("{}: {e}", path.display())))?)
             }
-            None => Kubeconfig::read().ok(),
+            None if kubeconfig_exists() => Some(Kubeconfig::read().map_err(|e| error(e.to_string()))?),
+            None => None,
         };
         let mut client_config = match file {
             Some(file) => kube::Config::from_custom_kubeconfig(file, &options)
@@ -81,9 +85,15 @@ impl KubernetesProvider {
             None => kube::Config::incluster()
                 .map_err(|e| error(format!("no kubeconfig, and not inside a cluster: {e}")))?,
         };
-        // A stuck API server fails the step instead of holding it for the
-        // client's default five minutes.
+        // A stuck API server fails the step instead of holding it forever
+        // (kube-rs has no read timeout by default); counted from the request,
+        // not from when a pooled connection last read.
         client_config.read_timeout = Some(Duration::from_secs(60));
+        client_config.reset_reader_on_write = true;
+        // 429/503/504 are retried by the state machines, a bounded number of
+        // times per step; kube-rs's own retry layer can wait many minutes
+        // inside one call.
+        client_config.default_retry = false;
         let access = ClusterAccess {
             host: client_config.cluster_url.to_string().trim_end_matches('/').to_owned(),
             skiptls: client_config.accept_invalid_certs,
@@ -133,6 +143,15 @@ impl KubernetesProvider {
                 .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
         })
     }
+}
+
+/// Whether a kubeconfig file is there to read: `KUBECONFIG` is set, or
+/// `~/.kube/config` exists.
+fn kubeconfig_exists() -> bool {
+    if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
+        return true;
+    }
+    std::env::var_os("HOME").is_some_and(|home| Path::new(&home).join(".kube/config").exists())
 }
 
 /// A create that fails at once (an unknown label after a reload).
@@ -223,11 +242,14 @@ impl Provider for KubernetesProvider {
     }
 
     fn quota_for_label(&self, label: &str) -> Quota {
-        self.config
-            .pools
-            .iter()
-            .flat_map(|p| p.labels.iter())
-            .find(|l| l.name == label)
+        let first = self.config.pools.iter().find(|p| p.labels.iter().any(|l| l.name == label));
+        self.quota_for_pool_label(first.map(|p| p.name.as_str()).unwrap_or_default(), label)
+    }
+
+    /// Each pool's own label settings (pools may give one label different
+    /// `cpu`/`memory` or defaults), as upstream's `quotaNeededByLabel`.
+    fn quota_for_pool_label(&self, pool: &str, label: &str) -> Quota {
+        self.label(pool, label)
             .map(bodies::label_quota)
             .unwrap_or_else(|| Quota::new(None, Some(1.0), None, 0.0))
     }

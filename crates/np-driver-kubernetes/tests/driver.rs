@@ -34,6 +34,13 @@ providers:
             memory: 512
             dynamic-labels:
               tenant: "{request.tenant_name}"
+      - name: big
+        labels:
+          - name: pod-fedora
+            type: pod
+            image: docker.io/fedora:28
+            cpu: 8
+            memory: 4096
 "#;
 
 fn provider_config() -> np_config::KubernetesProvider {
@@ -240,11 +247,12 @@ async fn api_errors_are_classified() {
         "pods \"pod-fedora\" is forbidden: exceeded quota: compute-resources, requested: cpu=2, used: cpu=8, limited: cpu=8",
     );
     let (result, external_id) = run_create(&e.provider, e.request("0000000004", "pod-fedora")).await;
-    assert!(matches!(result, Err(ProviderError::Quota(_))), "{result:?}");
+    // Not the launcher's quota class: it would relaunch for ever.
+    assert!(matches!(result, Err(ProviderError::Fatal(_))), "{result:?}");
     // The namespace was made: the launcher knows it and deletes it.
     assert_eq!(external_id, Some(json!("main-0000000004")));
 
-    // 503 (and 429, 504) the client itself retries with backoff.
+    // 503 (and 429, 504) the step itself retries with backoff.
     e.kube.fail_next("namespaces", 503, "ServiceUnavailable", "the server is shutting down");
     let before = e.kube.created("namespaces").len();
     let (result, _) = run_create(&e.provider, e.request("0000000005", "kubernetes-namespace")).await;
@@ -263,13 +271,93 @@ async fn api_errors_are_classified() {
     let (result, _) = run_create(&e.provider, e.request("0000000006", "kubernetes-namespace")).await;
     assert!(matches!(result, Err(ProviderError::Fatal(_))), "{result:?}");
 
-    // A namespace left over from an earlier attempt that is still being
-    // deleted: transient, so the launcher deletes and retries.
-    e.kube.plant_namespace("main-0000000007", json!({}));
+    // A refusal made nothing: no namespace is claimed.
+    e.kube.fail_next("namespaces", 403, "Forbidden", "namespaces is forbidden: User cannot create");
+    let (result, external_id) =
+        run_create(&e.provider, e.request("0000000009", "kubernetes-namespace")).await;
+    assert!(matches!(result, Err(ProviderError::Fatal(_))), "{result:?}");
+    assert_eq!(external_id, None);
+}
+
+#[tokio::test]
+async fn a_namespace_of_that_name_is_adopted_only_if_it_is_this_nodes() {
+    let e = Env::new().await;
+    let labels = |provider: &str, id: &str| json!({"nodepool_provider_name": provider, "nodepool_pool_name": "main", "nodepool_node_id": id});
+    // Another installation's node with the same id: never claimed (the
+    // launcher would delete it).
+    e.kube.plant_namespace("main-0000000007", labels("elsewhere", "0000000007"));
     let (result, external_id) =
         run_create(&e.provider, e.request("0000000007", "kubernetes-namespace")).await;
     assert!(matches!(result, Err(ProviderError::Transient(_))), "{result:?}");
-    assert_eq!(external_id, Some(json!("main-0000000007")));
+    assert_eq!(external_id, None);
+    // This node's, from a POST whose answer was lost: adopted.
+    e.kube.plant_namespace("main-0000000008", labels("kubespray", "0000000008"));
+    let (result, external_id) =
+        run_create(&e.provider, e.request("0000000008", "kubernetes-namespace")).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(external_id, Some(json!("main-0000000008")));
+    // This node's but being deleted (an earlier attempt's): not claimed,
+    // the attempt fails and is retried once it is gone.
+    e.kube.set_knobs(Knobs { terminating_reads: 100, ..Knobs::default() });
+    e.kube.plant_namespace("main-0000000009", labels("kubespray", "0000000009"));
+    e.kube.terminate("main-0000000009");
+    let (result, external_id) =
+        run_create(&e.provider, e.request("0000000009", "kubernetes-namespace")).await;
+    assert!(matches!(result, Err(ProviderError::Transient(_))), "{result:?}");
+    assert_eq!(external_id, None);
+}
+
+#[tokio::test]
+async fn busy_answers_are_retried_a_bounded_number_of_times() {
+    let e = Env::new().await;
+    e.kube.fail_next_call("GET", "secrets", 503, "ServiceUnavailable", "try again");
+    e.kube.fail_next_call("GET", "pods", 429, "TooManyRequests", "slow down");
+    let (result, _) = run_create(&e.provider, e.request("0000000020", "pod-fedora")).await;
+    assert!(result.is_ok(), "{result:?}");
+    for _ in 0..=np_driver_kubernetes::machine::BUSY_RETRIES {
+        e.kube.fail_next_call("GET", "pods", 429, "TooManyRequests", "slow down");
+    }
+    let (result, external_id) = run_create(&e.provider, e.request("0000000021", "pod-fedora")).await;
+    assert!(matches!(result, Err(ProviderError::Transient(_))), "{result:?}");
+    assert_eq!(external_id, Some(json!("main-0000000021")));
+}
+
+#[tokio::test]
+async fn a_second_delete_waits_for_the_first() {
+    let e = Env::new().await;
+    e.kube.set_knobs(Knobs { terminating_reads: 3, ..Knobs::default() });
+    let (instance, _) = run_create(&e.provider, e.request("0000000030", "kubernetes-namespace")).await;
+    let id = instance.unwrap().external_id;
+    e.kube.terminate("main-0000000030");
+    // The API server answers 409 to the second DELETE; it is not an error.
+    run_delete(&e.provider, &id).await.unwrap();
+    assert!(e.kube.namespaces().is_empty());
+    // A failing DELETE is reported.
+    let (instance, _) = run_create(&e.provider, e.request("0000000031", "kubernetes-namespace")).await;
+    let id = instance.unwrap().external_id;
+    e.kube.fail_next_call("DELETE", "namespaces", 403, "Forbidden", "namespaces is forbidden");
+    assert!(matches!(run_delete(&e.provider, &id).await, Err(ProviderError::Fatal(_))));
+    run_delete(&e.provider, &id).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_tls_verification_the_node_gets_no_ca_and_each_pool_its_own_sizes() {
+    let e = Env::new().await;
+    let path = e.kube.kubeconfig_with(&e._dir.0, "admin-cluster.local", true);
+    let p = KubernetesProvider::new("kubespray", &provider_config(), Some(&path)).await.unwrap();
+    assert!(p.access().skiptls);
+    let (instance, _) = run_create(&p, e.request("0000000040", "kubernetes-namespace")).await;
+    let port = instance.unwrap().connection_port.unwrap();
+    assert_eq!(port["skiptls"], true);
+    assert!(port.get("ca_crt").is_none(), "{port}");
+    assert_eq!(
+        p.quota_for_pool_label("main", "pod-fedora").to_resources(),
+        json!({"cores": 2, "instances": 1, "ram": 512})
+    );
+    assert_eq!(
+        p.quota_for_pool_label("big", "pod-fedora").to_resources(),
+        json!({"cores": 8, "instances": 1, "ram": 4096})
+    );
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use futures::StreamExt;
 use np_core::{NodeState, RequestState};
 use np_provider::{META_BUILD_ID, META_NODE_ID, META_PROVIDER, META_UPLOAD_ID};
 use np_zk::{paths, LockOptions};
@@ -266,6 +267,7 @@ async fn clean_leaked_instances(
         }
     };
     let mut leaked_now = HashSet::new();
+    let mut to_delete = Vec::new();
     // Uploaded images (and their snapshots) carry the builder's build and
     // upload ids instead of a node id: leaked once the upload record is gone.
     let mut uploads: Option<HashSet<String>> = None;
@@ -306,16 +308,32 @@ async fn clean_leaked_instances(
         if seen_before.contains(&key) {
             info!(provider = provider_name, resource = %key, owner, "deleting leaked resource");
             shared.metrics.record_leaked(provider_name, &leaked_metric_name(&instance), 1);
-            if let Err(e) = delete_instance(provider, &instance.external_id).await {
-                warn!(resource = %key, error = %e, "cannot delete leaked resource");
-                leaked_now.insert(key);
-            }
+            to_delete.push((key, instance.external_id));
         } else {
+            leaked_now.insert(key);
+        }
+    }
+    // Deletes run side by side: one that waits for the cloud (a Kubernetes
+    // namespace takes its pods' grace period to go) holds up no other.
+    let deleted: Vec<(String, Result<(), np_provider::ProviderError>)> = futures::stream::iter(to_delete)
+        .map(|(key, id)| async move {
+            let result = delete_instance(provider, &id).await;
+            (key, result)
+        })
+        .buffer_unordered(LEAK_DELETES_AT_ONCE)
+        .collect()
+        .await;
+    for (key, result) in deleted {
+        if let Err(e) = result {
+            warn!(resource = %key, error = %e, "cannot delete leaked resource");
             leaked_now.insert(key);
         }
     }
     *seen_before = leaked_now;
 }
+
+/// How many leaked resources one provider deletes at once.
+const LEAK_DELETES_AT_ONCE: usize = 8;
 
 #[cfg(test)]
 mod tests {

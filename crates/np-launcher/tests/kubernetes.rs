@@ -38,6 +38,7 @@ providers:
             type: pod
             image: docker.io/fedora:28
             python-path: /usr/bin/python3
+            shell-type: bash
             cpu: 2
             memory: 512
 "#;
@@ -93,6 +94,7 @@ async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
     assert_eq!(pod.interface_ip.as_deref(), Some("pod-fedora"));
     assert_eq!(pod.host_id.as_deref(), Some("fake-node-1"));
     assert_eq!(pod.python_path.as_deref(), Some("/usr/bin/python3"));
+    assert_eq!(pod.shell_type.as_deref(), Some("bash"));
     assert_eq!(pod.username, None);
     assert_eq!(pod.cloud.as_deref(), Some("admin-cluster.local"));
     assert_eq!(pod.external_id, Some(json!(format!("main-{}", pod.id))));

@@ -210,6 +210,13 @@ pub trait Provider: Send + Sync {
     async fn quota_limits(&self) -> Result<Quota, ProviderError>;
     /// What one node of `label` consumes.
     fn quota_for_label(&self, label: &str) -> Quota;
+    /// What one node of `label` consumes in `pool`, for drivers whose pools
+    /// can size one label differently (Kubernetes). Default: as
+    /// [`Provider::quota_for_label`].
+    fn quota_for_pool_label(&self, pool: &str, label: &str) -> Quota {
+        let _ = pool;
+        self.quota_for_label(label)
+    }
     /// Every instance the cloud account runs where this provider launches,
     /// ours or not, with what it consumes: the launcher counts those that
     /// are not nodes of this provider against the cloud's limits (upstream's

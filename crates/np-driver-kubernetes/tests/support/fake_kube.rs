@@ -77,8 +77,8 @@ struct Cluster {
     /// Namespaced objects by (namespace, plural, name).
     objects: BTreeMap<(String, String, String), Stored>,
     requests: Vec<Request>,
-    /// Errors to answer the next creates of a resource with: plural → (code, reason, message).
-    failures: Vec<(String, u16, String, String)>,
+    /// Errors to answer the next calls with: (method, plural, code, reason, message).
+    failures: Vec<(String, String, u16, String, String)>,
     serial: u64,
 }
 
@@ -156,14 +156,14 @@ impl Cluster {
         }
     }
 
-    fn take_failure(&mut self, plural: &str) -> Option<Response> {
-        let i = self.failures.iter().position(|f| f.0 == plural)?;
-        let (_, code, reason, message) = self.failures.remove(i);
+    fn take_failure(&mut self, method: &str, plural: &str) -> Option<Response> {
+        let i = self.failures.iter().position(|f| f.0 == method && f.1 == plural)?;
+        let (_, _, code, reason, message) = self.failures.remove(i);
         Some(status(code, &reason, &message))
     }
 
     fn create_namespace(&mut self, mut body: Value) -> Response {
-        if let Some(r) = self.take_failure("namespaces") {
+        if let Some(r) = self.take_failure("POST", "namespaces") {
             return r;
         }
         let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned) else {
@@ -182,7 +182,7 @@ impl Cluster {
         let Some((kind, _)) = kind_of(plural) else {
             return status(404, "NotFound", "the server could not find the requested resource");
         };
-        if let Some(r) = self.take_failure(plural) {
+        if let Some(r) = self.take_failure("POST", plural) {
             return r;
         }
         match self.namespaces.get(ns) {
@@ -225,6 +225,9 @@ impl Cluster {
     }
 
     fn read_in(&mut self, ns: &str, plural: &str, name: &str) -> Response {
+        if let Some(r) = self.take_failure("GET", plural) {
+            return r;
+        }
         let knobs = self.knobs.clone();
         let sa_exists = self.objects.contains_key(&(
             ns.to_owned(),
@@ -258,6 +261,9 @@ impl Cluster {
     }
 
     fn read_namespace(&mut self, name: &str) -> Response {
+        if let Some(r) = self.take_failure("GET", "namespaces") {
+            return r;
+        }
         let limit = self.knobs.terminating_reads;
         let Some(stored) = self.namespaces.get_mut(name) else {
             return status(404, "NotFound", &format!("namespaces \"{name}\" not found"));
@@ -279,9 +285,22 @@ impl Cluster {
     }
 
     fn delete_namespace(&mut self, name: &str) -> Response {
+        if let Some(r) = self.take_failure("DELETE", "namespaces") {
+            return r;
+        }
         let Some(stored) = self.namespaces.get_mut(name) else {
             return status(404, "NotFound", &format!("namespaces \"{name}\" not found"));
         };
+        if stored.object.pointer("/status/phase") == Some(&json!("Terminating")) {
+            // What a real API server answers to a second delete.
+            return status(
+                409,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on namespaces \"{name}\": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."
+                ),
+            );
+        }
         stored.object["status"] = json!({"phase": "Terminating"});
         stored.object["metadata"]["deletionTimestamp"] = json!("2026-11-28T00:00:01Z");
         stored.reads = 0;
@@ -360,9 +379,16 @@ impl FakeKube {
     /// Writes a kubeconfig with context `context` (the current one) for this
     /// server, authenticating with a bearer token, and returns its path.
     pub fn kubeconfig(&self, dir: &Path, context: &str) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_with(dir, context, false)
+    }
+
+    /// Like [`FakeKube::kubeconfig`]; `insecure` sets the cluster's
+    /// `insecure-skip-tls-verify`.
+    pub fn kubeconfig_with(&self, dir: &Path, context: &str, insecure: bool) -> PathBuf {
+        let path = dir.join(if insecure { "kubeconfig-insecure" } else { "kubeconfig" });
+        let skip = if insecure { "      insecure-skip-tls-verify: true\n" } else { "" };
         let text = format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: {context}\nclusters:\n  - name: fake\n    cluster:\n      server: {url}\n\
+            "apiVersion: v1\nkind: Config\ncurrent-context: {context}\nclusters:\n  - name: fake\n    cluster:\n      server: {url}\n{skip}\
              contexts:\n  - name: {context}\n    context:\n      cluster: fake\n      user: admin\n\
              users:\n  - name: admin\n    user:\n      token: admin-token\n",
             url = self.url()
@@ -379,7 +405,20 @@ impl FakeKube {
     /// Answers the next create of `plural` (`pods`, `namespaces`...) with
     /// this error.
     pub fn fail_next(&self, plural: &str, code: u16, reason: &str, message: &str) {
-        self.cluster.lock().unwrap().failures.push((plural.into(), code, reason.into(), message.into()));
+        self.fail_next_call("POST", plural, code, reason, message);
+    }
+
+    /// Answers the next `method` (`GET`, `POST`, `DELETE`) call on `plural`
+    /// with this error.
+    pub fn fail_next_call(&self, method: &str, plural: &str, code: u16, reason: &str, message: &str) {
+        let failure = (method.into(), plural.into(), code, reason.into(), message.into());
+        self.cluster.lock().unwrap().failures.push(failure);
+    }
+
+    /// Starts deleting namespace `name` as a DELETE would (it stays
+    /// `Terminating` for the knob's reads).
+    pub fn terminate(&self, name: &str) {
+        let _ = self.cluster.lock().unwrap().delete_namespace(name);
     }
 
     /// Every request so far.
