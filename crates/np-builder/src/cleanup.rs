@@ -234,7 +234,7 @@ impl CleanupWorker {
             {
                 continue; // being built
             }
-            self.retire_build(image, build_id, build.state).await?;
+            self.retire_build(image, build_id, build.state, setup.config.images_dir.as_deref()).await?;
         }
         Ok(())
     }
@@ -243,7 +243,15 @@ impl CleanupWorker {
     /// and deletes it once they are gone. `seen` is the state the decision
     /// was made on: if the build changed since (a `building` one that just
     /// became `ready`), it is left for the next pass, as upstream re-checks.
-    async fn retire_build(&self, image: &str, build_id: &str, seen: BuildState) -> Result<(), ZkError> {
+    /// As upstream, the build's local files go before its record, so a build
+    /// that is gone from ZooKeeper has no files left here.
+    async fn retire_build(
+        &self,
+        image: &str,
+        build_id: &str,
+        seen: BuildState,
+        images_dir: Option<&Path>,
+    ) -> Result<(), ZkError> {
         let mut remaining = 0;
         let mut all_deleting = true;
         for provider in self.zk.build_providers(image, build_id).await? {
@@ -290,6 +298,9 @@ impl CleanupWorker {
         if remaining > 0 {
             debug!(image, build = build_id, remaining, "build keeps uploads that are still being deleted");
             return lock.release().await;
+        }
+        if let Some(dir) = images_dir {
+            crate::dib::remove_build_files(dir, image, build_id);
         }
         // The record goes with its lock directory (our contender included).
         match self.zk.delete_build(image, build_id).await {
