@@ -4,7 +4,8 @@
 #   * Debian packages: zookeeper (3.8, with a JRE), openssl, openssh-server,
 #     netcat-openbsd (apt is skipped when they are all installed already);
 #   * a Python venv at ${NP_VENV:-<repo>/.venv} with kazoo, nodepool==11.0.0,
-#     cachetools and moto[server] (the EC2 API server of the AWS driver tests) (pip is skipped when the right versions are present).
+#     cachetools and moto[server] (the EC2 API server of the AWS driver tests) (pip is skipped when the right versions are present);
+#   * kubernetes==29.0.0 in <venv>/kubernetes-29 (for Python Nodepool's Kubernetes driver).
 #
 # Output is kept short: the details go to <repo>/.test-env/setup.log, whose
 # tail is printed when a step fails.
@@ -118,6 +119,16 @@ if ! venv_ok; then
         exit 1
     fi
     say "venv ready in $((SECONDS - start))s"
+fi
+
+# Python Nodepool 11's Kubernetes driver fails with the kubernetes client the
+# venv gets (37.x validates request bodies with pydantic and refuses the
+# role binding's `userNames`); the Python-beside-ours Kubernetes test runs it
+# with the last client before that, from its own directory on PYTHONPATH.
+K8S_OLD="$VENV/kubernetes-29"
+if [ ! -f "$K8S_OLD/kubernetes/__init__.py" ]; then
+    say "installing kubernetes==29.0.0 for the Python launcher's Kubernetes driver at $K8S_OLD"
+    run "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target "$K8S_OLD" "kubernetes==29.0.0"
 fi
 
 say "ok (venv: $VENV)"

@@ -155,3 +155,113 @@ async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
     launcher.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Python Nodepool 11's launcher and ours, each with its own Kubernetes
+/// provider on one cluster and one ZooKeeper, as during a migration: both
+/// fulfil their requests, their node records have the same shape, and each
+/// deletes only its own namespaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_launchers_share_one_cluster() {
+    let kube = FakeKube::start().await;
+    let dir = std::env::temp_dir().join(format!("np-k8s-py-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = kube.kubeconfig(&dir, "admin-cluster.local");
+    let t = TestZk::new_tls().await;
+    let provider_yaml = |provider: &str, pool: &str, prefix: &str| {
+        format!(
+            "labels:\n  - name: {prefix}-ns\n  - name: {prefix}-pod\nproviders:\n  - name: {provider}\n    driver: kubernetes\n    context: admin-cluster.local\n    pools:\n      - name: {pool}\n        labels:\n          - name: {prefix}-ns\n            type: namespace\n          - name: {prefix}-pod\n            type: pod\n            image: docker.io/fedora:40\n            cpu: 1\n            memory: 256\n"
+        )
+    };
+    let py_config = dir.join("python.yaml");
+    std::fs::write(
+        &py_config,
+        format!("{}{}", np_testing::zk_yaml_tls(&t.chroot), provider_yaml("py-k8s", "py", "py")),
+    )
+    .unwrap();
+    let python = std::path::PathBuf::from(np_testing::env("NP_PYTHON"));
+    let venv = python.parent().unwrap().parent().unwrap();
+    let log = std::fs::File::create(dir.join("python-launcher.log")).unwrap();
+    let _py = np_testing::ChildGuard(
+        std::process::Command::new(python.with_file_name("nodepool-launcher"))
+            .arg("-c")
+            .arg(&py_config)
+            .args(["-f", "--no-webapp"])
+            .env("KUBECONFIG", &kubeconfig)
+            // See tools/setup.sh: the client Python Nodepool's driver works with.
+            .env("PYTHONPATH", venv.join("kubernetes-29"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let ours = np_config::load_str(&provider_yaml("rs-k8s", "rs", "rs"), "nodepool.yaml").unwrap();
+    let np_config::ProviderDriver::Kubernetes(k) = &ours.providers[0].driver else { panic!() };
+    let provider =
+        np_driver_kubernetes::KubernetesProvider::new("rs-k8s", k, Some(&kubeconfig)).await.unwrap();
+    let providers: ProviderSet = HashMap::from([("rs-k8s".to_owned(), Arc::new(provider) as _)]);
+    let launcher =
+        Launcher::start_with(&ours, t.zk.clone(), providers, Some(Duration::from_millis(300))).await.unwrap();
+
+    // Both pools registered first (Python's takes a few seconds to start): a
+    // label no registered pool serves would be failed, as upstream does.
+    let python_log = || std::fs::read_to_string(dir.join("python-launcher.log")).unwrap_or_default();
+    let both = eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await;
+    assert!(both, "python launcher did not register:\n{}", python_log());
+    let mut ids = Vec::new();
+    for label in ["py-ns", "py-pod", "rs-ns", "rs-pod"] {
+        let mut r = NodeRequest::new(vec![label.into()]);
+        t.zk.create_request(&mut r, 100, false).await.unwrap();
+        ids.push(r.id);
+    }
+    for id in &ids {
+        let done = eventually(Duration::from_secs(60), || async {
+            state_of(&t, id).await == RequestState::Fulfilled
+        })
+        .await;
+        assert!(done, "{id} not fulfilled; python launcher log:\n{}", python_log());
+    }
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let (r, _) = t.zk.get_request(id).await.unwrap().unwrap();
+        nodes.push(t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap().0);
+    }
+    // The same record shape from both launchers, for both label types.
+    for (py, rs) in [(&nodes[0], &nodes[2]), (&nodes[1], &nodes[3])] {
+        assert_eq!(py.provider.as_deref(), Some("py-k8s"));
+        assert_eq!(rs.provider.as_deref(), Some("rs-k8s"));
+        assert_eq!(py.connection_type, rs.connection_type);
+        let keys =
+            |n: &np_core::Node| n.connection_port.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(py), keys(rs), "connection_port keys, in order");
+        assert_eq!(py.connection_port["host"], rs.connection_port["host"]);
+        assert_eq!(py.connection_port["ca_crt"], rs.connection_port["ca_crt"]);
+        assert_eq!(py.connection_port["token"], format!("token-py-{}", py.id));
+        assert_eq!(py.external_id, Some(json!(format!("py-{}", py.id))));
+        assert_eq!(rs.external_id, Some(json!(format!("rs-{}", rs.id))));
+        assert_eq!(
+            (py.host_id.is_some(), py.interface_ip.is_some()),
+            (rs.host_id.is_some(), rs.interface_ip.is_some())
+        );
+        assert_eq!(py.cloud, rs.cloud);
+        assert_eq!(py.username, rs.username);
+    }
+    // Both clean up after a while without touching the other's namespaces.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(kube.namespaces().len(), 4, "{:?}", kube.namespaces());
+    for n in &nodes {
+        let (mut node, _) = t.zk.get_node(&n.id).await.unwrap().unwrap();
+        node.set_state(NodeState::Used);
+        t.zk.update_node(&node).await.unwrap();
+    }
+    for id in &ids {
+        t.zk.delete_request(id).await.unwrap();
+    }
+    let clean = eventually(Duration::from_secs(60), || async {
+        kube.namespaces().is_empty() && t.zk.node_ids().await.unwrap().is_empty()
+    })
+    .await;
+    assert!(clean, "namespaces left: {:?}; python launcher log:\n{}", kube.namespaces(), python_log());
+    launcher.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,35 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use np_core::{NodeRequest, RequestState};
 use np_driver_fake::{FakeCloud, FakeSettings};
 use np_launcher::launcher::build_providers;
 use np_launcher::Launcher;
-use np_testing::{env, eventually, TestZk};
-
-struct PyLauncher(Child);
-
-impl Drop for PyLauncher {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn zk_block(chroot: &str) -> String {
-    let port = env("NP_ZK_TLS_HOSTS").rsplit(':').next().unwrap().to_owned();
-    format!(
-        "zookeeper-servers:\n  - host: 127.0.0.1\n    port: {port}\n    chroot: {chroot}\nzookeeper-tls:\n  ca: {}\n  cert: {}\n  key: {}\n",
-        env("NP_ZK_TLS_CA"),
-        env("NP_ZK_TLS_CERT"),
-        env("NP_ZK_TLS_KEY")
-    )
-}
+use np_testing::{env, eventually, zk_yaml_tls, ChildGuard, TestZk};
 
 fn fake_provider(name: &str, label: &str) -> String {
     format!(
@@ -40,11 +19,11 @@ fn fake_provider(name: &str, label: &str) -> String {
     )
 }
 
-fn start_python(chroot: &str, dir: &std::path::Path) -> PyLauncher {
+fn start_python(chroot: &str, dir: &std::path::Path) -> ChildGuard {
     let python = env("NP_PYTHON");
     let bin = std::path::Path::new(&python).with_file_name("nodepool-launcher");
     let config = dir.join("python.yaml");
-    std::fs::write(&config, format!("{}{}", zk_block(chroot), fake_provider("py-provider", "py-label")))
+    std::fs::write(&config, format!("{}{}", zk_yaml_tls(chroot), fake_provider("py-provider", "py-label")))
         .unwrap();
     let clouds = dir.join("clouds.yaml");
     std::fs::write(
@@ -64,7 +43,7 @@ fn start_python(chroot: &str, dir: &std::path::Path) -> PyLauncher {
         .stderr(log)
         .spawn()
         .unwrap();
-    PyLauncher(child)
+    ChildGuard(child)
 }
 
 async fn wait_state(t: &TestZk, id: &str, state: RequestState, secs: u64) -> bool {
@@ -82,7 +61,7 @@ async fn rust_and_python_launchers_share_one_zookeeper() {
     let _python = start_python(&t.chroot, &dir);
 
     let ours = np_config::load_str(
-        &format!("{}{}", zk_block(&t.chroot), fake_provider("rs-provider", "rs-label")),
+        &format!("{}{}", zk_yaml_tls(&t.chroot), fake_provider("rs-provider", "rs-label")),
         "rs.yaml",
     )
     .unwrap();

@@ -238,3 +238,30 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `zookeeper-servers` and `zookeeper-tls` sections of a `nodepool.yaml`
+/// for the test server's TLS port and `chroot` (Python Nodepool 11 requires
+/// TLS).
+pub fn zk_yaml_tls(chroot: &str) -> String {
+    let hosts = env("NP_ZK_TLS_HOSTS");
+    let port = hosts.rsplit(':').next().unwrap_or_default();
+    format!(
+        "zookeeper-servers:\n  - host: 127.0.0.1\n    port: {port}\n    chroot: {chroot}\nzookeeper-tls:\n  ca: {}\n  cert: {}\n  key: {}\n",
+        env("NP_ZK_TLS_CA"),
+        env("NP_ZK_TLS_CERT"),
+        env("NP_ZK_TLS_KEY")
+    )
+}
+
+/// A child process (a Python daemon) stopped with SIGTERM, then killed, when
+/// dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
