@@ -121,9 +121,20 @@ pub struct PoolWorker {
     /// quota until then, whatever its own accounting says (else it would
     /// relaunch at once, over and over).
     quota_blocked_until: Option<tokio::time::Instant>,
+    /// A request this pool wanted was locked by another pool or launcher
+    /// (deciding on it): look again then. Request locks live outside the
+    /// request tree, so their release is no cache event.
+    busy_retry: Option<tokio::time::Instant>,
+    /// The pause before that look, doubling while requests stay busy.
+    busy_backoff: std::time::Duration,
     draining: bool,
     done_tx: mpsc::UnboundedSender<LaunchDone>,
 }
+
+/// The first pause before looking again at a request locked elsewhere;
+/// it doubles up to [`BUSY_RETRY_MAX`] while requests stay locked.
+const BUSY_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const BUSY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a pool counts as at quota after the cloud refused a launch for
 /// quota (upstream's pool loop looks again after about a second).
@@ -181,6 +192,8 @@ impl PoolWorker {
             order: Vec::new(),
             paused: false,
             quota_blocked_until: None,
+            busy_retry: None,
+            busy_backoff: BUSY_RETRY_FIRST,
             draining: false,
             done_tx,
         };
@@ -219,6 +232,11 @@ impl PoolWorker {
                     // without ZooKeeper events; look again now and then.
                     _ = tokio::time::sleep(recheck_after.unwrap_or_default()),
                         if worker.paused && recheck_after.is_some() => {
+                        wake = true;
+                    }
+                    // A request was locked elsewhere when this pool looked.
+                    _ = tokio::time::sleep_until(worker.busy_retry.unwrap_or_else(tokio::time::Instant::now)),
+                        if worker.busy_retry.is_some() => {
                         wake = true;
                     }
                     Some(done) = done_rx.recv() => {
@@ -309,6 +327,25 @@ impl PoolWorker {
     }
 
     async fn work(&mut self) {
+        // This pass looks at every request again; a busy one sets a new retry.
+        let busy_before = self.busy_retry.take().is_some();
+        self.work_pass().await;
+        if self.busy_retry.is_none() {
+            self.busy_backoff = BUSY_RETRY_FIRST;
+        } else if busy_before {
+            self.busy_backoff = (self.busy_backoff * 2).min(BUSY_RETRY_MAX);
+        }
+    }
+
+    /// The request was locked by somebody else: look again after the
+    /// back-off.
+    fn note_busy(&mut self) {
+        if self.busy_retry.is_none() {
+            self.busy_retry = Some(tokio::time::Instant::now() + self.busy_backoff);
+        }
+    }
+
+    async fn work_pass(&mut self) {
         // Our own registration must be visible before we decide anything
         // that depends on the set of registered pools.
         let registered: Vec<np_core::PoolInfo> =
@@ -481,7 +518,10 @@ impl PoolWorker {
         let zk = self.shared.zk.clone();
         let lock = match zk.lock_request(id, LockOptions::try_once()).await {
             Ok(Some(lock)) => lock,
-            Ok(None) => return false,
+            Ok(None) => {
+                self.note_busy();
+                return false;
+            }
             Err(e) => {
                 debug!(request = id, error = %e, "cannot lock request");
                 return false;
@@ -530,7 +570,9 @@ impl PoolWorker {
         let mut handler = Handler { request, lock, slots, started: std::time::Instant::now(), images };
         if lacks || too_big || no_image || self.spec.max_servers == Some(0) {
             info!(request = id, lacks, too_big, no_image, "declining request");
-            self.decline(handler, registered).await;
+            // Conditional on the cached copy's version: a decline written
+            // over a stale copy would drop another pool's decline.
+            self.decline(handler, registered, version).await;
             return true;
         }
         handler.request.set_state(RequestState::Pending);
@@ -594,7 +636,7 @@ impl PoolWorker {
                 if handler.request.requestor.as_deref() == Some(MIN_READY_REQUESTOR) {
                     info!(request = id, "at quota: declining min-ready request");
                     self.remove_order(id);
-                    self.decline(handler, registered).await;
+                    self.decline(handler, registered, None).await;
                     return true;
                 }
                 self.free_oldest_unused_node().await;
@@ -611,7 +653,7 @@ impl PoolWorker {
         }
         if states.contains(&SlotState::Failed) && !states.contains(&SlotState::Launching) {
             self.remove_order(id);
-            self.decline(handler, registered).await;
+            self.decline(handler, registered, None).await;
             return true;
         }
         self.handlers.insert(id.to_owned(), handler);
@@ -1035,19 +1077,43 @@ impl PoolWorker {
         info!(request = id, "released request unchanged");
     }
 
-    async fn decline(&mut self, mut handler: Handler, registered: &[np_core::PoolInfo]) {
+    /// Adds this pool to `declined_by` (failing the request once every
+    /// registered pool has declined it) and gives the request back. With
+    /// `version`, the write is conditional on it; if the request changed
+    /// meanwhile (another pool's decline the cache had not seen yet), it is
+    /// read again under the lock and the decline applied to the fresh copy,
+    /// as upstream re-reads after locking.
+    async fn decline(
+        &mut self,
+        mut handler: Handler,
+        registered: &[np_core::PoolInfo],
+        mut version: Option<i32>,
+    ) {
         let zk = self.shared.zk.clone();
         let id = handler.request.id.clone();
-        if !handler.request.declined_by.contains(&self.id) {
-            handler.request.declined_by.push(self.id.clone());
-        }
-        let everyone_declined = registered.iter().all(|p| handler.request.declined_by.contains(&p.id));
-        let state = if everyone_declined { RequestState::Failed } else { RequestState::Requested };
-        handler.request.set_state(state);
         self.release_nodes(&mut handler, true).await;
-        match zk.update_request_cached(&self.shared.requests, &handler.request, None).await {
-            Ok(_) => {}
-            Err(e) => debug!(request = %id, error = %e, "cannot store declined request"),
+        let mut state = RequestState::Requested;
+        for _ in 0..5 {
+            if !handler.request.declined_by.contains(&self.id) {
+                handler.request.declined_by.push(self.id.clone());
+            }
+            let everyone_declined = registered.iter().all(|p| handler.request.declined_by.contains(&p.id));
+            state = if everyone_declined { RequestState::Failed } else { RequestState::Requested };
+            handler.request.set_state(state);
+            match zk.update_request_cached(&self.shared.requests, &handler.request, version.take()).await {
+                Ok(_) => break,
+                Err(e) if e.is_bad_version() => match zk.get_request(&id).await {
+                    Ok(Some((fresh, stat))) if fresh.state == RequestState::Requested => {
+                        handler.request = fresh;
+                        version = Some(stat.version);
+                    }
+                    _ => break,
+                },
+                Err(e) => {
+                    debug!(request = %id, error = %e, "cannot store declined request");
+                    break;
+                }
+            }
         }
         let _ = handler.lock.release().await;
         info!(request = %id, %state, "declined request");

@@ -354,3 +354,32 @@ async fn reload_restarts_only_changed_pools_and_keeps_work_in_flight() {
     assert_eq!(cloud.server_ids().len(), 1);
     launcher.stop().await;
 }
+
+/// A request that another launcher holds locked while this one looks at it
+/// is looked at again once the lock is gone. Request locks live outside the
+/// request tree, so their release is no cache event: without the pool's own
+/// retry the request would wait for some unrelated event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_locked_elsewhere_is_taken_once_the_lock_is_released() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = start(&t, &config(10, 0), &cloud).await;
+    assert!(eventually(Duration::from_secs(10), || async { launcher.shared().pools.len() == 1 }).await);
+    // Another launcher deciding on the request: its lock is taken before
+    // the request appears, so the pool finds it locked on its first look.
+    let mut req = NodeRequest::new(vec!["small".into()]);
+    req.id = "200-0000000000".into();
+    let other = t.second().await;
+    let lock = other.zk.lock_request(&req.id, np_zk::LockOptions::try_once()).await.unwrap().unwrap();
+    t.zk.create_request(&mut req, 200, false).await.unwrap();
+    assert_eq!(req.id, "200-0000000000");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(t.zk.get_request(&req.id).await.unwrap().unwrap().0.state, RequestState::Requested);
+    lock.release().await.unwrap();
+    let fulfilled = eventually(Duration::from_secs(5), || async {
+        t.zk.get_request(&req.id).await.unwrap().unwrap().0.state == RequestState::Fulfilled
+    })
+    .await;
+    assert!(fulfilled, "the pool looked again after the lock was released");
+    launcher.stop().await;
+}
