@@ -2012,8 +2012,8 @@ impl Provider for AwsProvider {
         Some(self.inner.settings.cache_ttl)
     }
 
-    fn quota_for_label(&self, label: &str) -> Quota {
-        match self.inner.find_label(None, label) {
+    fn quota_for_label(&self, pool: &str, label: &str) -> Quota {
+        match self.inner.find_label(Some(pool), label) {
             Some((_, l)) => self.inner.quota_for(l, None),
             None => {
                 let mut q = Quota::zero();

@@ -330,13 +330,13 @@ async fn quota_from_instance_types_and_service_quotas() {
         )
         .await;
 
-    let q = p.quota_for_label("ubuntu");
+    let q = p.quota_for_label("main", "ubuntu");
     assert_eq!((q.get("cores"), q.get("ram"), q.get("instances")), (1.0, 4096.0, 1.0));
     assert_eq!(q.get("L-1216C47A"), 2.0, "t3.medium: 2 vCPUs on the on-demand standard code");
-    let s = p.quota_for_label("spot");
+    let s = p.quota_for_label("main", "spot");
     assert_eq!(s.get("L-34B43A08"), 2.0, "spot code");
     assert_eq!(s.get("L-1216C47A"), 0.0);
-    let b = p.quota_for_label("big");
+    let b = p.quota_for_label("main", "big");
     assert_eq!(b.get("L-DB2E81BA"), 4.0, "g4dn.xlarge: 4 vCPUs on the G code");
     assert_eq!((b.get("cores"), b.get("ram")), (2.0, 16384.0));
     assert_eq!(b.get("L-7A658B76"), 100.0, "gp3 storage GiB");
@@ -459,7 +459,7 @@ async fn dedicated_host_launch_and_release() {
 "#;
     env.quotas.set("ec2", &[("L-8B7BF662", 2.0)]);
     let p = env.provider(&yaml(labels, "        availability-zone: us-west-2b\n", ""), PROVIDER).await;
-    let q = p.quota_for_label("dedicated");
+    let q = p.quota_for_label("main", "dedicated");
     assert_eq!((q.get("instances"), q.get("L-8B7BF662")), (1.0, 1.0));
     assert_eq!(p.quota_limits().await.unwrap().get("L-8B7BF662"), 2.0);
 
@@ -496,7 +496,7 @@ async fn new_with_endpoint_override_and_standard_credentials() {
     std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
     let cfg = support::aws_config(&simple(), PROVIDER);
     let p = AwsProvider::new(PROVIDER, &cfg, Some(env.moto.endpoint.clone())).await.unwrap();
-    assert_eq!(p.quota_for_label("ubuntu").get("cores"), 1.0, "instance types read at construction");
+    assert_eq!(p.quota_for_label("main", "ubuntu").get("cores"), 1.0, "instance types read at construction");
     let mut m = p.create(request("0000000040", "ubuntu"));
     // Step until the instance id is known (the default poll is slow).
     let mut id = None;
@@ -660,7 +660,7 @@ async fn fleet_labels_launch_through_templates_and_instant_fleets() {
         assert!(body.contains(part), "CreateFleet lacks {part}: {body}");
     }
     // A fleet label counts one instance (its type is only known afterwards).
-    assert_eq!(p.quota_for_label("ubuntu").get("instances"), 1.0);
+    assert_eq!(p.quota_for_label("main", "ubuntu").get("instances"), 1.0);
 
     // Spot fleet.
     let spot = run_create(&p, request("0000000002", "spot"), None).await.unwrap();

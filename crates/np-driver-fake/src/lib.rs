@@ -421,7 +421,7 @@ impl Provider for FakeProvider {
         Ok(Quota::new(f(s.max_cores), f(s.max_instances), f(s.max_ram), f64::INFINITY))
     }
 
-    fn quota_for_label(&self, _label: &str) -> Quota {
+    fn quota_for_label(&self, _pool: &str, _label: &str) -> Quota {
         Quota::new(Some(FAKE_CORES), Some(1.0), Some(FAKE_RAM), 0.0)
     }
 

@@ -241,14 +241,7 @@ impl Provider for KubernetesProvider {
         Ok(Quota::unlimited())
     }
 
-    fn quota_for_label(&self, label: &str) -> Quota {
-        let first = self.config.pools.iter().find(|p| p.labels.iter().any(|l| l.name == label));
-        self.quota_for_pool_label(first.map(|p| p.name.as_str()).unwrap_or_default(), label)
-    }
-
-    /// Each pool's own label settings (pools may give one label different
-    /// `cpu`/`memory` or defaults), as upstream's `quotaNeededByLabel`.
-    fn quota_for_pool_label(&self, pool: &str, label: &str) -> Quota {
+    fn quota_for_label(&self, pool: &str, label: &str) -> Quota {
         self.label(pool, label)
             .map(bodies::label_quota)
             .unwrap_or_else(|| Quota::new(None, Some(1.0), None, 0.0))

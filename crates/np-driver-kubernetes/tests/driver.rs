@@ -212,7 +212,7 @@ async fn a_pod_node_runs_its_pod_and_reports_where() {
         .count();
     assert_eq!(pod_reads, 3);
     assert_eq!(
-        e.provider.quota_for_label("pod-fedora").to_resources(),
+        e.provider.quota_for_label("main", "pod-fedora").to_resources(),
         json!({"cores": 2, "instances": 1, "ram": 512})
     );
 }
@@ -351,11 +351,11 @@ async fn without_tls_verification_the_node_gets_no_ca_and_each_pool_its_own_size
     assert_eq!(port["skiptls"], true);
     assert!(port.get("ca_crt").is_none(), "{port}");
     assert_eq!(
-        p.quota_for_pool_label("main", "pod-fedora").to_resources(),
+        p.quota_for_label("main", "pod-fedora").to_resources(),
         json!({"cores": 2, "instances": 1, "ram": 512})
     );
     assert_eq!(
-        p.quota_for_pool_label("big", "pod-fedora").to_resources(),
+        p.quota_for_label("big", "pod-fedora").to_resources(),
         json!({"cores": 8, "instances": 1, "ram": 4096})
     );
 }

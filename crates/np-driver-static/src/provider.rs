@@ -78,7 +78,7 @@ impl Provider for StaticProvider {
         Ok(Quota::unlimited())
     }
 
-    fn quota_for_label(&self, _label: &str) -> Quota {
+    fn quota_for_label(&self, _pool: &str, _label: &str) -> Quota {
         Quota::new(Some(0.0), Some(1.0), Some(0.0), 1.0)
     }
 }
@@ -98,6 +98,6 @@ mod tests {
         assert_eq!(delete.step().await, Ok(Step::Done(())));
         assert_eq!(p.list_instances().await, Ok(Vec::new()));
         assert_eq!(p.quota_limits().await, Ok(Quota::unlimited()));
-        assert_eq!(p.quota_for_label("l"), Quota::new(Some(0.0), Some(1.0), Some(0.0), 1.0));
+        assert_eq!(p.quota_for_label("main", "l"), Quota::new(Some(0.0), Some(1.0), Some(0.0), 1.0));
     }
 }

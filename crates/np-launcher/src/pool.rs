@@ -508,7 +508,7 @@ impl PoolWorker {
             }
         }
         for label in req.node_types.iter().filter(|l| self.spec.labels.contains(*l)) {
-            left.subtract(&self.provider.quota_for_pool_label(&self.spec.pool, label));
+            left.subtract(&self.provider.quota_for_label(&self.spec.pool, label));
         }
         left.non_negative()
     }
@@ -725,7 +725,7 @@ impl PoolWorker {
             count += 1;
             match &n.resources {
                 Some(r) => used.add(&Quota::from_resources(r)),
-                None => used.add(&self.provider.quota_for_pool_label(
+                None => used.add(&self.provider.quota_for_label(
                     n.pool.as_deref().unwrap_or(&self.spec.pool),
                     n.node_type.first().map_or("", |s| s),
                 )),
@@ -741,7 +741,7 @@ impl PoolWorker {
         if self.quota_blocked_until.is_some_and(|t| tokio::time::Instant::now() < t) {
             return false;
         }
-        let needed = self.provider.quota_for_pool_label(&self.spec.pool, label);
+        let needed = self.provider.quota_for_label(&self.spec.pool, label);
         let (_, pool_used) = self.usage(true);
         let mut pool_left = self.spec.limits.clone();
         pool_left.subtract(&pool_used).subtract(&needed);
@@ -826,7 +826,7 @@ impl PoolWorker {
     async fn could_ever_fit(&self, labels: &[String]) -> bool {
         let mut needed = Quota::zero();
         for label in labels {
-            needed.add(&self.provider.quota_for_pool_label(&self.spec.pool, label));
+            needed.add(&self.provider.quota_for_label(&self.spec.pool, label));
         }
         let mut pool = self.spec.limits.clone();
         if !pool.subtract(&needed).non_negative() {
@@ -895,7 +895,7 @@ impl PoolWorker {
             node.image_id = Some(path.clone());
             image_external_id = external_id.clone();
         }
-        node.resources = Some(self.provider.quota_for_pool_label(&self.spec.pool, &label).to_resources());
+        node.resources = Some(self.provider.quota_for_label(&self.spec.pool, &label).to_resources());
         let stat = match zk.create_node(&mut node).await {
             Ok(stat) => stat,
             Err(e) => {

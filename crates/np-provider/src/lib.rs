@@ -208,15 +208,9 @@ pub trait Provider: Send + Sync {
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError>;
     /// The cloud's limits for this provider (∞ where unknown).
     async fn quota_limits(&self) -> Result<Quota, ProviderError>;
-    /// What one node of `label` consumes.
-    fn quota_for_label(&self, label: &str) -> Quota;
-    /// What one node of `label` consumes in `pool`, for drivers whose pools
-    /// can size one label differently (Kubernetes). Default: as
-    /// [`Provider::quota_for_label`].
-    fn quota_for_pool_label(&self, pool: &str, label: &str) -> Quota {
-        let _ = pool;
-        self.quota_for_label(label)
-    }
+    /// What one node of `label` consumes in `pool` (pools may size one
+    /// label differently, as upstream's `quotaNeededByLabel(label, pool)`).
+    fn quota_for_label(&self, pool: &str, label: &str) -> Quota;
     /// Every instance the cloud account runs where this provider launches,
     /// ours or not, with what it consumes: the launcher counts those that
     /// are not nodes of this provider against the cloud's limits (upstream's
