@@ -33,6 +33,20 @@ pub const ROLE_BINDING: &str = "zuul-role";
 /// The label key naming the Nodepool label (besides the standard metadata).
 pub const META_LABEL: &str = "nodepool_node_label";
 
+/// As upstream, every label type other than `namespace` is a pod.
+pub fn is_pod(label: &KubernetesLabel) -> bool {
+    label.kind != "namespace"
+}
+
+/// The node's `connection_type`: `kubectl` for pods, `namespace` otherwise.
+pub fn connection_type(label: &KubernetesLabel) -> &'static str {
+    if is_pod(label) {
+        "kubectl"
+    } else {
+        "namespace"
+    }
+}
+
 /// The namespace of node `node_id` in `pool`: `<pool>-<node id>`.
 pub fn namespace_name(pool: &str, node_id: &str) -> String {
     format!("{pool}-{node_id}")
@@ -179,27 +193,8 @@ fn nodepool_pod_spec(label: &KubernetesLabel) -> Value {
         "args": ["while true; do sleep 30; done;"],
         "env": env,
     });
-    let mut requests = Map::new();
-    let mut limits = Map::new();
-    let positive = |v: Option<i64>| v.filter(|v| *v != 0);
-    if let Some(cpu) = positive(label.cpu) {
-        requests.insert("cpu".into(), json!(cpu.to_string()));
-    }
-    if let Some(memory) = positive(label.memory) {
-        requests.insert("memory".into(), json!(format!("{memory}Mi")));
-    }
-    if let Some(storage) = positive(label.storage) {
-        requests.insert("ephemeral-storage".into(), json!(format!("{storage}M")));
-    }
-    if let Some(cpu) = positive(label.cpu_limit) {
-        limits.insert("cpu".into(), json!(cpu.to_string()));
-    }
-    if let Some(memory) = positive(label.memory_limit) {
-        limits.insert("memory".into(), json!(format!("{memory}Mi")));
-    }
-    if let Some(storage) = positive(label.storage_limit) {
-        limits.insert("ephemeral-storage".into(), json!(format!("{storage}M")));
-    }
+    let mut requests = quantities(label.cpu, label.memory, label.storage);
+    let mut limits = quantities(label.cpu_limit, label.memory_limit, label.storage_limit);
     if let (Some(resource), Some(gpu)) = (&label.gpu_resource, label.gpu.filter(|g| *g != 0.0)) {
         requests.insert(resource.clone(), json!(format!("{gpu:.2}")));
         limits.insert(resource.clone(), json!(format!("{gpu:.2}")));
@@ -235,6 +230,23 @@ fn nodepool_pod_spec(label: &KubernetesLabel) -> Value {
     }
     spec.insert("restartPolicy".into(), json!("Never"));
     Value::Object(spec)
+}
+
+/// A container's requests or limits: CPU, memory (MiB) and ephemeral
+/// storage (MB); unset and zero values are left out, as upstream.
+fn quantities(cpu: Option<i64>, memory: Option<i64>, storage: Option<i64>) -> Map<String, Value> {
+    let positive = |v: Option<i64>| v.filter(|v| *v != 0);
+    let mut out = Map::new();
+    if let Some(cpu) = positive(cpu) {
+        out.insert("cpu".into(), json!(cpu.to_string()));
+    }
+    if let Some(memory) = positive(memory) {
+        out.insert("memory".into(), json!(format!("{memory}Mi")));
+    }
+    if let Some(storage) = positive(storage) {
+        out.insert("ephemeral-storage".into(), json!(format!("{storage}M")));
+    }
+    out
 }
 
 /// What a node of `label` counts against pool and tenant quotas, as upstream:

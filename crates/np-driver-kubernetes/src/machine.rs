@@ -158,9 +158,8 @@ impl Create {
         }
     }
 
-    /// As upstream: every label type other than `namespace` is a pod.
     fn pod_label(&self) -> bool {
-        self.label.kind != "namespace"
+        bodies::is_pod(&self.label)
     }
 
     fn advance(&mut self, next: State) -> Step<Instance> {
@@ -242,7 +241,7 @@ impl Create {
             host_id,
             cloud: self.access.context.clone(),
             metadata: self.labels.clone(),
-            connection_type: Some(if pod { "kubectl" } else { "namespace" }.to_owned()),
+            connection_type: Some(bodies::connection_type(&self.label).to_owned()),
             connection_port: Some(self.resource(token, ca_crt)),
             ..Instance::default()
         })

@@ -23,7 +23,10 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use np_config::KubernetesLabel;
 use np_core::Quota;
-use np_provider::{CreateMachine, DeleteMachine, Instance, LaunchRequest, Provider, ProviderError, Step};
+use np_provider::{
+    CreateMachine, DeleteMachine, Instance, LaunchRequest, NothingToDelete, Provider, ProviderError,
+    RefusedCreate,
+};
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -154,32 +157,6 @@ fn kubeconfig_exists() -> bool {
     std::env::var_os("HOME").is_some_and(|home| Path::new(&home).join(".kube/config").exists())
 }
 
-/// A create that fails at once (an unknown label after a reload).
-struct Refused(String);
-
-#[async_trait]
-impl CreateMachine for Refused {
-    async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
-        Err(ProviderError::Fatal(self.0.clone()))
-    }
-    fn external_id(&self) -> Option<Value> {
-        None
-    }
-    fn state(&self) -> &'static str {
-        "refused"
-    }
-}
-
-/// A delete of something that is not a namespace name.
-struct NothingToDelete;
-
-#[async_trait]
-impl DeleteMachine for NothingToDelete {
-    async fn step(&mut self) -> Result<Step<()>, ProviderError> {
-        Ok(Step::Done(()))
-    }
-}
-
 #[async_trait]
 impl Provider for KubernetesProvider {
     fn name(&self) -> &str {
@@ -188,7 +165,7 @@ impl Provider for KubernetesProvider {
 
     fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine> {
         let Some(label) = self.label(&request.pool, &request.label) else {
-            return Box::new(Refused(format!(
+            return Box::new(RefusedCreate(format!(
                 "provider {}: pool {} has no label {}",
                 self.name, request.pool, request.label
             )));

@@ -12,7 +12,10 @@
 
 use async_trait::async_trait;
 use np_core::Quota;
-use np_provider::{CreateMachine, DeleteMachine, Instance, LaunchRequest, Provider, ProviderError, Step};
+use np_provider::{
+    CreateMachine, DeleteMachine, Instance, LaunchRequest, NothingToDelete, Provider, ProviderError,
+    RefusedCreate,
+};
 use serde_json::Value;
 
 /// The error message of a create attempt.
@@ -31,30 +34,6 @@ impl StaticProvider {
     }
 }
 
-struct NoCreate;
-
-#[async_trait]
-impl CreateMachine for NoCreate {
-    async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
-        Err(ProviderError::Fatal(NOT_LAUNCHED.to_owned()))
-    }
-    fn external_id(&self) -> Option<Value> {
-        None
-    }
-    fn state(&self) -> &'static str {
-        "unsupported"
-    }
-}
-
-struct NoDelete;
-
-#[async_trait]
-impl DeleteMachine for NoDelete {
-    async fn step(&mut self) -> Result<Step<()>, ProviderError> {
-        Ok(Step::Done(()))
-    }
-}
-
 #[async_trait]
 impl Provider for StaticProvider {
     fn name(&self) -> &str {
@@ -63,11 +42,11 @@ impl Provider for StaticProvider {
 
     fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine> {
         tracing::warn!(provider = %self.name, node = %request.node_id, "launch requested from a static provider");
-        Box::new(NoCreate)
+        Box::new(RefusedCreate(NOT_LAUNCHED.to_owned()))
     }
 
     fn delete(&self, _external_id: &Value) -> Box<dyn DeleteMachine> {
-        Box::new(NoDelete)
+        Box::new(NothingToDelete)
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
@@ -86,6 +65,7 @@ impl Provider for StaticProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use np_provider::Step;
 
     #[tokio::test]
     async fn never_launches_and_deletes_nothing() {

@@ -169,7 +169,7 @@ fn kubernetes_pool_specs(
                         username: None,
                         python_path: l.python_path.clone(),
                         shell_type: l.shell_type.clone(),
-                        connection_type: if l.kind == "pod" { "kubectl" } else { "namespace" }.into(),
+                        connection_type: np_driver_kubernetes::bodies::connection_type(l).into(),
                         connection_port: 22,
                         host_key_checking: false,
                         image_id: None,

@@ -173,6 +173,34 @@ pub trait DeleteMachine: Send {
     async fn step(&mut self) -> Result<Step<()>, ProviderError>;
 }
 
+/// A create that fails at once with [`ProviderError::Fatal`]: for a driver
+/// that never launches (static) or a request it cannot serve (a label gone
+/// after a reload).
+pub struct RefusedCreate(pub String);
+
+#[async_trait]
+impl CreateMachine for RefusedCreate {
+    async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
+        Err(ProviderError::Fatal(self.0.clone()))
+    }
+    fn external_id(&self) -> Option<Value> {
+        None
+    }
+    fn state(&self) -> &'static str {
+        "refused"
+    }
+}
+
+/// A delete with nothing to do (done at once).
+pub struct NothingToDelete;
+
+#[async_trait]
+impl DeleteMachine for NothingToDelete {
+    async fn step(&mut self) -> Result<Step<()>, ProviderError> {
+        Ok(Step::Done(()))
+    }
+}
+
 /// A built disk image to upload (the builder's upload worker).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageUploadRequest {
