@@ -110,6 +110,14 @@ async fn run_create(
     panic!("create did not finish");
 }
 
+/// The create failed with a fatal error that says `text`.
+fn assert_fatal(result: Result<Instance, ProviderError>, text: &str) {
+    match result {
+        Err(ProviderError::Fatal(m)) => assert!(m.contains(text), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn run_delete(p: &KubernetesProvider, id: &Value) -> Result<(), ProviderError> {
     let mut m = p.delete(id);
     for _ in 0..1000 {
@@ -134,7 +142,7 @@ async fn a_namespace_node_gets_its_account_token_role_and_credentials() {
     assert_eq!(instance.cloud.as_deref(), Some("admin-cluster.local"));
     // upstream's connection_port object, in upstream's key order.
     let port = instance.connection_port.unwrap();
-    let ca = fake_kube_b64(FAKE_CA);
+    let ca = fake_kube::b64(FAKE_CA);
     assert_eq!(
         port.to_string(),
         json!({
@@ -175,11 +183,6 @@ async fn a_namespace_node_gets_its_account_token_role_and_credentials() {
     assert_eq!(e.kube.created("rolebindings")[0], bodies::role_binding("main-0000000001", false));
     assert_eq!(e.kube.created("secrets")[0], bodies::token_secret());
     assert!(e.kube.created("pods").is_empty());
-}
-
-fn fake_kube_b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 #[tokio::test]
@@ -373,25 +376,16 @@ async fn a_pod_that_fails_or_never_runs_fails_the_attempt() {
     .with_waits(Waits { token: Duration::from_millis(500), pod: Duration::from_millis(500) });
     e.kube.set_knobs(Knobs { pods_fail: true, ..Knobs::default() });
     let (result, _) = run_create(&provider, e.request("0000000010", "pod-fedora")).await;
-    match result {
-        Err(ProviderError::Fatal(m)) => assert!(m.contains("pod failed to initialize (Failed)"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_fatal(result, "pod failed to initialize (Failed)");
     e.kube.set_knobs(Knobs { pods_stuck: true, ..Knobs::default() });
     let started = std::time::Instant::now();
     let (result, _) = run_create(&provider, e.request("0000000011", "pod-fedora")).await;
-    match result {
-        Err(ProviderError::Fatal(m)) => assert!(m.contains("(Pending)"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_fatal(result, "(Pending)");
     assert!(started.elapsed() < Duration::from_secs(5));
     // No token controller: the token wait runs out.
     e.kube.set_knobs(Knobs { token_reads: u32::MAX, ..Knobs::default() });
     let (result, _) = run_create(&provider, e.request("0000000012", "kubernetes-namespace")).await;
-    match result {
-        Err(ProviderError::Fatal(m)) => assert!(m.contains("couldn't find token"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_fatal(result, "couldn't find token");
 }
 
 #[tokio::test]
