@@ -749,15 +749,6 @@ async fn the_launcher_boots_what_the_builder_uploaded() {
 }
 
 /// Python Nodepool 11's `nodepool-builder`, killed on drop.
-struct PythonBuilder(std::process::Child);
-
-impl Drop for PythonBuilder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Python's builder and ours share ZooKeeper during a migration: the image
 /// build lock gives each image to one of them, each uploads what it built,
 /// and neither removes the other's builds.
@@ -768,8 +759,6 @@ async fn python_and_rust_builders_share_the_images() {
     let py_dir = e.dir.join("python");
     std::fs::create_dir_all(py_dir.join("images")).unwrap();
     std::fs::create_dir_all(py_dir.join("logs")).unwrap();
-    let hosts = env("NP_ZK_TLS_HOSTS");
-    let (host, port) = hosts.rsplit_once(':').unwrap();
     // The same diskimages and provider for both; the Python builder's
     // files and logs in its own directories. ubuntu's build is held until
     // ours has taken debian, so the builder that takes ubuntu first is still
@@ -778,15 +767,7 @@ async fn python_and_rust_builders_share_the_images() {
     std::fs::write(&hold, b"").unwrap();
     let yaml = |images: &Path, logs: &Path| {
         format!(
-            r#"
-zookeeper-servers:
-  - host: {host}
-    port: {port}
-    chroot: {chroot}
-zookeeper-tls:
-  ca: {ca}
-  cert: {cert}
-  key: {key}
+            r#"{zk}
 images-dir: {images}
 build-log-dir: {logs}
 labels:
@@ -814,10 +795,7 @@ providers:
             diskimage: ubuntu
             min-ram: 1024
 "#,
-            chroot = e.t.chroot,
-            ca = env("NP_ZK_TLS_CA"),
-            cert = env("NP_ZK_TLS_CERT"),
-            key = env("NP_ZK_TLS_KEY"),
+            zk = np_testing::zk_yaml_tls(&e.t.chroot),
             images = images.display(),
             logs = logs.display(),
             fake_dib = fake_dib.display(),
@@ -833,7 +811,7 @@ providers:
     .unwrap();
     let python = PathBuf::from(env("NP_PYTHON"));
     let log = std::fs::File::create(py_dir.join("builder.out")).unwrap();
-    let _py = PythonBuilder(
+    let _py = np_testing::ChildGuard(
         Command::new(python.parent().unwrap().join("nodepool-builder"))
             .args(["-f", "-c"])
             .arg(&py_config)
