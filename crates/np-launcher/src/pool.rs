@@ -131,6 +131,9 @@ pub struct PoolWorker {
     done_tx: mpsc::UnboundedSender<LaunchDone>,
 }
 
+/// How often a locked request's write is tried over fresher copies.
+const STORE_ATTEMPTS: usize = 5;
+
 /// The first pause before looking again at a request locked elsewhere;
 /// it doubles up to [`BUSY_RETRY_MAX`] while requests stay locked.
 const BUSY_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
@@ -575,27 +578,13 @@ impl PoolWorker {
             self.decline(handler, registered, version).await;
             return true;
         }
-        handler.request.set_state(RequestState::Pending);
-        let mut written =
-            zk.update_request_cached(&self.shared.requests, &handler.request, version.take()).await;
-        if written.as_ref().is_err_and(|e| e.is_bad_version()) {
-            // The cached copy was stale: read it now, as upstream always does.
-            match zk.get_request(id).await {
-                Ok(Some((r, stat))) if wanted(&r) => {
-                    handler.request = r;
-                    handler.request.set_state(RequestState::Pending);
-                    written = zk
-                        .update_request_cached(&self.shared.requests, &handler.request, Some(stat.version))
-                        .await;
-                }
-                _ => {
-                    let _ = handler.lock.release().await;
-                    return false;
-                }
+        let pending = |r: &mut NodeRequest| r.set_state(RequestState::Pending);
+        match self.store_locked(&mut handler.request, version.take(), wanted, pending).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = handler.lock.release().await;
+                return false;
             }
-        }
-        match written {
-            Ok(_) => {}
             Err(e) => {
                 debug!(request = id, error = %e, "request vanished while accepting");
                 let _ = handler.lock.release().await;
@@ -1077,44 +1066,63 @@ impl PoolWorker {
         info!(request = id, "released request unchanged");
     }
 
+    /// Stores `change` applied to `request`, which this pool has locked.
+    /// With `version` the write is conditional on it: if the request changed
+    /// since that copy was read (the cache had not seen another pool's
+    /// decline or Zuul's new priority yet), it is read again, as upstream
+    /// always re-reads after locking, and `change` applied to the fresh copy
+    /// while it is still `wanted`. `Ok(false)`: no longer wanted, or gone.
+    async fn store_locked(
+        &self,
+        request: &mut NodeRequest,
+        mut version: Option<i32>,
+        wanted: impl Fn(&NodeRequest) -> bool,
+        change: impl Fn(&mut NodeRequest),
+    ) -> Result<bool, np_zk::ZkError> {
+        let zk = &self.shared.zk;
+        for _ in 0..STORE_ATTEMPTS {
+            change(request);
+            match zk.update_request_cached(&self.shared.requests, request, version.take()).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_bad_version() => match zk.get_request(&request.id).await? {
+                    Some((fresh, stat)) if wanted(&fresh) => {
+                        *request = fresh;
+                        version = Some(stat.version);
+                    }
+                    _ => return Ok(false),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
     /// Adds this pool to `declined_by` (failing the request once every
     /// registered pool has declined it) and gives the request back. With
-    /// `version`, the write is conditional on it; if the request changed
-    /// meanwhile (another pool's decline the cache had not seen yet), it is
-    /// read again under the lock and the decline applied to the fresh copy,
-    /// as upstream re-reads after locking.
+    /// `version` (a cached copy's), the write is conditional, see
+    /// [`PoolWorker::store_locked`]: a decline written over a stale copy
+    /// would drop another pool's.
     async fn decline(
         &mut self,
         mut handler: Handler,
         registered: &[np_core::PoolInfo],
-        mut version: Option<i32>,
+        version: Option<i32>,
     ) {
-        let zk = self.shared.zk.clone();
         let id = handler.request.id.clone();
         self.release_nodes(&mut handler, true).await;
-        let mut state = RequestState::Requested;
-        for _ in 0..5 {
-            if !handler.request.declined_by.contains(&self.id) {
-                handler.request.declined_by.push(self.id.clone());
+        let me = self.id.clone();
+        let decline = |r: &mut NodeRequest| {
+            if !r.declined_by.contains(&me) {
+                r.declined_by.push(me.clone());
             }
-            let everyone_declined = registered.iter().all(|p| handler.request.declined_by.contains(&p.id));
-            state = if everyone_declined { RequestState::Failed } else { RequestState::Requested };
-            handler.request.set_state(state);
-            match zk.update_request_cached(&self.shared.requests, &handler.request, version.take()).await {
-                Ok(_) => break,
-                Err(e) if e.is_bad_version() => match zk.get_request(&id).await {
-                    Ok(Some((fresh, stat))) if fresh.state == RequestState::Requested => {
-                        handler.request = fresh;
-                        version = Some(stat.version);
-                    }
-                    _ => break,
-                },
-                Err(e) => {
-                    debug!(request = %id, error = %e, "cannot store declined request");
-                    break;
-                }
-            }
+            let everyone_declined = registered.iter().all(|p| r.declined_by.contains(&p.id));
+            r.set_state(if everyone_declined { RequestState::Failed } else { RequestState::Requested });
+        };
+        let requested = |r: &NodeRequest| r.state == RequestState::Requested;
+        if let Err(e) = self.store_locked(&mut handler.request, version, requested, decline).await {
+            debug!(request = %id, error = %e, "cannot store declined request");
         }
+        let state = handler.request.state;
         let _ = handler.lock.release().await;
         info!(request = %id, %state, "declined request");
     }
