@@ -5,7 +5,7 @@
 //! Nodepool reads the nodes, and a leaked namespace is removed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../np-driver-kubernetes/tests/support/fake_kube.rs"]
+#[path = "../../../np-driver-kubernetes/tests/support/fake_kube.rs"]
 mod fake_kube;
 
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 //! produce (capacity, volume/host limits, throttling).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

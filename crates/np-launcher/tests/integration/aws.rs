@@ -3,7 +3,7 @@
 //! the nodes come back and every instance is terminated.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../np-driver-aws/tests/support/mod.rs"]
+#[path = "../../../np-driver-aws/tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 //! it no longer keeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../np-driver-aws/tests/support/mod.rs"]
+#[path = "../../../np-driver-aws/tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
