@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-heavy=(np-driver-aws np-driver-kubernetes)
-aws_users=(np-driver-aws np-driver-kubernetes np-drivers np-launcher np-builder)
+heavy=(np-driver-aws np-driver-kubernetes np-driver-openstack)
+aws_users=(np-driver-aws np-driver-kubernetes np-driver-openstack np-drivers np-launcher np-builder)
 others=()
 for dir in crates/*/; do
     name="$(basename "$dir")"
@@ -39,5 +39,5 @@ for driver in "${heavy[@]}"; do
         status=1
     fi
 done
-[ "$status" = 0 ] && echo "feature isolation ok: the AWS and Kubernetes crates change no shared crate's features"
+[ "$status" = 0 ] && echo "feature isolation ok: the AWS, Kubernetes and OpenStack crates change no shared crate's features"
 exit "$status"

@@ -34,19 +34,17 @@ async fn reload(common: &CommonArgs, builder: &np_builder::Builder) {
 }
 
 /// The providers the builder uploads to and deletes from: every provider of
-/// a driver that manages images (fake, AWS), with or without `diskimages`
-/// (a provider whose list was emptied still needs its uploads removed).
-/// OpenStack providers are skipped with a warning: builds go on, uploads to
-/// them are not supported yet.
+/// a driver that manages images (fake, OpenStack, AWS), with or without
+/// `diskimages` (a provider whose list was emptied still needs its uploads
+/// removed).
 async fn image_providers(config: &np_config::Config) -> anyhow::Result<np_provider::ProviderSet> {
     let mut names = std::collections::BTreeSet::new();
     for p in &config.providers {
         match &p.driver {
-            np_config::ProviderDriver::Fake(_) | np_config::ProviderDriver::Aws(_) => {
+            np_config::ProviderDriver::Fake(_)
+            | np_config::ProviderDriver::OpenStack(_)
+            | np_config::ProviderDriver::Aws(_) => {
                 names.insert(p.name.clone());
-            }
-            np_config::ProviderDriver::OpenStack(_) if !p.diskimage_names().is_empty() => {
-                warn!(provider = %p.name, "uploads to OpenStack providers are not supported yet; not uploading there");
             }
             _ => {}
         }

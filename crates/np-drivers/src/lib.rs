@@ -1,9 +1,7 @@
 //! Provider construction: one [`np_provider::Provider`] per configured
-//! provider, for every driver this project has (fake, static, AWS,
-//! Kubernetes). Shared by the launcher and the builder, so neither depends on
-//! the other.
-//!
-//! OpenStack providers are refused with a clear error.
+//! provider, for every driver this project has (fake, static, OpenStack,
+//! AWS, Kubernetes). Shared by the launcher and the builder, so neither
+//! depends on the other.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +36,8 @@ pub fn build_providers(
 }
 
 /// Like [`build_providers`], for every driver, including those whose
-/// construction talks to the cloud (AWS reads its instance types). Only the
+/// construction talks to the cloud (AWS reads its instance types, OpenStack
+/// authenticates and reads its flavors). Only the
 /// providers named in `only` are built when it is given.
 pub async fn build_providers_async(
     config: &Config,
@@ -60,6 +59,11 @@ pub async fn build_providers_async(
                 .await
                 .with_context(|| format!("provider '{}': cannot set up AWS", p.name))?,
             ),
+            ProviderDriver::OpenStack(os) => Arc::new(
+                np_driver_openstack::OpenStackProvider::new(&p.name, os)
+                    .await
+                    .with_context(|| format!("provider '{}': cannot set up OpenStack", p.name))?,
+            ),
             ProviderDriver::Kubernetes(k) => Arc::new(
                 np_driver_kubernetes::KubernetesProvider::new(&p.name, k, None)
                     .await
@@ -76,7 +80,7 @@ pub async fn build_providers_async(
 }
 
 /// The provider for one config entry, for drivers that need no I/O to set
-/// up; `None` for those that do (AWS, Kubernetes).
+/// up; `None` for those that do (OpenStack, AWS, Kubernetes).
 fn build_one(
     p: &np_config::Provider,
     fake_clouds: &HashMap<String, FakeCloud>,
@@ -94,11 +98,6 @@ fn build_one(
             Arc::new(FakeProvider::new(cloud, os.region_name.clone()).with_rate(os.rate))
         }
         ProviderDriver::Static(_) => Arc::new(np_driver_static::StaticProvider::new(&p.name)),
-        ProviderDriver::Aws(_) | ProviderDriver::Kubernetes(_) => return Ok(None),
-        ProviderDriver::OpenStack(_) => anyhow::bail!(
-            "provider '{}': driver '{}' is not supported by this launcher yet",
-            p.name,
-            p.driver_name().as_str()
-        ),
+        ProviderDriver::Aws(_) | ProviderDriver::Kubernetes(_) | ProviderDriver::OpenStack(_) => return Ok(None),
     }))
 }

@@ -1,0 +1,561 @@
+//! An authenticated OpenStack session over plain REST.
+//!
+//! Keystone v3 issues a token (`POST /v3/auth/tokens`, the token in the
+//! `X-Subject-Token` header) with the service catalog; endpoints are picked
+//! by service type, the cloud's `interface` and region. The token is renewed
+//! a minute before it expires, and once more when a service answers 401.
+//! Every call waits its turn on the provider's rate limiter (`rate` is
+//! seconds between calls, as upstream).
+//!
+//! Errors are classified into [`ProviderError`] by HTTP status and message:
+//! 404 not found; 403 or 413 that mention quota (Nova's "Quota exceeded for
+//! instances", Neutron's "number of ports exceeded") are quota; 409, 429,
+//! 5xx and connection failures transient; other 4xx fatal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use np_provider::{ProviderError, RateLimiter};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use crate::clouds::{AuthType, CloudConfig};
+
+/// The service types the driver uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Nova.
+    Compute,
+    /// Glance.
+    Image,
+    /// Neutron.
+    Network,
+}
+
+impl Service {
+    fn catalog_types(self) -> &'static [&'static str] {
+        match self {
+            Service::Compute => &["compute"],
+            Service::Image => &["image"],
+            Service::Network => &["network"],
+        }
+    }
+
+    fn override_key(self) -> &'static str {
+        match self {
+            Service::Compute => "compute",
+            Service::Image => "image",
+            Service::Network => "network",
+        }
+    }
+
+    /// The API version path the driver speaks, appended to a catalog URL
+    /// that does not already end in a version.
+    fn version_suffix(self) -> Option<&'static str> {
+        match self {
+            Service::Compute => None,
+            Service::Image => Some("v2"),
+            Service::Network => Some("v2.0"),
+        }
+    }
+}
+
+/// A token and the endpoints it came with.
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    expires: Instant,
+    catalog: Value,
+}
+
+/// The session: one per provider.
+pub struct Session {
+    cloud: CloudConfig,
+    http: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+    token: Mutex<Option<Token>>,
+    /// Nova microversion sent with compute calls (`None`: the base version).
+    compute_microversion: std::sync::Mutex<Option<String>>,
+}
+
+/// An API error with its status and the service's message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status (0 for a connection failure).
+    pub status: u16,
+    /// The message from the body (or the transport error).
+    pub message: String,
+}
+
+impl ApiError {
+    /// The classified error; `what` says which call failed.
+    pub fn classify(&self, what: &str) -> ProviderError {
+        classify(what, self.status, &self.message)
+    }
+}
+
+/// Classifies a status and message into the launcher's error classes.
+pub fn classify(what: &str, status: u16, message: &str) -> ProviderError {
+    let text =
+        if status == 0 { format!("{what}: {message}") } else { format!("{what}: {message} (HTTP {status})") };
+    let lower = message.to_ascii_lowercase();
+    let quota = lower.contains("quota") || lower.contains("number of ports exceeded");
+    match status {
+        404 => ProviderError::NotFound(text),
+        403 | 413 if quota => ProviderError::Quota(text),
+        0 | 409 | 429 | 500..=599 => ProviderError::Transient(text),
+        _ => ProviderError::Fatal(text),
+    }
+}
+
+/// The human part of an OpenStack error body: Nova's `{"forbidden":
+/// {"message": ..}}`, Keystone's `{"error": {"message": ..}}`, Neutron's
+/// `{"NeutronError": {"message": ..}}`, or the raw text.
+pub fn error_message(body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        if let Some(m) = v.get("message").and_then(Value::as_str) {
+            return m.to_owned();
+        }
+        if let Some(obj) = v.as_object() {
+            for inner in obj.values() {
+                if let Some(m) = inner.get("message").and_then(Value::as_str) {
+                    return m.to_owned();
+                }
+            }
+        }
+    }
+    let t = body.trim();
+    t.chars().take(300).collect()
+}
+
+impl Session {
+    /// A session for `cloud`; nothing is sent until the first call.
+    pub fn new(cloud: CloudConfig, limiter: Arc<RateLimiter>) -> Result<Session, String> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("nodepool-rs/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120));
+        if !cloud.verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        if let Some(path) = &cloud.cacert {
+            let pem = std::fs::read(path).map_err(|e| format!("cacert {}: {e}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("cacert {}: {e}", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Session {
+            cloud,
+            http,
+            limiter,
+            token: Mutex::new(None),
+            compute_microversion: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The cloud's configuration.
+    pub fn cloud(&self) -> &CloudConfig {
+        &self.cloud
+    }
+
+    /// The raw HTTP client (for streaming uploads).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sets the Nova microversion sent with compute calls.
+    pub fn set_compute_microversion(&self, v: Option<String>) {
+        if let Ok(mut g) = self.compute_microversion.lock() {
+            *g = v;
+        }
+    }
+
+    /// The Nova microversion in use.
+    pub fn compute_microversion(&self) -> Option<String> {
+        self.compute_microversion.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn identity_url(&self) -> String {
+        let base = self.cloud.auth.auth_url.trim_end_matches('/');
+        if base.ends_with("/v3") {
+            base.to_owned()
+        } else {
+            format!("{base}/v3")
+        }
+    }
+
+    fn auth_body(&self) -> Value {
+        let a = &self.cloud.auth;
+        let domain = |name: &Option<String>, id: &Option<String>| -> Option<Value> {
+            if let Some(id) = id.as_ref().or(a.domain_id.as_ref()) {
+                Some(json!({ "id": id }))
+            } else {
+                name.as_ref().or(a.domain_name.as_ref()).map(|n| json!({ "name": n }))
+            }
+        };
+        match self.cloud.auth_type {
+            AuthType::Password => {
+                let mut user = serde_json::Map::new();
+                if let Some(id) = &a.user_id {
+                    user.insert("id".into(), json!(id));
+                } else if let Some(name) = &a.username {
+                    user.insert("name".into(), json!(name));
+                    user.insert(
+                        "domain".into(),
+                        domain(&a.user_domain_name, &a.user_domain_id).unwrap_or(json!({"id": "default"})),
+                    );
+                }
+                user.insert("password".into(), json!(a.password.clone().unwrap_or_default()));
+                let mut body = json!({
+                    "auth": { "identity": { "methods": ["password"], "password": { "user": user } } }
+                });
+                let project = if let Some(id) = &a.project_id {
+                    Some(json!({ "id": id }))
+                } else {
+                    a.project_name.as_ref().map(|n| {
+                        json!({
+                            "name": n,
+                            "domain": domain(&a.project_domain_name, &a.project_domain_id)
+                                .unwrap_or(json!({"id": "default"}))
+                        })
+                    })
+                };
+                if let Some(p) = project {
+                    body["auth"]["scope"] = json!({ "project": p });
+                }
+                body
+            }
+            AuthType::ApplicationCredential => {
+                let mut cred = serde_json::Map::new();
+                if let Some(id) = &a.application_credential_id {
+                    cred.insert("id".into(), json!(id));
+                } else {
+                    cred.insert("name".into(), json!(a.application_credential_name));
+                    let mut user = serde_json::Map::new();
+                    if let Some(id) = &a.user_id {
+                        user.insert("id".into(), json!(id));
+                    } else {
+                        user.insert("name".into(), json!(a.username));
+                        user.insert(
+                            "domain".into(),
+                            domain(&a.user_domain_name, &a.user_domain_id)
+                                .unwrap_or(json!({"id": "default"})),
+                        );
+                    }
+                    cred.insert("user".into(), Value::Object(user));
+                }
+                cred.insert(
+                    "secret".into(),
+                    json!(a.application_credential_secret.clone().unwrap_or_default()),
+                );
+                json!({ "auth": { "identity": {
+                    "methods": ["application_credential"], "application_credential": cred } } })
+            }
+        }
+    }
+
+    /// Issues a new token.
+    async fn authenticate(&self) -> Result<Token, ApiError> {
+        let url = format!("{}/auth/tokens", self.identity_url());
+        self.limiter.acquire().await;
+        let resp = self
+            .http
+            .post(&url)
+            .json(&self.auth_body())
+            .send()
+            .await
+            .map_err(|e| ApiError { status: 0, message: format!("POST {url}: {e}") })?;
+        let status = resp.status();
+        let value = resp.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ApiError {
+                status: status.as_u16(),
+                message: format!("Keystone refused authentication: {}", error_message(&body)),
+            });
+        }
+        let Some(value) = value else {
+            return Err(ApiError {
+                status: 502,
+                message: "Keystone answered without X-Subject-Token".into(),
+            });
+        };
+        let parsed: Value = serde_json::from_str(&body)
+            .map_err(|e| ApiError { status: 502, message: format!("Keystone token body: {e}") })?;
+        // Renew a minute early; if the expiry cannot be read, after 30 minutes.
+        let lifetime = parsed["token"]["expires_at"]
+            .as_str()
+            .and_then(seconds_until)
+            .map(|s| Duration::from_secs(s.saturating_sub(60)))
+            .unwrap_or(Duration::from_secs(1800));
+        debug!(cloud = %self.cloud.name, ?lifetime, "keystone token issued");
+        Ok(Token { value, expires: Instant::now() + lifetime, catalog: parsed["token"]["catalog"].clone() })
+    }
+
+    async fn token(&self, renew: bool) -> Result<Token, ApiError> {
+        let mut guard = self.token.lock().await;
+        if let Some(t) = guard.as_ref() {
+            if !renew && Instant::now() < t.expires {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.authenticate().await?;
+        *guard = Some(t.clone());
+        Ok(t)
+    }
+
+    /// The endpoint of `service`, with the driver's API version appended
+    /// where the catalog gives the bare service URL. `None` when the cloud
+    /// has no such service.
+    pub async fn endpoint(&self, service: Service) -> Result<Option<String>, ApiError> {
+        if let Some((_, url)) =
+            self.cloud.endpoint_overrides.iter().find(|(s, _)| s == service.override_key())
+        {
+            return Ok(Some(with_version(url, service)));
+        }
+        let token = self.token(false).await?;
+        Ok(pick_endpoint(&token.catalog, service, &self.cloud.interface, self.cloud.region_name.as_deref())
+            .map(|u| with_version(&u, service)))
+    }
+
+    async fn endpoint_required(&self, service: Service) -> Result<String, ApiError> {
+        self.endpoint(service).await?.ok_or_else(|| ApiError {
+            status: 404,
+            message: format!(
+                "the cloud's catalog has no {:?} endpoint for this region and interface",
+                service
+            ),
+        })
+    }
+
+    /// One JSON call: `path` is relative to the service's endpoint (or a
+    /// full URL, as pagination links are). Returns the status and the parsed
+    /// body (`Null` for an empty one); error statuses become [`ApiError`].
+    pub async fn call(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ApiError> {
+        let base = self.endpoint_required(service).await?;
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+        };
+        let mut renewed = false;
+        loop {
+            let token = self.token(false).await?;
+            self.limiter.acquire().await;
+            let mut req = self.http.request(method.clone(), &url).header("X-Auth-Token", &token.value);
+            if service == Service::Compute {
+                if let Some(v) = self.compute_microversion() {
+                    req = req.header("OpenStack-API-Version", format!("compute {v}"));
+                    req = req.header("X-OpenStack-Nova-API-Version", v);
+                }
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return Err(ApiError { status: 0, message: format!("{method} {url}: {e}") }),
+            };
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                // The token was revoked or expired early: once more with a new one.
+                renewed = true;
+                *self.token.lock().await = None;
+                continue;
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.limiter.throttled();
+            } else if status.is_success() {
+                self.limiter.succeeded();
+            }
+            if !status.is_success() {
+                return Err(ApiError { status: status.as_u16(), message: error_message(&text) });
+            }
+            let value = if text.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).map_err(|e| ApiError {
+                    status: 502,
+                    message: format!("{method} {url}: the answer is not JSON: {e}"),
+                })?
+            };
+            return Ok((status, value));
+        }
+    }
+
+    /// A request with the token for a body that is not JSON (image data).
+    pub async fn raw(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<StatusCode, ApiError> {
+        let base = self.endpoint_required(service).await?;
+        let url = format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'));
+        let token = self.token(false).await?;
+        self.limiter.acquire().await;
+        let resp = self
+            .http
+            .request(method.clone(), &url)
+            .header("X-Auth-Token", &token.value)
+            .header("Content-Type", content_type)
+            .timeout(Duration::from_secs(24 * 3600))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ApiError { status: 0, message: format!("{method} {url}: {e}") })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(ApiError { status: status.as_u16(), message: error_message(&text) });
+        }
+        Ok(status)
+    }
+}
+
+/// Appends the API version a service needs when the URL has none.
+fn with_version(url: &str, service: Service) -> String {
+    let url = url.trim_end_matches('/');
+    match service.version_suffix() {
+        Some(v) => {
+            let last = url.rsplit('/').next().unwrap_or("");
+            if last.starts_with('v') && last[1..].chars().next().is_some_and(|c| c.is_ascii_digit()) {
+                url.to_owned()
+            } else {
+                format!("{url}/{v}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The catalog URL of `service` for `interface` and `region`.
+fn pick_endpoint(catalog: &Value, service: Service, interface: &str, region: Option<&str>) -> Option<String> {
+    let entries = catalog.as_array()?;
+    for ty in service.catalog_types() {
+        for entry in entries.iter().filter(|e| e["type"].as_str() == Some(ty)) {
+            let Some(endpoints) = entry["endpoints"].as_array() else { continue };
+            let found = endpoints.iter().find(|ep| {
+                let iface = ep["interface"].as_str().unwrap_or("public");
+                let iface_ok = iface == interface || iface == format!("{interface}URL");
+                let reg = ep["region_id"].as_str().or_else(|| ep["region"].as_str());
+                iface_ok && region.is_none_or(|r| reg == Some(r))
+            });
+            if let Some(url) = found.and_then(|ep| ep["url"].as_str()) {
+                return Some(url.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Seconds from now until an ISO 8601 UTC time (`2026-11-28T09:00:00.000000Z`).
+fn seconds_until(ts: &str) -> Option<u64> {
+    let then = parse_utc(ts)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(then.saturating_sub(now))
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.frac][Z|+00:00]`.
+pub fn parse_utc(ts: &str) -> Option<u64> {
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['+', '.']).next()?;
+    let mut t = time.split(':').map(|p| p.parse::<i64>());
+    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next().unwrap_or(Ok(0)).ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_like_upstream() {
+        let q = classify(
+            "create",
+            403,
+            "Quota exceeded for instances: Requested 1, but already used 2 of 2 instances",
+        );
+        assert!(matches!(q, ProviderError::Quota(_)), "{q:?}");
+        assert!(matches!(
+            classify("create", 413, "Maximum number of ports exceeded"),
+            ProviderError::Quota(_)
+        ));
+        assert!(matches!(classify("create", 403, "Policy doesn't allow"), ProviderError::Fatal(_)));
+        assert!(matches!(classify("create", 400, "Invalid flavorRef"), ProviderError::Fatal(_)));
+        assert!(matches!(classify("get", 404, "not found"), ProviderError::NotFound(_)));
+        for s in [0, 409, 429, 500, 503] {
+            assert!(matches!(classify("x", s, "m"), ProviderError::Transient(_)), "{s}");
+        }
+    }
+
+    #[test]
+    fn messages_come_out_of_every_services_error_shape() {
+        assert_eq!(
+            error_message(r#"{"forbidden": {"message": "Quota exceeded", "code": 403}}"#),
+            "Quota exceeded"
+        );
+        assert_eq!(error_message(r#"{"error": {"message": "bad", "code": 401}}"#), "bad");
+        assert_eq!(
+            error_message(r#"{"NeutronError": {"type": "X", "message": "ports", "detail": ""}}"#),
+            "ports"
+        );
+        assert_eq!(error_message("<html>502</html>"), "<html>502</html>");
+    }
+
+    #[test]
+    fn endpoints_by_type_interface_and_region() {
+        let catalog = json!([
+            {"type": "compute", "endpoints": [
+                {"interface": "internal", "region_id": "R1", "url": "http://int/v2.1"},
+                {"interface": "public", "region_id": "R2", "url": "http://r2/v2.1"},
+                {"interface": "public", "region_id": "R1", "url": "http://r1/v2.1"}]},
+            {"type": "image", "endpoints": [{"interface": "public", "region_id": "R1", "url": "http://img:9292/"}]},
+            {"type": "network", "endpoints": [{"interface": "public", "region_id": "R1", "url": "http://net/v2.0"}]}
+        ]);
+        assert_eq!(
+            pick_endpoint(&catalog, Service::Compute, "public", Some("R1")).unwrap(),
+            "http://r1/v2.1"
+        );
+        assert_eq!(pick_endpoint(&catalog, Service::Compute, "internal", None).unwrap(), "http://int/v2.1");
+        assert_eq!(pick_endpoint(&catalog, Service::Compute, "public", Some("R3")), None);
+        let img = pick_endpoint(&catalog, Service::Image, "public", Some("R1")).unwrap();
+        assert_eq!(with_version(&img, Service::Image), "http://img:9292/v2");
+        let net = pick_endpoint(&catalog, Service::Network, "public", Some("R1")).unwrap();
+        assert_eq!(with_version(&net, Service::Network), "http://net/v2.0");
+    }
+
+    #[test]
+    fn keystone_times_parse() {
+        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_utc("2026-11-28T09:00:00.000000Z"), Some(1_795_856_400));
+        assert_eq!(parse_utc("2000-03-01T12:30:15+00:00"), Some(951_913_815));
+        assert_eq!(parse_utc("garbage"), None);
+    }
+}

@@ -1,0 +1,1029 @@
+//! The OpenStack [`Provider`]: servers in Nova, images in Glance, networks
+//! and floating IPs in Neutron.
+//!
+//! Shared by every state machine of a provider: one cached server listing
+//! (`GET /servers/detail`, paginated, refreshed at most once per
+//! [`LISTING_TTL`] however many machines wait), the flavor list (read when
+//! the provider is built, again after Nova answers 400 as upstream clears
+//! its caches then), and image, network and availability-zone lookups cached
+//! until such a 400.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use np_config::{LabelImage, OpenStackLabel, OpenStackPool};
+use np_core::Quota;
+use np_provider::{
+    CreateMachine, DeleteMachine, ImageUploadRequest, Instance, InstanceUsage, LaunchRequest, Provider,
+    ProviderError, RateLimiter, RefusedCreate, Step,
+};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::api::{Flavor, FloatingIp, Server};
+use crate::client::{ApiError, Service, Session};
+use crate::clouds::CloudConfig;
+
+/// How long one server listing serves every state machine.
+pub const LISTING_TTL: Duration = Duration::from_secs(1);
+/// How long a step waits before looking at a building or deleting server again.
+const POLL: Duration = Duration::from_millis(500);
+/// The Nova microversion asked for when the cloud offers it: 2.47 embeds
+/// each server's flavor in listings (so usage needs no flavor lookups).
+const WANTED_MICROVERSION: (u32, u32) = (2, 47);
+
+/// Why a provider cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenStackDriverError {
+    /// clouds.yaml is missing or the cloud's entry is unusable.
+    #[error("provider '{provider}': {source}")]
+    Clouds {
+        /// Provider name.
+        provider: String,
+        /// The clouds.yaml problem.
+        source: crate::clouds::CloudsError,
+    },
+    /// The cloud cannot be reached or refused us.
+    #[error("provider '{provider}': cloud '{cloud}': {message}")]
+    Cloud {
+        /// Provider name.
+        provider: String,
+        /// The clouds.yaml cloud.
+        cloud: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// State shared by the provider and its machines.
+pub struct Inner {
+    name: String,
+    config: np_config::OpenStackProvider,
+    session: Session,
+    cloud_name: String,
+    region: Option<String>,
+    flavors: StdMutex<Vec<Flavor>>,
+    images: StdMutex<HashMap<String, String>>,
+    networks: StdMutex<HashMap<String, String>>,
+    azs: StdMutex<Option<Vec<String>>>,
+    listing: Mutex<Option<(Instant, Arc<Vec<Server>>)>>,
+    fip_listing: Mutex<Option<(Instant, Arc<Vec<FloatingIp>>)>>,
+    external_network: StdMutex<Option<Option<String>>>,
+    ports: StdMutex<PortSweep>,
+}
+
+/// The two-strike state of the DOWN-port cleanup.
+#[derive(Default)]
+struct PortSweep {
+    last: Option<Instant>,
+    down: HashSet<String>,
+}
+
+/// One OpenStack provider.
+pub struct OpenStackProvider {
+    inner: Arc<Inner>,
+}
+
+fn api(what: &str) -> impl Fn(ApiError) -> ProviderError + '_ {
+    move |e| e.classify(what)
+}
+
+impl OpenStackProvider {
+    /// Reads the cloud from clouds.yaml and connects: authenticates, picks
+    /// the Nova microversion and reads the flavors.
+    pub async fn new(
+        name: &str,
+        config: &np_config::OpenStackProvider,
+    ) -> Result<Self, OpenStackDriverError> {
+        let cloud = crate::clouds::load(&config.cloud)
+            .map_err(|source| OpenStackDriverError::Clouds { provider: name.into(), source })?;
+        Self::with_cloud(name, config, cloud).await
+    }
+
+    /// Like [`OpenStackProvider::new`] with an already resolved cloud.
+    pub async fn with_cloud(
+        name: &str,
+        config: &np_config::OpenStackProvider,
+        mut cloud: CloudConfig,
+    ) -> Result<Self, OpenStackDriverError> {
+        if let Some(r) = &config.region_name {
+            cloud.region_name = Some(r.clone());
+        }
+        let fail = |message: String| OpenStackDriverError::Cloud {
+            provider: name.into(),
+            cloud: config.cloud.clone(),
+            message,
+        };
+        let cloud_name = cloud.name.clone();
+        let region = cloud.region_name.clone();
+        let limiter = Arc::new(RateLimiter::every(config.rate));
+        let session = Session::new(cloud, limiter).map_err(fail)?;
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            config: config.clone(),
+            session,
+            cloud_name,
+            region,
+            flavors: StdMutex::new(Vec::new()),
+            images: StdMutex::new(HashMap::new()),
+            networks: StdMutex::new(HashMap::new()),
+            azs: StdMutex::new(None),
+            listing: Mutex::new(None),
+            fip_listing: Mutex::new(None),
+            external_network: StdMutex::new(None),
+            ports: StdMutex::new(PortSweep::default()),
+        });
+        inner.pick_microversion().await.map_err(|e| fail(e.to_string()))?;
+        inner.load_flavors().await.map_err(|e| fail(e.to_string()))?;
+        Ok(OpenStackProvider { inner })
+    }
+
+    /// The shared state (tests look at caches through it).
+    pub fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning (the data are caches).
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+impl Inner {
+    /// Asks Nova for its version document and uses 2.47 when offered.
+    async fn pick_microversion(&self) -> Result<(), ProviderError> {
+        let (_, doc) = self
+            .session
+            .call(Service::Compute, Method::GET, "", None)
+            .await
+            .map_err(api("compute version"))?;
+        let max = doc["version"]["version"].as_str().and_then(parse_version);
+        let min = doc["version"]["min_version"].as_str().and_then(parse_version);
+        let chosen = match (min, max) {
+            (Some(min), Some(max)) if min <= WANTED_MICROVERSION && WANTED_MICROVERSION <= max => {
+                Some(format!("{}.{}", WANTED_MICROVERSION.0, WANTED_MICROVERSION.1))
+            }
+            _ => None,
+        };
+        debug!(provider = %self.name, microversion = ?chosen, "nova microversion");
+        self.session.set_compute_microversion(chosen);
+        Ok(())
+    }
+
+    fn microversion_at_least(&self, want: (u32, u32)) -> bool {
+        self.session.compute_microversion().as_deref().and_then(parse_version).is_some_and(|v| v >= want)
+    }
+
+    async fn load_flavors(&self) -> Result<(), ProviderError> {
+        let mut out = Vec::new();
+        let mut path = "flavors/detail".to_owned();
+        loop {
+            let (_, v) = self
+                .session
+                .call(Service::Compute, Method::GET, &path, None)
+                .await
+                .map_err(api("list flavors"))?;
+            out.extend(v["flavors"].as_array().into_iter().flatten().filter_map(Flavor::from_json));
+            match next_link(&v, "flavors_links") {
+                Some(next) if next != path => path = next,
+                _ => break,
+            }
+        }
+        // Smallest RAM first (stable, as upstream's sort).
+        out.sort_by_key(|f| f.ram);
+        *lock(&self.flavors) = out;
+        Ok(())
+    }
+
+    /// Upstream's `_findFlavor`: with `min-ram`, the smallest flavor with at
+    /// least that RAM whose name contains `flavor-name`; else the flavor
+    /// named (or with the id) `flavor-name`.
+    fn find_flavor(&self, label: &OpenStackLabel) -> Result<Flavor, String> {
+        let flavors = lock(&self.flavors);
+        if label.min_ram > 0 {
+            flavors
+                .iter()
+                .find(|f| {
+                    f.ram >= label.min_ram
+                        && label.flavor_name.as_ref().is_none_or(|n| f.name.contains(n.as_str()))
+                })
+                .cloned()
+                .ok_or_else(|| format!("unable to find a flavor with at least {} MB RAM", label.min_ram))
+        } else {
+            let name = label.flavor_name.as_deref().unwrap_or_default();
+            flavors
+                .iter()
+                .find(|f| f.name == name || f.id == name)
+                .cloned()
+                .ok_or_else(|| format!("unable to find flavor '{name}'"))
+        }
+    }
+
+    fn flavor_by_id(&self, id: &str) -> Option<Flavor> {
+        lock(&self.flavors).iter().find(|f| f.id == id).cloned()
+    }
+
+    /// After Nova answered 400: images, flavors, networks or zones may have
+    /// changed, so every cache is dropped (flavors are read again now).
+    async fn clear_caches(&self) {
+        info!(provider = %self.name, "clearing image, flavor, network and zone caches after a 400 from Nova");
+        lock(&self.images).clear();
+        lock(&self.networks).clear();
+        *lock(&self.azs) = None;
+        if let Err(e) = self.load_flavors().await {
+            warn!(provider = %self.name, error = %e, "cannot re-read flavors");
+        }
+    }
+
+    fn pool(&self, name: &str) -> Option<&OpenStackPool> {
+        self.config.pool(name)
+    }
+
+    /// The label's settings in `pool`.
+    fn label(&self, pool: &str, label: &str) -> Option<(&OpenStackPool, &OpenStackLabel)> {
+        let p = self.pool(pool)?;
+        Some((p, p.label(label)?))
+    }
+
+    /// Every server of the account (cached for [`LISTING_TTL`]; concurrent
+    /// callers share one request).
+    async fn servers(&self) -> Result<Arc<Vec<Server>>, ProviderError> {
+        let mut guard = self.listing.lock().await;
+        if let Some((at, list)) = guard.as_ref() {
+            if at.elapsed() < LISTING_TTL {
+                return Ok(list.clone());
+            }
+        }
+        let mut out = Vec::new();
+        let mut path = "servers/detail".to_owned();
+        let mut pages = 0;
+        loop {
+            let (_, v) = self
+                .session
+                .call(Service::Compute, Method::GET, &path, None)
+                .await
+                .map_err(api("list servers"))?;
+            out.extend(v["servers"].as_array().into_iter().flatten().filter_map(Server::from_json));
+            pages += 1;
+            match next_link(&v, "servers_links") {
+                // A loop guard: a link back to the same page ends the walk.
+                Some(next) if next != path && pages < 1000 => path = next,
+                _ => break,
+            }
+        }
+        let list = Arc::new(out);
+        *guard = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    async fn server(&self, id: &str) -> Result<Option<Server>, ProviderError> {
+        Ok(self.servers().await?.iter().find(|s| s.id == id).cloned())
+    }
+
+    /// Floating IPs (cached like the servers).
+    async fn floating_ips(&self) -> Result<Arc<Vec<FloatingIp>>, ProviderError> {
+        let mut guard = self.fip_listing.lock().await;
+        if let Some((at, list)) = guard.as_ref() {
+            if at.elapsed() < LISTING_TTL {
+                return Ok(list.clone());
+            }
+        }
+        let (_, v) = self
+            .session
+            .call(Service::Network, Method::GET, "floatingips", None)
+            .await
+            .map_err(api("list floating ips"))?;
+        let list = Arc::new(
+            v["floatingips"].as_array().into_iter().flatten().filter_map(FloatingIp::from_json).collect(),
+        );
+        *guard = Some((Instant::now(), Arc::clone(&list)));
+        Ok(list)
+    }
+
+    /// Whether the cloud has Neutron (floating IPs are Neutron's).
+    async fn has_network_service(&self) -> bool {
+        matches!(self.session.endpoint(Service::Network).await, Ok(Some(_)))
+    }
+
+    /// The external network floating IPs come from (the first network with
+    /// `router:external`), cached; `None` when there is none.
+    async fn external_network(&self) -> Result<Option<String>, ProviderError> {
+        if let Some(cached) = lock(&self.external_network).clone() {
+            return Ok(cached);
+        }
+        let (_, v) = self
+            .session
+            .call(Service::Network, Method::GET, "networks?router:external=true", None)
+            .await
+            .map_err(api("list external networks"))?;
+        let id = v["networks"]
+            .as_array()
+            .and_then(|n| n.first())
+            .and_then(|n| n["id"].as_str())
+            .map(str::to_owned);
+        *lock(&self.external_network) = Some(id.clone());
+        Ok(id)
+    }
+
+    /// The image to boot: a diskimage upload's id, a cloud image's id, or a
+    /// cloud image looked up by name (active images only), cached.
+    async fn image_ref(&self, label: &OpenStackLabel, upload: Option<&str>) -> Result<String, ProviderError> {
+        match &label.image {
+            LabelImage::DiskImage(name) => upload.map(str::to_owned).ok_or_else(|| {
+                ProviderError::Fatal(format!(
+                    "diskimage '{name}' has no ready upload in provider {}",
+                    self.name
+                ))
+            }),
+            LabelImage::CloudImage(name) => {
+                let Some(img) = self.config.cloud_image(name) else {
+                    return Err(ProviderError::Fatal(format!("cloud-image '{name}' is not configured")));
+                };
+                if let Some(id) = &img.image_id {
+                    return Ok(id.clone());
+                }
+                let wanted = img.external_name().to_owned();
+                if let Some(id) = lock(&self.images).get(&wanted) {
+                    return Ok(id.clone());
+                }
+                let id = self.find_image(&wanted).await?.ok_or_else(|| {
+                    ProviderError::Fatal(format!(
+                        "cloud-image '{wanted}' of label {} cannot be found in the cloud (no active image by that name or id)",
+                        label.name
+                    ))
+                })?;
+                lock(&self.images).insert(wanted, id.clone());
+                Ok(id)
+            }
+        }
+    }
+
+    /// An active Glance image by name, else by id.
+    async fn find_image(&self, name_or_id: &str) -> Result<Option<String>, ProviderError> {
+        let q = format!("images?name={}&status=active", encode(name_or_id));
+        let (_, v) =
+            self.session.call(Service::Image, Method::GET, &q, None).await.map_err(api("find image"))?;
+        if let Some(id) = v["images"].as_array().and_then(|a| a.first()).and_then(|i| i["id"].as_str()) {
+            return Ok(Some(id.to_owned()));
+        }
+        match self
+            .session
+            .call(Service::Image, Method::GET, &format!("images/{}", encode(name_or_id)), None)
+            .await
+        {
+            Ok((_, v)) if v["status"].as_str() == Some("active") => Ok(v["id"].as_str().map(str::to_owned)),
+            Ok(_) => Ok(None),
+            Err(e) if e.status == 404 || e.status == 400 => Ok(None),
+            Err(e) => Err(e.classify("get image")),
+        }
+    }
+
+    /// A network's id by name (or id), cached.
+    async fn network_id(&self, name: &str) -> Result<String, ProviderError> {
+        if let Some(id) = lock(&self.networks).get(name) {
+            return Ok(id.clone());
+        }
+        let q = format!("networks?name={}", encode(name));
+        let (_, v) =
+            self.session.call(Service::Network, Method::GET, &q, None).await.map_err(api("find network"))?;
+        let mut id = v["networks"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|n| n["id"].as_str())
+            .map(str::to_owned);
+        if id.is_none() {
+            id = match self
+                .session
+                .call(Service::Network, Method::GET, &format!("networks/{}", encode(name)), None)
+                .await
+            {
+                Ok((_, v)) => v["network"]["id"].as_str().map(str::to_owned),
+                Err(e) if e.status == 404 => None,
+                Err(e) => return Err(e.classify("get network")),
+            };
+        }
+        let id = id.ok_or_else(|| {
+            ProviderError::Fatal(format!("unable to find network {name} in provider {}", self.name))
+        })?;
+        lock(&self.networks).insert(name.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// The pool's zones, or the cloud's available ones (cached); empty when
+    /// the cloud has none (Nova then picks).
+    async fn zones(&self, pool: &OpenStackPool) -> Result<Vec<String>, ProviderError> {
+        if let Some(z) = &pool.availability_zones {
+            return Ok(z.clone());
+        }
+        if let Some(z) = lock(&self.azs).clone() {
+            return Ok(z);
+        }
+        let zones = match self.session.call(Service::Compute, Method::GET, "os-availability-zone", None).await
+        {
+            Ok((_, v)) => v["availabilityZoneInfo"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|z| z["zoneState"]["available"].as_bool().unwrap_or(true))
+                .filter_map(|z| z["zoneName"].as_str().map(str::to_owned))
+                .collect(),
+            // Policy may forbid the call: then Nova chooses, as upstream.
+            Err(e) if e.status == 403 || e.status == 404 => Vec::new(),
+            Err(e) => return Err(e.classify("list availability zones")),
+        };
+        *lock(&self.azs) = Some(zones.clone());
+        Ok(zones)
+    }
+
+    /// The server body of `POST /servers`.
+    async fn server_body(&self, req: &LaunchRequest) -> Result<Value, ProviderError> {
+        let Some((pool, label)) = self.label(&req.pool, &req.label) else {
+            return Err(ProviderError::Fatal(format!("label {} is not in pool {}", req.label, req.pool)));
+        };
+        let flavor = self.find_flavor(label).map_err(ProviderError::Fatal)?;
+        let image = self.image_ref(label, req.image_external_id.as_deref()).await?;
+        let (image_name, config_drive) = match &label.image {
+            LabelImage::DiskImage(n) => (n.clone(), self.config.diskimage(n).and_then(|d| d.config_drive)),
+            LabelImage::CloudImage(n) => (n.clone(), self.config.cloud_image(n).and_then(|c| c.config_drive)),
+        };
+        // Metadata: Ansible-style groups, the label's properties, the
+        // formatted dynamic ones, then Nodepool's own keys (upstream's order).
+        let mut meta = serde_json::Map::new();
+        meta.insert("groups".into(), json!(format!("{},{},{}", self.name, image_name, label.name)));
+        for (k, v) in &label.instance_properties {
+            meta.insert(k.clone(), json!(value_string(v)));
+        }
+        let attrs = req.request_attributes.clone().unwrap_or(Value::Null);
+        for (k, v) in &label.dynamic_instance_properties {
+            match np_provider::template::format_template(&value_string(v), &attrs) {
+                Ok(s) => {
+                    meta.insert(k.clone(), json!(s));
+                }
+                Err(e) => {
+                    warn!(provider = %self.name, key = %k, error = %e, "cannot format dynamic instance property")
+                }
+            }
+        }
+        for (k, v) in &req.metadata {
+            meta.insert(k.clone(), json!(v));
+        }
+        let mut server = json!({
+            "name": req.hostname,
+            "flavorRef": flavor.id,
+            "min_count": 1,
+            "max_count": 1,
+            "metadata": meta,
+        });
+        if label.boot_from_volume {
+            server["imageRef"] = json!("");
+            server["block_device_mapping_v2"] = json!([{
+                "boot_index": "0",
+                "delete_on_termination": true,
+                "destination_type": "volume",
+                "source_type": "image",
+                "uuid": image,
+                "volume_size": label.volume_size,
+            }]);
+        } else {
+            server["imageRef"] = json!(image);
+        }
+        if let Some(cd) = config_drive {
+            server["config_drive"] = json!(cd);
+        }
+        if let Some(k) = &label.key_name {
+            server["key_name"] = json!(k);
+        }
+        let zones = self.zones(pool).await?;
+        if !zones.is_empty() {
+            server["availability_zone"] = json!(zones[pick(zones.len())]);
+        }
+        if !pool.security_groups.is_empty() {
+            server["security_groups"] = pool.security_groups.iter().map(|g| json!({ "name": g })).collect();
+        }
+        if let Some(u) = &label.userdata {
+            server["user_data"] = json!(base64::engine::general_purpose::STANDARD.encode(u.as_bytes()));
+        }
+        let mut nics = Vec::new();
+        for n in &label.networks {
+            nics.push(json!({ "uuid": self.network_id(n).await? }));
+        }
+        if !nics.is_empty() {
+            server["networks"] = Value::Array(nics);
+        } else if self.microversion_at_least((2, 37)) {
+            // Required from 2.37 on; `auto` is what openstacksdk sends.
+            server["networks"] = json!("auto");
+        }
+        Ok(json!({ "server": server }))
+    }
+
+    fn instance(&self, s: &Server) -> Instance {
+        let (public_ipv4, private_ipv4, public_ipv6, interface_ip) = s.ips();
+        Instance {
+            external_id: Value::String(s.id.clone()),
+            interface_ip,
+            public_ipv4,
+            private_ipv4,
+            public_ipv6,
+            az: s.az.clone(),
+            region: self.region.clone(),
+            host_id: s.host_id.clone(),
+            cloud: Some(self.cloud_name.clone()),
+            metadata: s.metadata.clone(),
+            ..Instance::default()
+        }
+    }
+
+    /// What a listed server uses: its flavor (embedded, or looked up by id).
+    fn server_quota(&self, s: &Server) -> Quota {
+        let flavor = Flavor::from_json(&s.flavor)
+            .or_else(|| s.flavor["id"].as_str().and_then(|id| self.flavor_by_id(id)));
+        match flavor {
+            Some(f) => f.quota(),
+            None => Quota::new(Some(0.0), Some(1.0), Some(0.0), 0.0),
+        }
+    }
+
+    /// Deletes DOWN compute ports that were also DOWN a
+    /// `port-cleanup-interval` ago (upstream's two-strike rule; Neutron
+    /// ports carry no metadata to tell whose they are).
+    async fn sweep_ports(&self) {
+        let Some(interval) = self.config.port_cleanup_interval else { return };
+        if !self.has_network_service().await {
+            return;
+        }
+        {
+            let sweep = lock(&self.ports);
+            if sweep.last.is_some_and(|t| t.elapsed() <= interval) {
+                return;
+            }
+        }
+        let down = match self.down_ports().await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(provider = %self.name, error = %e, "cannot list DOWN ports");
+                return;
+            }
+        };
+        let (first, previous) = {
+            let sweep = lock(&self.ports);
+            (sweep.last.is_none(), sweep.down.clone())
+        };
+        let mut removed = 0;
+        if !first {
+            for id in down.intersection(&previous) {
+                match self.session.call(Service::Network, Method::DELETE, &format!("ports/{id}"), None).await
+                {
+                    Ok(_) => removed += 1,
+                    Err(e) if e.status == 404 => {}
+                    Err(e) => {
+                        warn!(provider = %self.name, port = %id, error = %e.message, "cannot delete DOWN port")
+                    }
+                }
+            }
+            if removed > 0 {
+                info!(provider = %self.name, removed, "deleted leaked DOWN ports");
+            }
+        }
+        // What is DOWN now (after the deletes) is the next pass's first strike.
+        let now_down = if removed > 0 { self.down_ports().await.unwrap_or(down) } else { down };
+        let mut sweep = lock(&self.ports);
+        sweep.last = Some(Instant::now());
+        sweep.down = now_down;
+    }
+
+    async fn down_ports(&self) -> Result<HashSet<String>, ProviderError> {
+        let (_, v) = self
+            .session
+            .call(Service::Network, Method::GET, "ports?status=DOWN", None)
+            .await
+            .map_err(api("list ports"))?;
+        Ok(v["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                let owner = p["device_owner"].as_str().unwrap_or("");
+                owner.is_empty() || owner.starts_with("compute:")
+            })
+            .filter_map(|p| p["id"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// `clean-floating-ips`: deletes floating IPs bound to no port.
+    async fn sweep_floating_ips(&self) {
+        if !self.config.clean_floating_ips || !self.has_network_service().await {
+            return;
+        }
+        let fips = match self.session.call(Service::Network, Method::GET, "floatingips", None).await {
+            Ok((_, v)) => v["floatingips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(FloatingIp::from_json)
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                warn!(provider = %self.name, error = %e.message, "cannot list floating ips");
+                return;
+            }
+        };
+        for f in fips.iter().filter(|f| f.port_id.is_none()) {
+            match self
+                .session
+                .call(Service::Network, Method::DELETE, &format!("floatingips/{}", f.id), None)
+                .await
+            {
+                Ok(_) => info!(provider = %self.name, fip = %f.address, "deleted unattached floating ip"),
+                Err(e) if e.status == 404 => {}
+                Err(e) => {
+                    warn!(provider = %self.name, fip = %f.address, error = %e.message, "cannot delete floating ip")
+                }
+            }
+        }
+    }
+}
+
+/// A metadata value as a string (YAML scalars other than strings as JSON).
+fn value_string(v: &Value) -> String {
+    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
+}
+
+/// Percent-encodes a query or path component.
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A random index below `n` (zones are spread at random, as upstream).
+fn pick(n: usize) -> usize {
+    let r = uuid::Uuid::new_v4().as_u128();
+    (r % n.max(1) as u128) as usize
+}
+
+/// The `next` link of a paginated Nova listing.
+fn next_link(v: &Value, key: &str) -> Option<String> {
+    v[key]
+        .as_array()?
+        .iter()
+        .find(|l| l["rel"].as_str() == Some("next"))
+        .and_then(|l| l["href"].as_str())
+        .map(str::to_owned)
+}
+
+/// Creating one server: submit, wait for ACTIVE, then (when the pool wants
+/// one and the server has no public address) a floating IP.
+struct Create {
+    inner: Arc<Inner>,
+    request: LaunchRequest,
+    state: CreateState,
+    server_id: Option<String>,
+}
+
+enum CreateState {
+    Submit,
+    Building,
+    FloatingIp { fip: FloatingIp },
+    Attaching { address: String },
+}
+
+#[async_trait]
+impl CreateMachine for Create {
+    async fn step(&mut self) -> Result<Step<Instance>, ProviderError> {
+        let inner = Arc::clone(&self.inner);
+        match &self.state {
+            CreateState::Submit => {
+                let body = inner.server_body(&self.request).await?;
+                match inner.session.call(Service::Compute, Method::POST, "servers", Some(&body)).await {
+                    Ok((_, v)) => {
+                        let Some(id) = v["server"]["id"].as_str() else {
+                            return Err(ProviderError::Transient(
+                                "Nova accepted the server but gave no id".into(),
+                            ));
+                        };
+                        debug!(provider = %inner.name, node = %self.request.node_id, server = %id, "server submitted");
+                        self.server_id = Some(id.to_owned());
+                        self.state = CreateState::Building;
+                        Ok(Step::Pending(POLL))
+                    }
+                    Err(e) => {
+                        if e.status == 400 {
+                            inner.clear_caches().await;
+                        }
+                        Err(e.classify("create server"))
+                    }
+                }
+            }
+            CreateState::Building => {
+                let id = self.server_id.clone().unwrap_or_default();
+                let Some(server) = inner.server(&id).await? else {
+                    // Not listed yet (the listing may predate it).
+                    return Ok(Step::Pending(POLL));
+                };
+                match server.status.as_str() {
+                    "ACTIVE" => {
+                        let pool =
+                            inner.pool(&self.request.pool).map(|p| p.auto_floating_ip).unwrap_or(false);
+                        if pool && server.ips().0.is_none() && inner.has_network_service().await {
+                            if let Some(net) = inner.external_network().await? {
+                                let fip = create_floating_ip(&inner, &server, &net).await?;
+                                self.state = CreateState::FloatingIp { fip };
+                                return Ok(Step::Pending(POLL));
+                            }
+                        }
+                        Ok(Step::Done(inner.instance(&server)))
+                    }
+                    "ERROR" => {
+                        let fault = server.fault.clone().unwrap_or_default();
+                        let lower = fault.to_ascii_lowercase();
+                        let msg = format!(
+                            "server {id} went to ERROR: {}",
+                            if fault.is_empty() { "no fault given" } else { &fault }
+                        );
+                        if lower.contains("quota") {
+                            Err(ProviderError::Quota(msg))
+                        } else if lower.contains("no valid host") {
+                            Err(ProviderError::Capacity(msg))
+                        } else {
+                            Err(ProviderError::Fatal(msg))
+                        }
+                    }
+                    _ => Ok(Step::Pending(POLL)),
+                }
+            }
+            CreateState::FloatingIp { fip } => {
+                let current = inner.floating_ips().await?.iter().find(|f| f.id == fip.id).cloned();
+                match current {
+                    Some(f) if f.status == "ACTIVE" && f.port_id.is_some() => {
+                        self.state = CreateState::Attaching { address: f.address };
+                        Ok(Step::Pending(Duration::ZERO))
+                    }
+                    _ => Ok(Step::Pending(POLL)),
+                }
+            }
+            CreateState::Attaching { address } => {
+                let id = self.server_id.clone().unwrap_or_default();
+                match inner.server(&id).await? {
+                    Some(s) if s.floating_ips().contains(address) => Ok(Step::Done(inner.instance(&s))),
+                    _ => Ok(Step::Pending(POLL)),
+                }
+            }
+        }
+    }
+
+    fn external_id(&self) -> Option<Value> {
+        self.server_id.clone().map(Value::String)
+    }
+
+    fn state(&self) -> &'static str {
+        match self.state {
+            CreateState::Submit => "submit",
+            CreateState::Building => "building server",
+            CreateState::FloatingIp { .. } => "creating floating ip",
+            CreateState::Attaching { .. } => "attaching floating ip",
+        }
+    }
+}
+
+/// Creates a floating IP on `network` for the server's first port.
+async fn create_floating_ip(
+    inner: &Inner,
+    server: &Server,
+    network: &str,
+) -> Result<FloatingIp, ProviderError> {
+    let (_, v) = inner
+        .session
+        .call(Service::Network, Method::GET, &format!("ports?device_id={}", encode(&server.id)), None)
+        .await
+        .map_err(api("list server ports"))?;
+    let port =
+        v["ports"].as_array().and_then(|p| p.first()).and_then(|p| p["id"].as_str()).ok_or_else(|| {
+            ProviderError::Transient(format!("server {} has no port for a floating ip yet", server.id))
+        })?;
+    let body = json!({ "floatingip": { "floating_network_id": network, "port_id": port } });
+    let (_, v) = inner
+        .session
+        .call(Service::Network, Method::POST, "floatingips", Some(&body))
+        .await
+        .map_err(api("create floating ip"))?;
+    let fip = FloatingIp::from_json(&v["floatingip"])
+        .ok_or_else(|| ProviderError::Transient("Neutron created a floating ip without an id".into()))?;
+    info!(provider = %inner.name, server = %server.id, fip = %fip.address, "floating ip created");
+    Ok(fip)
+}
+
+/// Deleting a server: its floating IPs first (they would leak otherwise),
+/// then the server, then wait until Nova no longer lists it.
+struct Delete {
+    inner: Arc<Inner>,
+    id: String,
+    state: DeleteState,
+}
+
+enum DeleteState {
+    Start,
+    FloatingIps(Vec<String>),
+    Server,
+    Deleting,
+}
+
+#[async_trait]
+impl DeleteMachine for Delete {
+    async fn step(&mut self) -> Result<Step<()>, ProviderError> {
+        let inner = Arc::clone(&self.inner);
+        match &self.state {
+            DeleteState::Start => {
+                let server = inner.server(&self.id).await?;
+                let addresses = server.as_ref().map(|s| s.floating_ips()).unwrap_or_default();
+                if addresses.is_empty() || !inner.has_network_service().await {
+                    self.state = DeleteState::Server;
+                    return Ok(Step::Pending(Duration::ZERO));
+                }
+                let fips = inner.floating_ips().await?;
+                let mut ids = Vec::new();
+                for f in fips.iter().filter(|f| addresses.contains(&f.address)) {
+                    match inner
+                        .session
+                        .call(Service::Network, Method::DELETE, &format!("floatingips/{}", f.id), None)
+                        .await
+                    {
+                        Ok(_) => ids.push(f.id.clone()),
+                        Err(e) if e.status == 404 => {}
+                        Err(e) => return Err(e.classify("delete floating ip")),
+                    }
+                }
+                self.state = DeleteState::FloatingIps(ids);
+                Ok(Step::Pending(Duration::ZERO))
+            }
+            DeleteState::FloatingIps(ids) => {
+                let fips = inner.floating_ips().await?;
+                if fips.iter().any(|f| ids.contains(&f.id) && f.status != "DOWN") {
+                    return Ok(Step::Pending(POLL));
+                }
+                self.state = DeleteState::Server;
+                Ok(Step::Pending(Duration::ZERO))
+            }
+            DeleteState::Server => {
+                match inner
+                    .session
+                    .call(Service::Compute, Method::DELETE, &format!("servers/{}", self.id), None)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.status == 404 => return Ok(Step::Done(())),
+                    Err(e) => return Err(e.classify("delete server")),
+                }
+                self.state = DeleteState::Deleting;
+                Ok(Step::Pending(POLL))
+            }
+            DeleteState::Deleting => match inner.server(&self.id).await? {
+                Some(s) if !s.is_deleted() => Ok(Step::Pending(POLL)),
+                _ => Ok(Step::Done(())),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for OpenStackProvider {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn create(&self, request: LaunchRequest) -> Box<dyn CreateMachine> {
+        if self.inner.label(&request.pool, &request.label).is_none() {
+            return Box::new(RefusedCreate(format!(
+                "provider {}: label {} is not in pool {}",
+                self.inner.name, request.label, request.pool
+            )));
+        }
+        Box::new(Create {
+            inner: Arc::clone(&self.inner),
+            request,
+            state: CreateState::Submit,
+            server_id: None,
+        })
+    }
+
+    fn delete(&self, external_id: &Value) -> Box<dyn DeleteMachine> {
+        let id = external_id.as_str().map(str::to_owned).unwrap_or_else(|| external_id.to_string());
+        Box::new(Delete { inner: Arc::clone(&self.inner), id, state: DeleteState::Start })
+    }
+
+    async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
+        // Ports and floating IPs carry no metadata, so their cleanup rides
+        // on the launcher's leak pass here, as upstream's listResources.
+        self.inner.sweep_ports().await;
+        self.inner.sweep_floating_ips().await;
+        let servers = self.inner.servers().await?;
+        Ok(servers
+            .iter()
+            .filter(|s| !s.is_deleted())
+            .filter(|s| s.metadata.get(np_provider::META_PROVIDER) == Some(&self.inner.name))
+            .map(|s| self.inner.instance(s))
+            .collect())
+    }
+
+    async fn quota_limits(&self) -> Result<Quota, ProviderError> {
+        let (_, v) = self
+            .inner
+            .session
+            .call(Service::Compute, Method::GET, "limits", None)
+            .await
+            .map_err(api("limits"))?;
+        let abs = &v["limits"]["absolute"];
+        let limit = |k: &str| abs[k].as_f64().map(|n| if n < 0.0 { f64::INFINITY } else { n });
+        Ok(Quota::new(
+            limit("maxTotalCores"),
+            limit("maxTotalInstances"),
+            limit("maxTotalRAMSize"),
+            f64::INFINITY,
+        ))
+    }
+
+    fn quota_for_label(&self, pool: &str, label: &str) -> Quota {
+        let Some((_, l)) = self.inner.label(pool, label) else {
+            return Quota::new(Some(0.0), Some(1.0), Some(0.0), 0.0);
+        };
+        let mut q = match self.inner.find_flavor(l) {
+            Ok(f) => f.quota(),
+            Err(e) => {
+                warn!(provider = %self.inner.name, label, error = %e, "no flavor for label; counting one instance");
+                Quota::new(Some(0.0), Some(1.0), Some(0.0), 0.0)
+            }
+        };
+        if l.boot_from_volume {
+            q.set("volumes", 1.0);
+            q.set("volume-gb", l.volume_size as f64);
+        }
+        q
+    }
+
+    async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, ProviderError> {
+        let servers = self.inner.servers().await?;
+        Ok(servers
+            .iter()
+            .filter(|s| !s.is_deleted())
+            .map(|s| InstanceUsage { metadata: s.metadata.clone(), quota: self.inner.server_quota(s) })
+            .collect())
+    }
+
+    fn usage_refresh(&self) -> Option<Duration> {
+        Some(Duration::from_secs(10))
+    }
+
+    async fn upload_image(&self, request: &ImageUploadRequest) -> Result<String, ProviderError> {
+        crate::image::upload(
+            &self.inner.session,
+            &self.inner.name,
+            self.inner.config.image_upload_timeout,
+            request,
+        )
+        .await
+    }
+
+    async fn delete_image(&self, external_id: &str) -> Result<(), ProviderError> {
+        crate::image::delete(&self.inner.session, external_id).await
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// Metadata as strings (for tests and the image module).
+pub fn string_map(m: &BTreeMap<String, String>) -> Value {
+    Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers() {
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+        assert_eq!(parse_version("2.93"), Some((2, 93)));
+        assert!(pick(3) < 3);
+        assert_eq!(pick(0), 0);
+        let v = json!({"servers_links": [{"rel": "next", "href": "http://x/servers/detail?marker=a"}]});
+        assert_eq!(next_link(&v, "servers_links").as_deref(), Some("http://x/servers/detail?marker=a"));
+        assert_eq!(next_link(&json!({}), "servers_links"), None);
+    }
+}

@@ -1,0 +1,500 @@
+//! The OpenStack driver against the fake cloud of `support/fake_openstack.rs`
+//! (Keystone, Nova, Glance and Neutron shapes on 127.0.0.1): the server body
+//! Nova gets, boot and delete, error classes, quota and usage, pagination
+//! with one shared listing, floating IPs, port and floating-IP cleanup,
+//! token renewal and Glance uploads.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/fake_openstack.rs"]
+mod fake_openstack;
+
+use std::time::Duration;
+
+use fake_openstack::{FakeOpenStack, Knobs};
+use np_driver_openstack::OpenStackProvider;
+use np_provider::{ImageUploadRequest, Instance, LaunchRequest, Provider, ProviderError, Step};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r##"
+labels:
+  - name: small
+  - name: by-ram
+  - name: volume
+  - name: floating
+  - name: by-id
+diskimages:
+  - name: ubuntu
+providers:
+  - name: os-one
+    driver: openstack
+    cloud: devstack
+    rate: 0.001
+    port-cleanup-interval: 1
+    clean-floating-ips: true
+    diskimages:
+      - name: ubuntu
+    cloud-images:
+      - name: cirros
+        config-drive: true
+      - name: cirros-by-id
+        image-id: img-cirros
+    pools:
+      - name: main
+        auto-floating-ip: false
+        security-groups: [zuul-sg]
+        networks: [private]
+        labels:
+          - name: small
+            cloud-image: cirros
+            flavor-name: np-small
+            key-name: zuul-key
+            userdata: "#cloud-config\n"
+            instance-properties:
+              owner: ci
+              count: 3
+            dynamic-instance-properties:
+              tenant: "{request.tenant_name}"
+          - name: by-ram
+            cloud-image: cirros
+            min-ram: 4000
+          - name: volume
+            cloud-image: cirros-by-id
+            flavor-name: np-large
+            boot-from-volume: true
+            volume-size: 80
+      - name: fip
+        availability-zones: [az2]
+        labels:
+          - name: floating
+            cloud-image: cirros
+            flavor-name: f-small
+          - name: by-id
+            diskimage: ubuntu
+            flavor-name: np-small
+"##;
+
+fn provider_config() -> np_config::OpenStackProvider {
+    let config = np_config::load_str(CONFIG, "nodepool.yaml").unwrap();
+    let np_config::ProviderDriver::OpenStack(o) = &config.providers[0].driver else { panic!() };
+    o.clone()
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let d = std::env::temp_dir().join(format!("np-os-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Env {
+    os: FakeOpenStack,
+    provider: OpenStackProvider,
+    dir: tempdir::Dir,
+}
+
+impl Env {
+    async fn new() -> Env {
+        Env::with_knobs(Knobs::default()).await
+    }
+
+    async fn with_knobs(knobs: Knobs) -> Env {
+        let os = FakeOpenStack::start().await;
+        os.set_knobs(knobs);
+        let dir = tempdir::Dir::new();
+        let provider = connect(&os, &dir, &provider_config()).await.unwrap();
+        Env { os, provider, dir }
+    }
+
+    fn request(&self, node_id: &str, pool: &str, label: &str) -> LaunchRequest {
+        let mut r = LaunchRequest::new(node_id, "os-one", pool, label);
+        r.request_attributes =
+            Some(json!({"id": "200-0000000001", "tenant_name": "tenant-a", "requestor": "zuul"}));
+        r
+    }
+}
+
+async fn connect(
+    os: &FakeOpenStack,
+    dir: &tempdir::Dir,
+    cfg: &np_config::OpenStackProvider,
+) -> Result<OpenStackProvider, np_driver_openstack::OpenStackDriverError> {
+    let path = os.clouds_yaml(&dir.0, "devstack");
+    let cloud = np_driver_openstack::clouds::load_file(&path, "devstack").unwrap();
+    OpenStackProvider::with_cloud("os-one", cfg, cloud).await
+}
+
+async fn run_create(
+    p: &OpenStackProvider,
+    r: LaunchRequest,
+) -> (Result<Instance, ProviderError>, Option<Value>) {
+    let mut m = p.create(r);
+    for _ in 0..2000 {
+        match m.step().await {
+            Ok(Step::Done(i)) => return (Ok(i), m.external_id()),
+            Ok(Step::Pending(d)) => tokio::time::sleep(d).await,
+            Err(e) => return (Err(e), m.external_id()),
+        }
+    }
+    panic!("create did not finish");
+}
+
+async fn run_delete(p: &OpenStackProvider, id: &Value) -> Result<(), ProviderError> {
+    let mut m = p.delete(id);
+    for _ in 0..2000 {
+        match m.step().await? {
+            Step::Done(()) => return Ok(()),
+            Step::Pending(d) => tokio::time::sleep(d).await,
+        }
+    }
+    panic!("delete did not finish");
+}
+
+#[tokio::test]
+async fn a_server_boots_with_upstreams_body_and_is_deleted() {
+    let env = Env::new().await;
+    let (result, id) = run_create(&env.provider, env.request("0000000042", "main", "small")).await;
+    let inst = result.unwrap();
+    let id = id.unwrap();
+    assert_eq!(inst.external_id, id);
+
+    let bodies = env.os.created_servers();
+    assert_eq!(bodies.len(), 1);
+    let b = &bodies[0];
+    assert_eq!(b["name"], "np0000000042");
+    assert_eq!(b["flavorRef"], "f-small");
+    // The cloud image was looked up by name among active Glance images.
+    assert_eq!(b["imageRef"], "img-cirros");
+    assert_eq!(b["config_drive"], true);
+    assert_eq!(b["key_name"], "zuul-key");
+    assert_eq!(b["security_groups"], json!([{"name": "zuul-sg"}]));
+    assert_eq!(b["networks"], json!([{"uuid": "net-private"}]));
+    assert_eq!(b["user_data"], "I2Nsb3VkLWNvbmZpZwo=");
+    assert!(["az1", "az2"].contains(&b["availability_zone"].as_str().unwrap()), "{b}");
+    // Upstream's metadata, in upstream's order.
+    let meta = b["metadata"].as_object().unwrap();
+    let keys: Vec<&str> = meta.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "groups",
+            "owner",
+            "count",
+            "tenant",
+            "nodepool_node_id",
+            "nodepool_pool_name",
+            "nodepool_provider_name"
+        ]
+    );
+    assert_eq!(meta["groups"], "os-one,cirros,small");
+    assert_eq!(meta["count"], "3");
+    assert_eq!(meta["tenant"], "tenant-a");
+    assert_eq!(meta["nodepool_node_id"], "0000000042");
+    // Listings at microversion 2.47 (flavors embedded).
+    assert!(env
+        .os
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with("/servers/detail") && r.microversion.as_deref() == Some("compute 2.47")));
+
+    assert_eq!(inst.cloud.as_deref(), Some("devstack"));
+    assert_eq!(inst.region.as_deref(), Some("RegionOne"));
+    assert_eq!(inst.host_id.as_deref(), Some("fakehost-1"));
+    assert!(inst.az.is_some());
+    let ip = inst.interface_ip.clone().unwrap();
+    assert!(ip.starts_with("127.0.1."), "{ip}");
+    assert_eq!(inst.private_ipv4.as_deref(), Some(ip.as_str()));
+    assert_eq!(inst.metadata["nodepool_provider_name"], "os-one");
+
+    // The leak listing sees it by its metadata, and not a stranger's server.
+    env.os.plant_server(json!({"nodepool_provider_name": "someone-else"}));
+    let listed = env.provider.list_instances().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].external_id, id);
+
+    run_delete(&env.provider, &id).await.unwrap();
+    assert_eq!(env.os.server_ids().len(), 1, "only the stranger's server is left");
+    assert_eq!(env.os.count("DELETE", id.as_str().unwrap()), 1);
+    // A second delete of a server that is gone succeeds.
+    run_delete(&env.provider, &id).await.unwrap();
+}
+
+#[tokio::test]
+async fn flavors_by_ram_volumes_and_image_ids() {
+    let env = Env::new().await;
+    // min-ram picks the smallest flavor with enough RAM.
+    let (r, _) = run_create(&env.provider, env.request("0000000001", "main", "by-ram")).await;
+    r.unwrap();
+    // boot-from-volume: a BDMv2 from the image id, deleted with the server.
+    let (r, _) = run_create(&env.provider, env.request("0000000002", "main", "volume")).await;
+    r.unwrap();
+    let bodies = env.os.created_servers();
+    assert_eq!(bodies[0]["flavorRef"], "f-medium");
+    assert_eq!(bodies[1]["imageRef"], "");
+    assert_eq!(
+        bodies[1]["block_device_mapping_v2"],
+        json!([{"boot_index": "0", "delete_on_termination": true, "destination_type": "volume",
+                "source_type": "image", "uuid": "img-cirros", "volume_size": 80}])
+    );
+    // No config-drive key unless the image says so; the pool's zone.
+    assert!(bodies[1].get("config_drive").is_none());
+
+    // Label cost: the flavor plus the volume.
+    let q = env.provider.quota_for_label("main", "volume");
+    assert_eq!((q.get("cores"), q.get("ram"), q.get("instances")), (8.0, 16384.0, 1.0));
+    assert_eq!((q.get("volumes"), q.get("volume-gb")), (1.0, 80.0));
+    let q = env.provider.quota_for_label("main", "by-ram");
+    assert_eq!((q.get("cores"), q.get("ram")), (4.0, 8192.0));
+    // A flavor given by id; a diskimage label boots its upload's id.
+    let mut r = env.request("0000000003", "fip", "by-id");
+    r.image_external_id = Some("img-cirros".into());
+    let (res, _) = run_create(&env.provider, r).await;
+    res.unwrap();
+    let b = &env.os.created_servers()[2];
+    assert_eq!((b["imageRef"].as_str(), b["availability_zone"].as_str()), (Some("img-cirros"), Some("az2")));
+    // Without networks, microversion 2.37+ asks Nova for "auto".
+    assert_eq!(b["networks"], "auto");
+    // A diskimage label without an upload cannot boot.
+    let (res, _) = run_create(&env.provider, env.request("0000000004", "fip", "by-id")).await;
+    assert!(matches!(res, Err(ProviderError::Fatal(ref m)) if m.contains("no ready upload")), "{res:?}");
+}
+
+#[tokio::test]
+async fn quota_refusals_and_faults_are_classified() {
+    let env = Env::with_knobs(Knobs { max_instances: 1, ..Knobs::default() }).await;
+    let (r, id) = run_create(&env.provider, env.request("0000000001", "main", "small")).await;
+    r.unwrap();
+    // Nova's 403 "Quota exceeded for instances": quota, no server id.
+    let (r, id2) = run_create(&env.provider, env.request("0000000002", "main", "small")).await;
+    assert!(
+        matches!(r, Err(ProviderError::Quota(ref m)) if m.contains("Quota exceeded for instances")),
+        "{r:?}"
+    );
+    assert!(id2.is_none());
+    run_delete(&env.provider, &id.unwrap()).await.unwrap();
+
+    // A server that goes to ERROR with a quota fault: quota, with its id known
+    // (so the launcher deletes it).
+    env.os.set_knobs(Knobs {
+        error_fault: Some("Build of instance x aborted: VolumeSizeExceedsAvailableQuota".into()),
+        ..Knobs::default()
+    });
+    let (r, id) = run_create(&env.provider, env.request("0000000003", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Quota(_))), "{r:?}");
+    assert!(id.is_some());
+    // No valid host: capacity. Another fault: fatal for this attempt.
+    env.os.set_knobs(Knobs { error_fault: Some("No valid host was found. ".into()), ..Knobs::default() });
+    let (r, _) = run_create(&env.provider, env.request("0000000004", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Capacity(_))), "{r:?}");
+    env.os.set_knobs(Knobs {
+        error_fault: Some("Exceeded maximum number of retries.".into()),
+        ..Knobs::default()
+    });
+    let (r, _) = run_create(&env.provider, env.request("0000000005", "main", "small")).await;
+    assert!(
+        matches!(r, Err(ProviderError::Fatal(ref m)) if m.contains("maximum number of retries")),
+        "{r:?}"
+    );
+    env.os.set_knobs(Knobs::default());
+
+    // A 5xx on create is transient; a 400 is fatal and clears the caches,
+    // so flavors are read again.
+    env.os.fail_next("POST", "/servers", 503, json!({"computeFault": {"code": 503, "message": "busy"}}));
+    let (r, _) = run_create(&env.provider, env.request("0000000006", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Transient(_))), "{r:?}");
+    let flavor_reads = env.os.count("GET", "/flavors/detail");
+    env.os.fail_next(
+        "POST",
+        "/servers",
+        400,
+        json!({"badRequest": {"code": 400, "message": "Invalid key_name provided."}}),
+    );
+    let (r, _) = run_create(&env.provider, env.request("0000000007", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Fatal(ref m)) if m.contains("Invalid key_name")), "{r:?}");
+    assert_eq!(env.os.count("GET", "/flavors/detail"), flavor_reads + 1);
+    // A missing cloud image is fatal and says which.
+    let bad = env.os.images();
+    assert!(bad.contains_key("img-cirros"));
+}
+
+#[tokio::test]
+async fn limits_and_usage_come_from_nova() {
+    let env = Env::with_knobs(Knobs { max_instances: 7, max_cores: -1, ..Knobs::default() }).await;
+    let q = env.provider.quota_limits().await.unwrap();
+    assert_eq!(q.get("instances"), 7.0);
+    assert!(q.get("cores").is_infinite(), "-1 is unlimited");
+    assert_eq!(q.get("ram"), 51200.0);
+    let (r, _) = run_create(&env.provider, env.request("0000000001", "main", "by-ram")).await;
+    r.unwrap();
+    env.os.plant_server(json!({"owner": "not nodepool"}));
+    tokio::time::sleep(np_driver_openstack::provider::LISTING_TTL).await;
+    let usage = env.provider.instance_usage().await.unwrap();
+    assert_eq!(usage.len(), 2);
+    let ours = usage.iter().find(|u| u.metadata.contains_key("nodepool_node_id")).unwrap();
+    assert_eq!((ours.quota.get("cores"), ours.quota.get("ram")), (4.0, 8192.0));
+    let other = usage.iter().find(|u| !u.metadata.contains_key("nodepool_node_id")).unwrap();
+    assert_eq!((other.quota.get("cores"), other.quota.get("instances")), (2.0, 1.0));
+}
+
+#[tokio::test]
+async fn many_machines_share_one_paginated_listing() {
+    let env = Env::with_knobs(Knobs { build_reads: 3, page_size: 2, ..Knobs::default() }).await;
+    let mut tasks = Vec::new();
+    let provider = std::sync::Arc::new(env.provider);
+    for i in 0..6 {
+        let p = provider.clone();
+        let mut r = LaunchRequest::new(&format!("{i:010}"), "os-one", "main", "by-ram");
+        r.request_attributes = None;
+        tasks.push(tokio::spawn(async move { run_create(&p, r).await.0.map(|i| i.external_id) }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(env.os.server_ids().len(), 6);
+    // Every page was walked (6 servers, 2 a page, `marker` links).
+    assert!(env.os.requests().iter().any(|r| r.query.contains("marker=")));
+    // One listing serves every machine: far fewer listings than steps.
+    let first_pages = env
+        .os
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/servers/detail") && r.query.is_empty())
+        .count();
+    let elapsed_listings_bound = 20;
+    assert!(first_pages <= elapsed_listings_bound, "{first_pages} listings");
+    for id in &ids {
+        run_delete(&provider, id).await.unwrap();
+    }
+    assert!(env.os.server_ids().is_empty());
+}
+
+#[tokio::test]
+async fn a_floating_ip_is_attached_and_removed_before_the_server() {
+    let env = Env::new().await;
+    let mut cfg = provider_config();
+    cfg.pools[1].auto_floating_ip = true;
+    let provider = connect(&env.os, &env.dir, &cfg).await.unwrap();
+    let (r, id) = run_create(&provider, env.request("0000000009", "fip", "floating")).await;
+    let inst = r.unwrap();
+    let fips = env.os.floating_ips();
+    assert_eq!(fips.len(), 1);
+    let (addr, port) = &fips[0];
+    assert!(port.is_some());
+    // The floating address is the node's public and interface IP.
+    assert_eq!(inst.public_ipv4.as_deref(), Some(addr.as_str()));
+    assert_eq!(inst.interface_ip.as_deref(), Some(addr.as_str()));
+    assert!(inst.private_ipv4.as_deref().unwrap().starts_with("127.0.1."));
+    let posted = env
+        .os
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/floatingips"))
+        .unwrap();
+    assert_eq!(posted.body["floatingip"]["floating_network_id"], "net-public");
+
+    run_delete(&provider, &id.unwrap()).await.unwrap();
+    assert!(env.os.floating_ips().is_empty());
+    let reqs = env.os.requests();
+    let fip_delete =
+        reqs.iter().position(|r| r.method == "DELETE" && r.path.contains("/floatingips/")).unwrap();
+    let server_delete =
+        reqs.iter().position(|r| r.method == "DELETE" && r.path.contains("/servers/")).unwrap();
+    assert!(fip_delete < server_delete, "the floating ip goes first");
+}
+
+#[tokio::test]
+async fn down_ports_go_on_the_second_strike_and_loose_floating_ips_are_cleaned() {
+    let env = Env::new().await;
+    let leaked = env.os.plant_port("DOWN", "compute:az1");
+    let recovering = env.os.plant_port("DOWN", "");
+    let router = env.os.plant_port("DOWN", "network:router_interface");
+    let loose = env.os.plant_floating_ip();
+    // First pass: ports noted, nothing deleted; the loose floating IP goes.
+    env.provider.list_instances().await.unwrap();
+    assert_eq!(env.os.port_ids().len(), 3);
+    assert!(env.os.floating_ips().iter().all(|(a, _)| a != &loose));
+    // A port that came up meanwhile is spared; the interval (1 s) must pass.
+    env.os.set_port_status(&recovering, "ACTIVE");
+    env.provider.list_instances().await.unwrap();
+    assert_eq!(env.os.port_ids().len(), 3, "too early for a second strike");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.provider.list_instances().await.unwrap();
+    let left = env.os.port_ids();
+    assert!(!left.contains(&leaked), "the DOWN compute port is deleted");
+    assert!(left.contains(&recovering) && left.contains(&router), "{left:?}");
+}
+
+#[tokio::test]
+async fn tokens_are_renewed_and_bad_credentials_say_which_cloud() {
+    let env = Env::new().await;
+    let before = env.os.count("POST", "/auth/tokens");
+    env.os.revoke_tokens();
+    env.provider.quota_limits().await.unwrap();
+    assert_eq!(env.os.count("POST", "/auth/tokens"), before + 1, "one re-authentication after the 401");
+
+    let path = env.dir.0.join("bad.yaml");
+    std::fs::write(
+        &path,
+        format!("clouds:\n  devstack:\n    auth:\n      auth_url: {}/v3\n      username: zuul\n      password: wrong\n      project_name: ci\n", env.os.auth_url()),
+    )
+    .unwrap();
+    let cloud = np_driver_openstack::clouds::load_file(&path, "devstack").unwrap();
+    let err =
+        OpenStackProvider::with_cloud("os-one", &provider_config(), cloud).await.err().unwrap().to_string();
+    assert!(err.contains("provider 'os-one'") && err.contains("cloud 'devstack'"), "{err}");
+    assert!(err.contains("requires authentication"), "{err}");
+    assert!(!err.contains("wrong"), "the password stays out of errors: {err}");
+}
+
+#[tokio::test]
+async fn images_upload_to_glance_and_failed_uploads_leave_nothing() {
+    let env = Env::new().await;
+    let file = env.dir.0.join("ubuntu.raw");
+    std::fs::write(&file, vec![7u8; 300_000]).unwrap();
+    let req = ImageUploadRequest {
+        diskimage: "ubuntu".into(),
+        path: file.clone(),
+        format: "raw".into(),
+        name: "ubuntu-1700000000".into(),
+        metadata: [
+            ("nodepool_provider_name".to_owned(), "os-one".to_owned()),
+            ("nodepool_build_id".to_owned(), "0123".to_owned()),
+            ("nodepool_upload_id".to_owned(), "0000000001".to_owned()),
+        ]
+        .into(),
+        md5: Some("abc".into()),
+        sha256: Some("def".into()),
+    };
+    let id = env.provider.upload_image(&req).await.unwrap();
+    let img = &env.os.images()[&id];
+    assert_eq!(img["status"], "active");
+    assert_eq!(img["name"], "ubuntu-1700000000");
+    assert_eq!(img["disk_format"], "raw");
+    assert_eq!(img["container_format"], "bare");
+    assert_eq!(img["visibility"], "private");
+    assert_eq!(img["nodepool_build_id"], "0123");
+    assert_eq!(img["owner_specified.openstack.sha256"], "def");
+    assert_eq!(env.os.image_size(&id), Some(300_000));
+
+    env.provider.delete_image(&id).await.unwrap();
+    assert!(!env.os.images().contains_key(&id));
+    env.provider.delete_image(&id).await.unwrap();
+
+    // The data upload fails: the image record is removed again.
+    env.os.fail_next("PUT", "/file", 413, json!({"message": "Image storage media is full"}));
+    let before = env.os.images().len();
+    let err = env.provider.upload_image(&req).await.unwrap_err();
+    assert!(err.to_string().contains("storage media is full"), "{err}");
+    assert_eq!(env.os.images().len(), before);
+}
