@@ -98,6 +98,8 @@ fn build_one(
             Arc::new(FakeProvider::new(cloud, os.region_name.clone()).with_rate(os.rate))
         }
         ProviderDriver::Static(_) => Arc::new(np_driver_static::StaticProvider::new(&p.name)),
-        ProviderDriver::Aws(_) | ProviderDriver::Kubernetes(_) | ProviderDriver::OpenStack(_) => return Ok(None),
+        ProviderDriver::Aws(_) | ProviderDriver::Kubernetes(_) | ProviderDriver::OpenStack(_) => {
+            return Ok(None)
+        }
     }))
 }

@@ -98,7 +98,7 @@ pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
             out.extend(kubernetes_pool_specs(config, p, k));
             continue;
         }
-        let ProviderDriver::Fake(os) = &p.driver else { continue };
+        let (ProviderDriver::Fake(os) | ProviderDriver::OpenStack(os)) = &p.driver else { continue };
         for pool in &os.pools {
             out.push(PoolSpec {
                 provider: p.name.clone(),

@@ -5,3 +5,4 @@
 
 mod aws;
 mod builder;
+mod openstack;

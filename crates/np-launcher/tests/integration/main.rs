@@ -11,6 +11,7 @@ mod hostkeys;
 mod kubernetes;
 mod launcher;
 mod maintenance;
+mod openstack;
 mod process;
 mod python_peer;
 mod quota;
