@@ -21,6 +21,7 @@
 //! [`validate_file`] touch the file system.
 
 mod checks;
+pub mod clouds;
 pub mod defaults;
 mod diff;
 mod diskimage;

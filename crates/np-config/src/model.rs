@@ -407,11 +407,13 @@ impl Provider {
     }
 
     /// The disk format this provider takes builds in (image-managing drivers
-    /// only): AWS's `image-format` (default raw); OpenStack's clouds and the
-    /// fake driver take qcow2, as upstream's defaults.
+    /// only): AWS's `image-format` (default raw); an OpenStack cloud's
+    /// `image_format` from clouds.yaml (default qcow2); qcow2 for the fake
+    /// driver, as upstream's defaults.
     pub fn image_format(&self) -> Option<&str> {
         match &self.driver {
-            ProviderDriver::OpenStack(_) | ProviderDriver::Fake(_) => Some("qcow2"),
+            ProviderDriver::OpenStack(p) => Some(p.image_format.as_str()),
+            ProviderDriver::Fake(_) => Some("qcow2"),
             ProviderDriver::Aws(p) => Some(p.image_format.as_str()),
             ProviderDriver::Static(_) | ProviderDriver::Kubernetes(_) => None,
         }

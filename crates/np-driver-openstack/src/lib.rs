@@ -25,7 +25,7 @@
 
 pub mod api;
 pub mod client;
-pub mod clouds;
+pub use np_config::clouds;
 pub mod image;
 pub mod provider;
 

@@ -25,6 +25,10 @@ pub struct OpenStackProvider {
     pub image_upload_timeout: Duration,
     /// `rate`: seconds between API calls, default 1.0.
     pub rate: f64,
+    /// The format builds are uploaded in: the cloud's `image_format` in
+    /// clouds.yaml, as upstream reads it when loading the configuration
+    /// (`qcow2` when clouds.yaml or the key is missing).
+    pub image_format: String,
     /// `clean-floating-ips`, default false (upstream's code; its docs say true).
     pub clean_floating_ips: bool,
     /// `port-cleanup-interval`; `None` when 0 (disabled). Default 600 s.
@@ -295,7 +299,10 @@ pub(crate) fn parse(
         }
     }
 
+    let image_format =
+        cloud.as_deref().and_then(crate::clouds::image_format).unwrap_or_else(|| "qcow2".to_owned());
     Some(OpenStackProvider {
+        image_format,
         cloud: cloud?,
         region_name,
         boot_timeout: secs(boot_timeout),

@@ -246,6 +246,22 @@ pub fn load(name: &str) -> Result<CloudConfig, CloudsError> {
     Err(CloudsError::NoFile(looked))
 }
 
+/// The `image_format` of cloud `name` in the first clouds.yaml found (or
+/// its secure.yaml), without checking the rest of the entry: the
+/// configuration reads it to know the format builds are uploaded in.
+pub fn image_format(name: &str) -> Option<String> {
+    let doc = candidates("OS_CLIENT_CONFIG_FILE", "clouds.yaml")
+        .iter()
+        .find_map(|p| read_yaml(p).ok().flatten())?;
+    let secure = secure_file().ok().flatten();
+    image_format_from(&doc, secure.as_ref(), name)
+}
+
+fn image_format_from(doc: &Value, secure: Option<&Value>, name: &str) -> Option<String> {
+    let of = |d: &Value| d.get("clouds")?.get(name)?.get("image_format")?.as_str().map(str::to_owned);
+    secure.and_then(of).or_else(|| of(doc))
+}
+
 /// Resolves cloud `name` from a parsed clouds.yaml (and secure.yaml).
 pub fn from_documents(
     name: &str,
@@ -386,6 +402,15 @@ mod tests {
         assert_eq!(candidates_from(None, None, "secure.yaml").len(), 2);
         let e = load_file(Path::new("/nonexistent/clouds.yaml"), "a").unwrap_err();
         assert_eq!(e.to_string(), "no clouds.yaml found (looked at /nonexistent/clouds.yaml)");
+    }
+
+    #[test]
+    fn the_image_format_is_read_without_the_credentials() {
+        let doc = yaml("clouds:\n  ceph:\n    image_format: raw\n  plain:\n    auth: {}\n");
+        assert_eq!(image_format_from(&doc, None, "ceph").as_deref(), Some("raw"));
+        assert_eq!(image_format_from(&doc, None, "plain"), None);
+        let secure = yaml("clouds:\n  plain:\n    image_format: vhd\n");
+        assert_eq!(image_format_from(&doc, Some(&secure), "plain").as_deref(), Some("vhd"));
     }
 
     #[test]
