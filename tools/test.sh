@@ -6,9 +6,10 @@
 #
 # Installs what is missing (tools/setup.sh), starts a private ZooKeeper with
 # TLS (tools/test-env.sh; the tests read the NP_ZK_* variables from
-# .test-env/env.sh), runs the workspace's tests with cargo nextest (cargo test
-# where nextest is missing), stops ZooKeeper again and exits with the tests'
-# status. TEST_ARGS is split on blanks and passed after `--` (test name
+# .test-env/env.sh) and a real OpenStack on loopback (tools/openstack-env.sh;
+# NP_OS_CLOUDS from .openstack-env/env.sh), runs the workspace's tests with
+# cargo nextest (cargo test where nextest is missing), stops both again and
+# exits with the tests' status. TEST_ARGS is split on blanks and passed after `--` (test name
 # filters, --skip, --exact, --ignored: understood by both runners).
 set -euo pipefail
 
@@ -19,7 +20,10 @@ tools/setup.sh
 
 # Quietly: the runner's summary stays the last thing printed.
 # shellcheck disable=SC2317 # invoked by the trap
-cleanup() { tools/test-env.sh stop >/dev/null 2>&1 || true; }
+cleanup() {
+    tools/test-env.sh stop >/dev/null 2>&1 || true
+    tools/openstack-env.sh stop >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 trap "exit 130" INT
 trap "exit 143" TERM
@@ -27,11 +31,39 @@ tools/test-env.sh start
 # shellcheck source=/dev/null
 source .test-env/env.sh
 
+# The real OpenStack (Keystone, Nova, Placement, Glance from Debian's
+# packages; tools/openstack-env.sh) for the OpenStack driver's real-cloud
+# tests. It installs and starts (about a minute the first time) while the
+# tests compile.
+# NP_OPENSTACK=0 skips it (the real-cloud tests then fail, naming the
+# variable): for quick local runs of other tests.
+os_log="$(mktemp)"
+os_pid=""
+if [ "${NP_OPENSTACK:-1}" != 0 ]; then
+    tools/openstack-env.sh start >"$os_log" 2>&1 &
+    os_pid=$!
+fi
+
 extra=()
 if [ -n "${TEST_ARGS:-}" ]; then
     read -r -a filters <<<"$TEST_ARGS"
     extra=(-- "${filters[@]}")
 fi
+
+# The same build the runner does (it runs `cargo test --no-run` with these
+# arguments), so that compiling overlaps with the OpenStack start.
+cargo test --workspace --all-targets --no-run
+if [ -n "$os_pid" ]; then
+    if ! wait "$os_pid"; then
+        cat "$os_log" >&2
+        echo "tools/test.sh: the real OpenStack did not start (see above)" >&2
+        exit 1
+    fi
+    tail -n 2 "$os_log"
+    # shellcheck source=/dev/null
+    source .openstack-env/env.sh
+fi
+rm -f "$os_log"
 
 status=0
 if cargo nextest --version >/dev/null 2>&1; then

@@ -68,6 +68,7 @@ struct Token {
     value: String,
     expires: Instant,
     catalog: Value,
+    project_id: Option<String>,
 }
 
 /// The session: one per provider.
@@ -294,7 +295,12 @@ impl Session {
             .map(|s| Duration::from_secs(s.saturating_sub(60)))
             .unwrap_or(Duration::from_secs(1800));
         debug!(cloud = %self.cloud.name, ?lifetime, "keystone token issued");
-        Ok(Token { value, expires: Instant::now() + lifetime, catalog: parsed["token"]["catalog"].clone() })
+        Ok(Token {
+            value,
+            expires: Instant::now() + lifetime,
+            catalog: parsed["token"]["catalog"].clone(),
+            project_id: parsed["token"]["project"]["id"].as_str().map(str::to_owned),
+        })
     }
 
     async fn token(&self, renew: bool) -> Result<Token, ApiError> {
@@ -307,6 +313,14 @@ impl Session {
         let t = self.authenticate().await?;
         *guard = Some(t.clone());
         Ok(t)
+    }
+
+    /// The id of the project the token is scoped to.
+    pub async fn project_id(&self) -> Result<String, ApiError> {
+        self.token(false)
+            .await?
+            .project_id
+            .ok_or_else(|| ApiError { status: 400, message: "the token is not scoped to a project".into() })
     }
 
     /// The endpoint of `service`, with the driver's API version appended

@@ -33,6 +33,8 @@ use crate::clouds::CloudConfig;
 pub const LISTING_TTL: Duration = Duration::from_secs(1);
 /// How long a step waits before looking at a building or deleting server again.
 const POLL: Duration = Duration::from_millis(500);
+/// How many times an ERROR server without a fault is read again.
+const FAULT_READS: u32 = 4;
 /// The Nova microversion asked for when the cloud offers it: 2.47 embeds
 /// each server's flavor in listings (so usage needs no flavor lookups).
 const WANTED_MICROVERSION: (u32, u32) = (2, 47);
@@ -161,6 +163,12 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 }
 
 impl Inner {
+    /// The provider's authenticated session (tests make their own calls
+    /// through it).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
     /// Asks Nova for its version document and uses 2.47 when offered.
     async fn pick_microversion(&self) -> Result<(), ProviderError> {
         let (_, doc) = self
@@ -285,6 +293,15 @@ impl Inner {
         let list = Arc::new(out);
         *guard = Some((Instant::now(), list.clone()));
         Ok(list)
+    }
+
+    /// One server read directly (`GET /servers/{id}`), not from the listing.
+    async fn server_now(&self, id: &str) -> Result<Option<Server>, ProviderError> {
+        match self.session.call(Service::Compute, Method::GET, &format!("servers/{id}"), None).await {
+            Ok((_, v)) => Ok(Server::from_json(&v["server"])),
+            Err(e) if e.status == 404 => Ok(None),
+            Err(e) => Err(e.classify("get server")),
+        }
     }
 
     async fn server(&self, id: &str) -> Result<Option<Server>, ProviderError> {
@@ -694,6 +711,8 @@ struct Create {
     request: LaunchRequest,
     state: CreateState,
     server_id: Option<String>,
+    /// Reads of an ERROR server that had no fault yet.
+    fault_reads: u32,
 }
 
 enum CreateState {
@@ -750,7 +769,19 @@ impl CreateMachine for Create {
                         Ok(Step::Done(inner.instance(&server)))
                     }
                     "ERROR" => {
-                        let fault = server.fault.clone().unwrap_or_default();
+                        // Nova may list a server as ERROR before its fault
+                        // is stored (seen on real Nova): read the server
+                        // itself, as upstream does, and give the fault a
+                        // few moments to appear.
+                        let mut fault = server.fault.clone();
+                        if fault.is_none() {
+                            fault = inner.server_now(&id).await?.and_then(|s| s.fault);
+                        }
+                        if fault.is_none() && self.fault_reads < FAULT_READS {
+                            self.fault_reads += 1;
+                            return Ok(Step::Pending(POLL));
+                        }
+                        let fault = fault.unwrap_or_default();
                         let lower = fault.to_ascii_lowercase();
                         let msg = format!(
                             "server {id} went to ERROR: {}",
@@ -918,6 +949,7 @@ impl Provider for OpenStackProvider {
             request,
             state: CreateState::Submit,
             server_id: None,
+            fault_reads: 0,
         })
     }
 

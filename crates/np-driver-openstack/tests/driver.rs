@@ -292,8 +292,13 @@ async fn quota_refusals_and_faults_are_classified() {
     let (r, id) = run_create(&env.provider, env.request("0000000003", "main", "small")).await;
     assert!(matches!(r, Err(ProviderError::Quota(_))), "{r:?}");
     assert!(id.is_some());
-    // No valid host: capacity. Another fault: fatal for this attempt.
-    env.os.set_knobs(Knobs { error_fault: Some("No valid host was found. ".into()), ..Knobs::default() });
+    // No valid host: capacity, even when the listing has no fault yet (the
+    // server is read directly, as upstream does). Another fault: fatal.
+    env.os.set_knobs(Knobs {
+        error_fault: Some("No valid host was found. ".into()),
+        fault_only_on_get: true,
+        ..Knobs::default()
+    });
     let (r, _) = run_create(&env.provider, env.request("0000000004", "main", "small")).await;
     assert!(matches!(r, Err(ProviderError::Capacity(_))), "{r:?}");
     env.os.set_knobs(Knobs {

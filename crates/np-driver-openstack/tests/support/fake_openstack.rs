@@ -3,7 +3,8 @@
 //!
 //! Shaped after the real services the driver talks to (Keystone v3, Nova
 //! v2.1, Glance v2, Neutron v2.0; the shapes were checked against Debian's
-//! real Keystone, Nova and Glance, see `doc/openstack.md`): the same paths,
+//! real Keystone, Nova and Glance of `tools/openstack-env.sh`, recorded in
+//! `observed.md` beside this file): the same paths,
 //! status codes, error bodies (`{"forbidden": {"message", "code"}}`,
 //! `{"itemNotFound": ..}`, `{"NeutronError": ..}`) and object fields. One
 //! axum server serves every service under its own path prefix
@@ -13,10 +14,10 @@
 //! It plays the cloud's own parts the driver relies on: a server is `BUILD`
 //! for [`Knobs::build_reads`] listings, then `ACTIVE` with a fixed address
 //! on 127.0.0.0/8 (or `ERROR` with a fault); Nova's instance, core and RAM
-//! limits refuse servers with Nova's 403; a deleted server is listed as
-//! `DELETED`-free after [`Knobs::delete_reads`] listings; a floating IP
-//! becomes `ACTIVE` and shows in the server's addresses one read after it
-//! is created. Every request is recorded; [`FakeOpenStack::fail_next`]
+//! limits refuse servers with Nova's 403; a deleted server is still listed
+//! for [`Knobs::delete_reads`] listings, then gone (real Nova never listed a
+//! `DELETED` server); a floating IP becomes `ACTIVE` and shows in the
+//! server's addresses one read after it is created. Every request is recorded; [`FakeOpenStack::fail_next`]
 //! injects errors.
 #![allow(clippy::unwrap_used, dead_code)]
 
@@ -43,6 +44,9 @@ pub struct Knobs {
     pub delete_reads: u32,
     /// New servers end in `ERROR` with this fault message.
     pub error_fault: Option<String>,
+    /// Listings show an ERROR server without its fault (only `GET
+    /// /servers/{id}` has it), as real Nova did right after the change.
+    pub fault_only_on_get: bool,
     /// Nova's `maxTotalInstances`.
     pub max_instances: i64,
     /// Nova's `maxTotalCores`.
@@ -61,6 +65,7 @@ impl Default for Knobs {
             build_reads: 1,
             delete_reads: 1,
             error_fault: None,
+            fault_only_on_get: false,
             max_instances: 10,
             max_cores: 40,
             max_ram: 51200,
@@ -122,6 +127,13 @@ fn reply(code: u16, body: &Value) -> Response {
         return StatusCode::NO_CONTENT.into_response();
     }
     (StatusCode::from_u16(code).unwrap(), [("content-type", "application/json")], body.to_string())
+        .into_response()
+}
+
+/// Glance answers errors in plain text (seen on real Glance).
+fn glance_error(code: u16, message: &str) -> Response {
+    let title = StatusCode::from_u16(code).unwrap();
+    (title, [("content-type", "text/plain; charset=UTF-8")], format!("{title}\n\n{message}   "))
         .into_response()
 }
 
@@ -326,6 +338,7 @@ impl Cloud {
     }
 
     fn list_servers(&mut self, query: &str, mv: &Option<String>) -> Response {
+        let hide_fault = self.knobs.fault_only_on_get;
         let q = parse_query(query);
         // Deleted servers disappear after their reads.
         let ids: Vec<String> = self.servers.keys().cloned().collect();
@@ -347,7 +360,14 @@ impl Cloud {
         };
         let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(self.knobs.page_size);
         let page: Vec<String> = visible.iter().skip(start).take(limit).cloned().collect();
-        let servers: Vec<Value> = page.iter().filter_map(|id| self.read_server(id, mv)).collect();
+        let mut servers: Vec<Value> = page.iter().filter_map(|id| self.read_server(id, mv)).collect();
+        if hide_fault {
+            for s in &mut servers {
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("fault");
+                }
+            }
+        }
         let mut body = json!({ "servers": servers });
         if start + page.len() < visible.len() {
             let marker = page.last().unwrap();
@@ -439,10 +459,7 @@ impl Cloud {
             }
             ("GET", ["v2", "images", id]) => match self.images.get(*id) {
                 Some(i) => reply(200, i),
-                None => reply(
-                    404,
-                    &json!({"message": format!("No image found with ID {id}"), "code": "404 Not Found"}),
-                ),
+                None => glance_error(404, &format!("No image found with ID {id}")),
             },
             ("POST", ["v2", "images"]) => {
                 let id = body["id"].as_str().map(str::to_owned).unwrap_or_else(uuid);
@@ -460,13 +477,13 @@ impl Cloud {
                     self.image_data.insert(id.to_string(), raw_len);
                     reply(204, &Value::Null)
                 }
-                None => reply(404, &json!({"message": "image not found"})),
+                None => glance_error(404, &format!("No image found with ID {id}")),
             },
             ("DELETE", ["v2", "images", id]) => match self.images.remove(*id) {
                 Some(_) => reply(204, &Value::Null),
-                None => reply(404, &json!({"message": format!("No image found with ID {id}")})),
+                None => glance_error(404, &format!("No image found with ID {id}")),
             },
-            _ => reply(404, &json!({"message": "not found"})),
+            _ => glance_error(404, "The resource could not be found."),
         }
     }
 
