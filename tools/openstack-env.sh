@@ -25,7 +25,9 @@
 #   epmd          14369  Erlang port mapper for RabbitMQ
 #   rabbitmq      15679  RabbitMQ AMQP (distribution port 25679), no plugins
 #   keystone      15000  Keystone (uwsgi), identity v3 at /v3
-#   neutron       19696  a small Neutron v2.0 stub (Python, stateful): network
+#   neutron       19696  a small Neutron v2.0 stub (Python, stateful), which
+#                        also answers Cinder v3's limits and volume list
+#                        (catalog type volumev3) for Python Nodepool: network
 #                        "private" with subnet 127.10.0.0/24, ports, quotas;
 #                        no router:external network, no floating IPs
 #   placement     18778  Placement (uwsgi)
@@ -494,6 +496,9 @@ clouds:
     region_name: $REGION
     identity_api_version: 3
     interface: public
+    # Servers have only private (127.10.0.0/24) addresses here: reach them
+    # there (openstacksdk's setting, which both Nodepools follow).
+    private: true
 EOF
     cat >"$S/env.sh" <<EOF
 # Written by tools/openstack-env.sh; source it.
@@ -646,6 +651,22 @@ class H(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path, q = self._route()
+        # Block storage (Cinder v3), just enough for quota: Python Nodepool
+        # reads volume limits and fails without a block-storage service.
+        if path == "/volume" or re.match(r"^/volume/v3(/[^/]+)?$", path):
+            return self._send(200, {"versions": [{"id": "v3.0", "status": "CURRENT", "version": "3.70",
+                "min_version": "3.0", "updated": "2023-08-31T00:00:00Z",
+                "links": [{"rel": "self", "href": "http://127.0.0.1:%d/volume/v3/" % PORT}],
+                "media-types": [{"base": "application/json",
+                                 "type": "application/vnd.openstack.volume+json;version=3"}]}]})
+        if re.match(r"^/volume/v3/[^/]+/limits$", path):
+            return self._send(200, {"limits": {"rate": [], "absolute": {
+                "maxTotalVolumes": 10, "maxTotalVolumeGigabytes": 1000, "maxTotalSnapshots": 10,
+                "maxTotalBackups": 10, "maxTotalBackupGigabytes": 1000,
+                "totalVolumesUsed": 0, "totalGigabytesUsed": 0, "totalSnapshotsUsed": 0,
+                "totalBackupsUsed": 0, "totalBackupGigabytesUsed": 0}}})
+        if re.match(r"^/volume/v3/[^/]+/volumes(/detail)?$", path):
+            return self._send(200, {"volumes": []})
         if path in ("", "/"):
             return self._send(200, {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
                 {"rel": "self", "href": "http://127.0.0.1:%d/v2.0/" % PORT}]}]})
@@ -1504,7 +1525,8 @@ do_start() {
             "compute=nova=http://127.0.0.1:$P_NOVA/v2.1" \
             "placement=placement=http://127.0.0.1:$P_PLACEMENT" \
             "image=glance=http://127.0.0.1:$P_GLANCE" \
-            "network=neutron=http://127.0.0.1:$P_NEUTRON"
+            "network=neutron=http://127.0.0.1:$P_NEUTRON" \
+            "volumev3=cinderv3=http://127.0.0.1:$P_NEUTRON/volume/v3/%(project_id)s"
         launch_nova
     fi
     wait_http placement "http://127.0.0.1:$P_PLACEMENT/"

@@ -9,7 +9,8 @@
 //! Supported: `auth_type` `password` (the default) and
 //! `v3applicationcredential`, `auth.auth_url` with or without `/v3`, user,
 //! project and domain by name or id, `region_name`, `interface` (default
-//! `public`), `verify`, `cacert`, `image_format` (default `qcow2`) and
+//! `public`), `verify`, `cacert`, `image_format` (default `qcow2`), `private`
+//! (reach servers on private addresses) and
 //! `<service>_endpoint_override` for `compute`, `image`, `network` and
 //! `volume`. Secrets are never printed: [`Auth`]'s `Debug` hides them.
 
@@ -139,6 +140,9 @@ pub struct CloudConfig {
     pub cacert: Option<PathBuf>,
     /// The cloud's image format for uploads (`image_format`, default `qcow2`).
     pub image_format: String,
+    /// `private`: servers are reached on their private addresses (the
+    /// node's `interface_ip`), as openstacksdk decides it.
+    pub private: bool,
     /// `<service>_endpoint_override` by service (`compute`, `image`, `network`, `volume`).
     pub endpoint_overrides: Vec<(String, String)>,
 }
@@ -343,6 +347,7 @@ pub fn from_documents(
         verify,
         cacert: str_of("cacert").map(PathBuf::from),
         image_format: str_of("image_format").unwrap_or_else(|| "qcow2".into()),
+        private: entry.get("private").and_then(Value::as_bool).unwrap_or(false),
         endpoint_overrides,
     })
 }
@@ -370,6 +375,7 @@ mod tests {
         assert_eq!(c.image_format, "raw");
         assert_eq!(c.interface, "public");
         assert!(!c.verify);
+        assert!(!c.private);
         // Secrets stay out of debug output (and so out of logs).
         assert!(!format!("{c:?}").contains("s3cret"));
     }

@@ -124,9 +124,14 @@ impl Server {
     /// The node's addresses: `(public_ipv4, private_ipv4, public_ipv6,
     /// interface_ip)`. A floating or globally routable IPv4 is public, an
     /// RFC 1918, loopback or link-local one private; `accessIPv4/6` win, as
-    /// in openstacksdk. The interface IP is the public IPv4, else the
-    /// public IPv6, else the private IPv4.
-    pub fn ips(&self) -> (Option<String>, Option<String>, Option<String>, Option<String>) {
+    /// in openstacksdk. The interface IP is openstacksdk's: the private
+    /// IPv4 on a cloud marked `private: true` in clouds.yaml, else the
+    /// public IPv4, else the public IPv6 (none when the server has only
+    /// private addresses on a cloud not marked private).
+    pub fn ips(
+        &self,
+        private_cloud: bool,
+    ) -> (Option<String>, Option<String>, Option<String>, Option<String>) {
         let addrs = self.all_addresses();
         let private4 = |ip: &std::net::Ipv4Addr| ip.is_private() || ip.is_loopback() || ip.is_link_local();
         let mut public_v4 = self.access_ipv4.clone();
@@ -149,7 +154,10 @@ impl Server {
                 }
             }
         }
-        let interface = public_v4.clone().or_else(|| public_v6.clone()).or_else(|| private_v4.clone());
+        let interface = match (&private_v4, private_cloud) {
+            (Some(p), true) => Some(p.clone()),
+            _ => public_v4.clone().or_else(|| public_v6.clone()),
+        };
         (public_v4, private_v4, public_v6, interface)
     }
 }
@@ -197,19 +205,23 @@ mod tests {
             "flavor": {"id": "f"}
         }))
         .unwrap();
-        let (pub4, priv4, pub6, iface) = s.ips();
+        let (pub4, priv4, pub6, iface) = s.ips(false);
         assert_eq!(pub4.as_deref(), Some("203.0.113.9"));
         assert_eq!(priv4.as_deref(), Some("10.0.0.5"));
         assert_eq!(pub6.as_deref(), Some("2001:db8::5"));
         assert_eq!(iface.as_deref(), Some("203.0.113.9"));
         assert_eq!(s.floating_ips(), vec!["203.0.113.9".to_owned()]);
 
-        // Only a private address: it is the interface.
+        // On a cloud marked private the private address is the interface,
+        // even beside a floating one, as openstacksdk decides.
+        assert_eq!(s.ips(true).3.as_deref(), Some("10.0.0.5"));
+        // Only a private address: the interface only on a private cloud.
         let s = Server::from_json(
             &json!({"id": "b", "addresses": {"net": [{"addr": "127.0.0.7", "version": 4}]}}),
         )
         .unwrap();
-        assert_eq!(s.ips(), (None, Some("127.0.0.7".into()), None, Some("127.0.0.7".into())));
+        assert_eq!(s.ips(true), (None, Some("127.0.0.7".into()), None, Some("127.0.0.7".into())));
+        assert_eq!(s.ips(false), (None, Some("127.0.0.7".into()), None, None));
     }
 
     #[test]

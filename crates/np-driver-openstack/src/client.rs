@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use np_provider::{ProviderError, RateLimiter};
-use reqwest::{Method, StatusCode};
+pub use reqwest::Method;
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tracing::debug;

@@ -70,6 +70,8 @@ pub struct Inner {
     session: Session,
     cloud_name: String,
     region: Option<String>,
+    /// clouds.yaml `private: true`: servers are reached on private addresses.
+    private_cloud: bool,
     flavors: StdMutex<Vec<Flavor>>,
     images: StdMutex<HashMap<String, String>>,
     networks: StdMutex<HashMap<String, String>>,
@@ -123,7 +125,10 @@ impl OpenStackProvider {
             message,
         };
         let cloud_name = cloud.name.clone();
-        let region = cloud.region_name.clone();
+        let private_cloud = cloud.private;
+        // The nodes' `region` is the provider's `region-name`, not the
+        // cloud's default region, as upstream writes it.
+        let region = config.region_name.clone();
         let limiter = Arc::new(RateLimiter::every(config.rate));
         let session = Session::new(cloud, limiter).map_err(fail)?;
         let inner = Arc::new(Inner {
@@ -132,6 +137,7 @@ impl OpenStackProvider {
             session,
             cloud_name,
             region,
+            private_cloud,
             flavors: StdMutex::new(Vec::new()),
             images: StdMutex::new(HashMap::new()),
             networks: StdMutex::new(HashMap::new()),
@@ -544,14 +550,35 @@ impl Inner {
         Ok(json!({ "server": server }))
     }
 
+    /// The finished launch: the instance, or an error when the server has
+    /// no address Zuul could use (upstream fails such a launch too, with a
+    /// name-resolution error from its host-key scan).
+    fn usable(&self, s: &Server) -> Result<Step<Instance>, ProviderError> {
+        let instance = self.instance(s);
+        if instance.interface_ip.as_deref().unwrap_or("").is_empty() {
+            let hint = if !instance.private_ipv4.as_deref().unwrap_or("").is_empty() {
+                " (it has only private addresses: set `private: true` for the cloud in clouds.yaml to use them)"
+            } else {
+                ""
+            };
+            return Err(ProviderError::Fatal(format!("server {} has no public address{hint}", s.id)));
+        }
+        Ok(Step::Done(instance))
+    }
+
+    /// The instance of a listed server. Missing addresses are empty
+    /// strings, not nulls: openstacksdk gives Python Nodepool `''` for them,
+    /// and its node records carry that (seen beside Python Nodepool 11 on a
+    /// real cloud).
     fn instance(&self, s: &Server) -> Instance {
-        let (public_ipv4, private_ipv4, public_ipv6, interface_ip) = s.ips();
+        let (public_ipv4, private_ipv4, public_ipv6, interface_ip) = s.ips(self.private_cloud);
+        let sdk = |a: Option<String>| Some(a.unwrap_or_default());
         Instance {
             external_id: Value::String(s.id.clone()),
-            interface_ip,
-            public_ipv4,
-            private_ipv4,
-            public_ipv6,
+            interface_ip: sdk(interface_ip),
+            public_ipv4: sdk(public_ipv4),
+            private_ipv4: sdk(private_ipv4),
+            public_ipv6: sdk(public_ipv6),
             az: s.az.clone(),
             region: self.region.clone(),
             host_id: s.host_id.clone(),
@@ -759,14 +786,14 @@ impl CreateMachine for Create {
                     "ACTIVE" => {
                         let pool =
                             inner.pool(&self.request.pool).map(|p| p.auto_floating_ip).unwrap_or(false);
-                        if pool && server.ips().0.is_none() && inner.has_network_service().await {
+                        if pool && server.ips(false).0.is_none() && inner.has_network_service().await {
                             if let Some(net) = inner.external_network().await? {
                                 let fip = create_floating_ip(&inner, &server, &net).await?;
                                 self.state = CreateState::FloatingIp { fip };
                                 return Ok(Step::Pending(POLL));
                             }
                         }
-                        Ok(Step::Done(inner.instance(&server)))
+                        inner.usable(&server)
                     }
                     "ERROR" => {
                         // Nova may list a server as ERROR before its fault
@@ -811,7 +838,7 @@ impl CreateMachine for Create {
             CreateState::Attaching { address } => {
                 let id = self.server_id.clone().unwrap_or_default();
                 match inner.server(&id).await? {
-                    Some(s) if s.floating_ips().contains(address) => Ok(Step::Done(inner.instance(&s))),
+                    Some(s) if s.floating_ips().contains(address) => inner.usable(&s),
                     _ => Ok(Step::Pending(POLL)),
                 }
             }

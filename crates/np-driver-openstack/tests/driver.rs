@@ -129,7 +129,22 @@ async fn connect(
     dir: &tempdir::Dir,
     cfg: &np_config::OpenStackProvider,
 ) -> Result<OpenStackProvider, np_driver_openstack::OpenStackDriverError> {
-    let path = os.clouds_yaml(&dir.0, "devstack");
+    connect_to(os.clouds_yaml(&dir.0, "devstack"), cfg).await
+}
+
+/// A cloud without `private: true` (nodes need a public address).
+async fn connect_public(
+    os: &FakeOpenStack,
+    dir: &tempdir::Dir,
+    cfg: &np_config::OpenStackProvider,
+) -> Result<OpenStackProvider, np_driver_openstack::OpenStackDriverError> {
+    connect_to(os.clouds_yaml_public(&dir.0, "devstack"), cfg).await
+}
+
+async fn connect_to(
+    path: std::path::PathBuf,
+    cfg: &np_config::OpenStackProvider,
+) -> Result<OpenStackProvider, np_driver_openstack::OpenStackDriverError> {
     let cloud = np_driver_openstack::clouds::load_file(&path, "devstack").unwrap();
     OpenStackProvider::with_cloud("os-one", cfg, cloud).await
 }
@@ -208,7 +223,9 @@ async fn a_server_boots_with_upstreams_body_and_is_deleted() {
         .any(|r| r.path.ends_with("/servers/detail") && r.microversion.as_deref() == Some("compute 2.47")));
 
     assert_eq!(inst.cloud.as_deref(), Some("devstack"));
-    assert_eq!(inst.region.as_deref(), Some("RegionOne"));
+    // The provider sets no region-name: upstream writes no region then,
+    // though the cloud's default region (RegionOne) chose the endpoints.
+    assert_eq!(inst.region, None);
     assert_eq!(inst.host_id.as_deref(), Some("fakehost-1"));
     assert!(inst.az.is_some());
     let ip = inst.interface_ip.clone().unwrap();
@@ -389,7 +406,12 @@ async fn a_floating_ip_is_attached_and_removed_before_the_server() {
     let env = Env::new().await;
     let mut cfg = provider_config();
     cfg.pools[1].auto_floating_ip = true;
-    let provider = connect(&env.os, &env.dir, &cfg).await.unwrap();
+    let provider = connect_public(&env.os, &env.dir, &cfg).await.unwrap();
+    // Without a floating IP a server has only private addresses, which a
+    // cloud not marked `private: true` cannot use: the launch fails and says so.
+    let (r, id) = run_create(&provider, env.request("0000000008", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Fatal(ref m)) if m.contains("private: true")), "{r:?}");
+    run_delete(&provider, &id.unwrap()).await.unwrap();
     let (r, id) = run_create(&provider, env.request("0000000009", "fip", "floating")).await;
     let inst = r.unwrap();
     let fips = env.os.floating_ips();
@@ -408,13 +430,16 @@ async fn a_floating_ip_is_attached_and_removed_before_the_server() {
         .unwrap();
     assert_eq!(posted.body["floatingip"]["floating_network_id"], "net-public");
 
-    run_delete(&provider, &id.unwrap()).await.unwrap();
+    let id = id.unwrap();
+    run_delete(&provider, &id).await.unwrap();
     assert!(env.os.floating_ips().is_empty());
     let reqs = env.os.requests();
     let fip_delete =
         reqs.iter().position(|r| r.method == "DELETE" && r.path.contains("/floatingips/")).unwrap();
-    let server_delete =
-        reqs.iter().position(|r| r.method == "DELETE" && r.path.contains("/servers/")).unwrap();
+    let server_delete = reqs
+        .iter()
+        .position(|r| r.method == "DELETE" && r.path.ends_with(&format!("/servers/{}", id.as_str().unwrap())))
+        .unwrap();
     assert!(fip_delete < server_delete, "the floating ip goes first");
 }
 

@@ -671,12 +671,23 @@ impl FakeOpenStack {
         format!("http://{}/identity", self.addr)
     }
 
-    /// Writes a clouds.yaml with cloud `name` (user `zuul`, project `ci`)
+    /// Writes a clouds.yaml with cloud `name` (user `zuul`, project `ci`,
+    /// `private: true`: nodes are reached on their fixed 127.0.1.x address)
     /// into `dir` and returns its path.
     pub fn clouds_yaml(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join("clouds.yaml");
+        self.write_clouds(dir, name, true)
+    }
+
+    /// Like [`FakeOpenStack::clouds_yaml`] without `private: true`: nodes
+    /// need a public (floating) address.
+    pub fn clouds_yaml_public(&self, dir: &Path, name: &str) -> PathBuf {
+        self.write_clouds(dir, name, false)
+    }
+
+    fn write_clouds(&self, dir: &Path, name: &str, private: bool) -> PathBuf {
+        let path = dir.join(if private { "clouds.yaml" } else { "clouds-public.yaml" });
         let text = format!(
-            "clouds:\n  {name}:\n    auth:\n      auth_url: {url}\n      username: zuul\n      password: {PASSWORD}\n      project_name: ci\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    image_format: raw\n",
+            "clouds:\n  {name}:\n    auth:\n      auth_url: {url}\n      username: zuul\n      password: {PASSWORD}\n      project_name: ci\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    image_format: raw\n    private: {private}\n",
             url = self.auth_url()
         );
         std::fs::write(&path, text).unwrap();

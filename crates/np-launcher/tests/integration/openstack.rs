@@ -29,6 +29,7 @@ providers:
   - name: devstack
     driver: openstack
     cloud: devstack
+    region-name: RegionOne
     rate: 0.001
     cloud-images:
       - name: cirros
@@ -58,7 +59,7 @@ async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
     os.set_knobs(Knobs { max_instances: 3, ..Knobs::default() });
     let dir = std::env::temp_dir().join(format!("np-os-e2e-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let clouds = os.clouds_yaml(&dir, "devstack");
+    let clouds = os.clouds_yaml_public(&dir, "devstack");
     // A server a crashed launcher left: ours, no such node. And a stranger's.
     let leak = os.plant_server(json!({"nodepool_provider_name": PROVIDER, "nodepool_pool_name": "main",
         "nodepool_node_id": "0000009999"}));
@@ -154,6 +155,163 @@ async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
     })
     .await;
     assert!(clean, "nodes {:?}, servers {:?}", t.zk.node_ids().await.unwrap(), os.server_ids());
+    launcher.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Python Nodepool 11's launcher and ours, each with its own provider on one
+/// real OpenStack project (tools/openstack-env.sh: Keystone, Nova, Glance)
+/// and one ZooKeeper, as during a migration: both fulfil their requests,
+/// their node records agree field by field, and each deletes only its own
+/// servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cloud_python_and_rust_launchers_share_one_project() {
+    let clouds = std::env::var("NP_OS_CLOUDS").expect(
+        "NP_OS_CLOUDS is not set: start the real OpenStack with tools/openstack-env.sh start and source .openstack-env/env.sh (tools/test.sh does both)",
+    );
+    let cloud_name = std::env::var("NP_OS_CLOUD").unwrap_or_else(|_| "devstack".into());
+    let dir = std::env::temp_dir().join(format!("np-os-py-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = TestZk::new_tls().await;
+    let provider_yaml = |provider: &str, pool: &str, label: &str| {
+        format!(
+            "labels:\n  - name: {label}\nproviders:\n  - name: {provider}\n    driver: openstack\n    cloud: {cloud_name}\n    region-name: RegionOne\n    rate: 0.01\n    cloud-images:\n      - name: cirros\n        username: cirros\n    pools:\n      - name: {pool}\n        max-servers: 2\n        host-key-checking: false\n        networks: [private]\n        labels:\n          - name: {label}\n            cloud-image: cirros\n            flavor-name: np-small\n            instance-properties:\n              team: ci\n"
+        )
+    };
+    let py_config = dir.join("python.yaml");
+    std::fs::write(
+        &py_config,
+        format!("{}{}", np_testing::zk_yaml_tls(&t.chroot), provider_yaml("py-os", "py", "py-small")),
+    )
+    .unwrap();
+    let python = std::path::PathBuf::from(np_testing::env("NP_PYTHON"));
+    let log = std::fs::File::create(dir.join("python-launcher.log")).unwrap();
+    let _py = np_testing::ChildGuard(
+        std::process::Command::new(python.with_file_name("nodepool-launcher"))
+            .arg("-c")
+            .arg(&py_config)
+            .args(["-f", "--no-webapp"])
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let ours = np_config::load_str(&provider_yaml("rs-os", "rs", "rs-small"), "nodepool.yaml").unwrap();
+    let np_config::ProviderDriver::OpenStack(o) = &ours.providers[0].driver else { panic!() };
+    let cloud = np_driver_openstack::clouds::load_file(std::path::Path::new(&clouds), &cloud_name).unwrap();
+    let provider = np_driver_openstack::OpenStackProvider::with_cloud("rs-os", o, cloud).await.unwrap();
+    let session_probe = np_driver_openstack::OpenStackProvider::with_cloud(
+        "probe",
+        o,
+        np_driver_openstack::clouds::load_file(std::path::Path::new(&clouds), &cloud_name).unwrap(),
+    )
+    .await
+    .unwrap();
+    let providers: ProviderSet = HashMap::from([("rs-os".to_owned(), Arc::new(provider) as _)]);
+    let launcher =
+        Launcher::start_with(&ours, t.zk.clone(), providers, Some(Duration::from_millis(300))).await.unwrap();
+
+    let python_log = || std::fs::read_to_string(dir.join("python-launcher.log")).unwrap_or_default();
+    let both = eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await;
+    assert!(both, "python launcher did not register:\n{}", python_log());
+    let mut ids = Vec::new();
+    for label in ["py-small", "rs-small"] {
+        let mut r = NodeRequest::new(vec![label.into()]);
+        t.zk.create_request(&mut r, 100, false).await.unwrap();
+        ids.push(r.id);
+    }
+    for id in &ids {
+        let done = eventually(Duration::from_secs(90), || async {
+            state_of(&t, id).await == RequestState::Fulfilled
+        })
+        .await;
+        assert!(done, "{id} not fulfilled; python launcher log:\n{}", python_log());
+    }
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let (r, _) = t.zk.get_request(id).await.unwrap().unwrap();
+        nodes.push(t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap().0);
+    }
+    let (py, rs) = (&nodes[0], &nodes[1]);
+    assert_eq!(py.provider.as_deref(), Some("py-os"));
+    assert_eq!(rs.provider.as_deref(), Some("rs-os"));
+    // The same fields, filled the same way, by both launchers.
+    assert_eq!(py.cloud, rs.cloud);
+    assert_eq!(py.region, rs.region);
+    assert_eq!(py.az, rs.az);
+    assert_eq!(py.username, rs.username);
+    assert_eq!(py.connection_type, rs.connection_type);
+    assert_eq!(py.connection_port, rs.connection_port);
+    assert_eq!(py.resources, rs.resources);
+    assert_eq!(py.image_id, rs.image_id);
+    for (a, b) in [
+        (&py.interface_ip, &rs.interface_ip),
+        (&py.private_ipv4, &rs.private_ipv4),
+        (&py.public_ipv4, &rs.public_ipv4),
+        (&py.host_id, &rs.host_id),
+        (&py.public_ipv6, &rs.public_ipv6),
+    ] {
+        // Present or not, and empty (openstacksdk's '' for a missing address) or not.
+        let form = |v: &Option<String>| v.as_deref().map(str::is_empty);
+        assert_eq!(form(a), form(b), "python {py:?}\nours {rs:?}");
+    }
+    assert!(rs.interface_ip.as_deref().unwrap().starts_with("127.10.0."), "{rs:?}");
+    // Nova has both servers with the same metadata keys and the same groups form.
+    let session = session_probe.inner().session();
+    let meta_of = |id: serde_json::Value| async move {
+        let (_, v) = session
+            .call(
+                np_driver_openstack::client::Service::Compute,
+                np_driver_openstack::client::Method::GET,
+                &format!("servers/{}", id.as_str().unwrap()),
+                None,
+            )
+            .await
+            .unwrap();
+        v["server"]["metadata"].clone()
+    };
+    let py_meta = meta_of(py.external_id.clone().unwrap()).await;
+    let rs_meta = meta_of(rs.external_id.clone().unwrap()).await;
+    let keys = |m: &serde_json::Value| {
+        let mut k: Vec<String> = m.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&py_meta), keys(&rs_meta), "python {py_meta}\nours {rs_meta}");
+    assert_eq!(py_meta["groups"], "py-os,cirros,py-small");
+    assert_eq!(rs_meta["groups"], "rs-os,cirros,rs-small");
+    // Python reads our node.
+    let read = t.python().run(&["read-node", &rs.id], "").await;
+    assert_eq!(read["external_id"], rs.external_id.clone().unwrap(), "{read}");
+
+    for n in &nodes {
+        let (mut node, _) = t.zk.get_node(&n.id).await.unwrap().unwrap();
+        node.set_state(NodeState::Used);
+        t.zk.update_node(&node).await.unwrap();
+    }
+    for id in &ids {
+        t.zk.delete_request(id).await.unwrap();
+    }
+    let server_gone = |id: serde_json::Value| async move {
+        session
+            .call(
+                np_driver_openstack::client::Service::Compute,
+                np_driver_openstack::client::Method::GET,
+                &format!("servers/{}", id.as_str().unwrap()),
+                None,
+            )
+            .await
+            .is_err_and(|e| e.status == 404)
+    };
+    let clean = eventually(Duration::from_secs(90), || async {
+        t.zk.node_ids().await.unwrap().is_empty()
+            && server_gone(py.external_id.clone().unwrap()).await
+            && server_gone(rs.external_id.clone().unwrap()).await
+    })
+    .await;
+    assert!(clean, "python launcher log:\n{}", python_log());
     launcher.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
