@@ -161,11 +161,18 @@ fn candidates_from(
     if let Some(p) = explicit {
         out.push(PathBuf::from(p));
     }
-    out.push(PathBuf::from(file));
+    let mut dirs = vec![PathBuf::new()];
     if let Some(home) = home {
-        out.push(Path::new(&home).join(".config/openstack").join(file));
+        dirs.push(Path::new(&home).join(".config/openstack"));
     }
-    out.push(Path::new("/etc/openstack").join(file));
+    dirs.push(PathBuf::from("/etc/openstack"));
+    // Each directory: `.yaml`, then `.yml`, then `.json` (YAML reads JSON).
+    let stem = file.trim_end_matches(".yaml");
+    for d in dirs {
+        for ext in ["yaml", "yml", "json"] {
+            out.push(d.join(format!("{stem}.{ext}")));
+        }
+    }
     out
 }
 
@@ -329,7 +336,8 @@ pub fn from_documents(
     let verify = match entry.get("verify") {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => !matches!(s.to_ascii_lowercase().as_str(), "false" | "no" | "0"),
-        _ => true,
+        // openstacksdk's older spelling.
+        _ => !entry.get("insecure").and_then(Value::as_bool).unwrap_or(false),
     };
     let mut endpoint_overrides = Vec::new();
     for service in ["compute", "image", "network", "volume", "block_storage"] {
@@ -376,6 +384,9 @@ mod tests {
         assert_eq!(c.interface, "public");
         assert!(!c.verify);
         assert!(!c.private);
+        let doc = yaml("clouds:\n  a:\n    insecure: true\n    private: true\n    auth:\n      auth_url: http://x\n      username: u\n      password: p\n");
+        let c = from_documents("a", Path::new("c.yaml"), doc, None).unwrap();
+        assert!(!c.verify && c.private);
         // Secrets stay out of debug output (and so out of logs).
         assert!(!format!("{c:?}").contains("s3cret"));
     }
@@ -398,14 +409,20 @@ mod tests {
         let want: Vec<PathBuf> = [
             "/x/c.yaml",
             "clouds.yaml",
+            "clouds.yml",
+            "clouds.json",
             "/home/z/.config/openstack/clouds.yaml",
+            "/home/z/.config/openstack/clouds.yml",
+            "/home/z/.config/openstack/clouds.json",
             "/etc/openstack/clouds.yaml",
+            "/etc/openstack/clouds.yml",
+            "/etc/openstack/clouds.json",
         ]
         .iter()
         .map(PathBuf::from)
         .collect();
         assert_eq!(c, want);
-        assert_eq!(candidates_from(None, None, "secure.yaml").len(), 2);
+        assert_eq!(candidates_from(None, None, "secure.yaml").len(), 6);
         let e = load_file(Path::new("/nonexistent/clouds.yaml"), "a").unwrap_err();
         assert_eq!(e.to_string(), "no clouds.yaml found (looked at /nonexistent/clouds.yaml)");
     }

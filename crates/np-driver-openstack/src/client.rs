@@ -85,28 +85,51 @@ pub struct Session {
 /// An API error with its status and the service's message.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    /// HTTP status (0 for a connection failure).
+    /// HTTP status (0 for a connection failure or a missing endpoint).
     pub status: u16,
     /// The message from the body (or the transport error).
     pub message: String,
+    /// The body was the service's own error (Nova's `itemNotFound`,
+    /// Neutron's `NeutronError`, Glance's plain-text status), not some
+    /// other server's page.
+    pub from_service: bool,
 }
 
 impl ApiError {
+    fn new(status: u16, message: String) -> ApiError {
+        ApiError { status, message, from_service: false }
+    }
+
+    fn from_body(status: u16, body: &str) -> ApiError {
+        let (message, from_service) = parse_error(body);
+        ApiError { status, message, from_service }
+    }
+
     /// The classified error; `what` says which call failed.
     pub fn classify(&self, what: &str) -> ProviderError {
         classify(what, self.status, &self.message)
     }
+
+    /// The service itself said the object does not exist (a 404 from the
+    /// service, not from a wrong URL or a missing endpoint): only then may
+    /// a delete count as done.
+    pub fn is_gone(&self) -> bool {
+        self.status == 404 && self.from_service
+    }
 }
 
 /// Classifies a status and message into the launcher's error classes.
+/// Quota as upstream: any error whose text says "quota exceeded" or
+/// "number of ports exceeded" (Nova's 403, Neutron's 409 OverQuota).
 pub fn classify(what: &str, status: u16, message: &str) -> ProviderError {
     let text =
         if status == 0 { format!("{what}: {message}") } else { format!("{what}: {message} (HTTP {status})") };
     let lower = message.to_ascii_lowercase();
-    let quota = lower.contains("quota") || lower.contains("number of ports exceeded");
+    if lower.contains("quota exceeded") || lower.contains("number of ports exceeded") {
+        return ProviderError::Quota(text);
+    }
     match status {
         404 => ProviderError::NotFound(text),
-        403 | 413 if quota => ProviderError::Quota(text),
         0 | 409 | 429 | 500..=599 => ProviderError::Transient(text),
         _ => ProviderError::Fatal(text),
     }
@@ -116,20 +139,29 @@ pub fn classify(what: &str, status: u16, message: &str) -> ProviderError {
 /// {"message": ..}}`, Keystone's `{"error": {"message": ..}}`, Neutron's
 /// `{"NeutronError": {"message": ..}}`, or the raw text.
 pub fn error_message(body: &str) -> String {
+    parse_error(body).0
+}
+
+/// The message, and whether the body is an OpenStack service's error.
+fn parse_error(body: &str) -> (String, bool) {
     if let Ok(v) = serde_json::from_str::<Value>(body) {
         if let Some(m) = v.get("message").and_then(Value::as_str) {
-            return m.to_owned();
+            return (m.to_owned(), true);
         }
         if let Some(obj) = v.as_object() {
             for inner in obj.values() {
                 if let Some(m) = inner.get("message").and_then(Value::as_str) {
-                    return m.to_owned();
+                    return (m.to_owned(), true);
                 }
             }
         }
     }
     let t = body.trim();
-    t.chars().take(300).collect()
+    // Glance answers in plain text (`404 Not Found\n\nNo image found with
+    // ID ..`) or HTML (`.. Failed to find image .. to delete ..`), both
+    // seen on real Glance.
+    let glance = t.contains("No image found with ID") || t.contains("Failed to find image");
+    (t.chars().take(300).collect(), glance)
 }
 
 impl Session {
@@ -165,11 +197,6 @@ impl Session {
         &self.cloud
     }
 
-    /// The raw HTTP client (for streaming uploads).
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     /// Sets the Nova microversion sent with compute calls.
     pub fn set_compute_microversion(&self, v: Option<String>) {
         if let Ok(mut g) = self.compute_microversion.lock() {
@@ -193,11 +220,17 @@ impl Session {
 
     fn auth_body(&self) -> Value {
         let a = &self.cloud.auth;
+        // The user's or project's own domain first (id, then name), then
+        // the generic `domain_id` / `domain_name`.
         let domain = |name: &Option<String>, id: &Option<String>| -> Option<Value> {
-            if let Some(id) = id.as_ref().or(a.domain_id.as_ref()) {
+            if let Some(id) = id {
+                Some(json!({ "id": id }))
+            } else if let Some(n) = name {
+                Some(json!({ "name": n }))
+            } else if let Some(id) = &a.domain_id {
                 Some(json!({ "id": id }))
             } else {
-                name.as_ref().or(a.domain_name.as_ref()).map(|n| json!({ "name": n }))
+                a.domain_name.as_ref().map(|n| json!({ "name": n }))
             }
         };
         match self.cloud.auth_type {
@@ -271,24 +304,21 @@ impl Session {
             .json(&self.auth_body())
             .send()
             .await
-            .map_err(|e| ApiError { status: 0, message: format!("POST {url}: {e}") })?;
+            .map_err(|e| ApiError::new(0, format!("POST {url}: {e}")))?;
         let status = resp.status();
         let value = resp.headers().get("x-subject-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(ApiError {
-                status: status.as_u16(),
-                message: format!("Keystone refused authentication: {}", error_message(&body)),
-            });
+            return Err(ApiError::new(
+                status.as_u16(),
+                format!("Keystone refused authentication: {}", error_message(&body)),
+            ));
         }
         let Some(value) = value else {
-            return Err(ApiError {
-                status: 502,
-                message: "Keystone answered without X-Subject-Token".into(),
-            });
+            return Err(ApiError::new(502, "Keystone answered without X-Subject-Token".into()));
         };
         let parsed: Value = serde_json::from_str(&body)
-            .map_err(|e| ApiError { status: 502, message: format!("Keystone token body: {e}") })?;
+            .map_err(|e| ApiError::new(502, format!("Keystone token body: {e}")))?;
         // Renew a minute early; if the expiry cannot be read, after 30 minutes.
         let lifetime = parsed["token"]["expires_at"]
             .as_str()
@@ -304,10 +334,10 @@ impl Session {
         })
     }
 
-    async fn token(&self, renew: bool) -> Result<Token, ApiError> {
+    async fn token(&self) -> Result<Token, ApiError> {
         let mut guard = self.token.lock().await;
         if let Some(t) = guard.as_ref() {
-            if !renew && Instant::now() < t.expires {
+            if Instant::now() < t.expires {
                 return Ok(t.clone());
             }
         }
@@ -318,10 +348,10 @@ impl Session {
 
     /// The id of the project the token is scoped to.
     pub async fn project_id(&self) -> Result<String, ApiError> {
-        self.token(false)
+        self.token()
             .await?
             .project_id
-            .ok_or_else(|| ApiError { status: 400, message: "the token is not scoped to a project".into() })
+            .ok_or_else(|| ApiError::new(400, "the token is not scoped to a project".into()))
     }
 
     /// The endpoint of `service`, with the driver's API version appended
@@ -333,14 +363,17 @@ impl Session {
         {
             return Ok(Some(with_version(url, service)));
         }
-        let token = self.token(false).await?;
+        let token = self.token().await?;
         Ok(pick_endpoint(&token.catalog, service, &self.cloud.interface, self.cloud.region_name.as_deref())
             .map(|u| with_version(&u, service)))
     }
 
     async fn endpoint_required(&self, service: Service) -> Result<String, ApiError> {
+        // Not a 404: nothing may count as deleted because a service is
+        // missing from the catalog.
         self.endpoint(service).await?.ok_or_else(|| ApiError {
-            status: 404,
+            status: 0,
+            from_service: false,
             message: format!(
                 "the cloud's catalog has no {:?} endpoint for this region and interface",
                 service
@@ -366,7 +399,7 @@ impl Session {
         };
         let mut renewed = false;
         loop {
-            let token = self.token(false).await?;
+            let token = self.token().await?;
             self.limiter.acquire().await;
             let mut req = self.http.request(method.clone(), &url).header("X-Auth-Token", &token.value);
             if service == Service::Compute {
@@ -380,14 +413,19 @@ impl Session {
             }
             let resp = match req.send().await {
                 Ok(r) => r,
-                Err(e) => return Err(ApiError { status: 0, message: format!("{method} {url}: {e}") }),
+                Err(e) => return Err(ApiError::new(0, format!("{method} {url}: {e}"))),
             };
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
             if status == StatusCode::UNAUTHORIZED && !renewed {
-                // The token was revoked or expired early: once more with a new one.
+                // The token was revoked or expired early: once more with a
+                // new one. Only this token is dropped: another task may
+                // already have replaced it.
                 renewed = true;
-                *self.token.lock().await = None;
+                let mut guard = self.token.lock().await;
+                if guard.as_ref().is_some_and(|t| t.value == token.value) {
+                    *guard = None;
+                }
                 continue;
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -396,15 +434,13 @@ impl Session {
                 self.limiter.succeeded();
             }
             if !status.is_success() {
-                return Err(ApiError { status: status.as_u16(), message: error_message(&text) });
+                return Err(ApiError::from_body(status.as_u16(), &text));
             }
             let value = if text.trim().is_empty() {
                 Value::Null
             } else {
-                serde_json::from_str(&text).map_err(|e| ApiError {
-                    status: 502,
-                    message: format!("{method} {url}: the answer is not JSON: {e}"),
-                })?
+                serde_json::from_str(&text)
+                    .map_err(|e| ApiError::new(502, format!("{method} {url}: the answer is not JSON: {e}")))?
             };
             return Ok((status, value));
         }
@@ -421,7 +457,7 @@ impl Session {
     ) -> Result<StatusCode, ApiError> {
         let base = self.endpoint_required(service).await?;
         let url = format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'));
-        let token = self.token(false).await?;
+        let token = self.token().await?;
         self.limiter.acquire().await;
         let resp = self
             .http
@@ -432,11 +468,11 @@ impl Session {
             .body(body)
             .send()
             .await
-            .map_err(|e| ApiError { status: 0, message: format!("{method} {url}: {e}") })?;
+            .map_err(|e| ApiError::new(0, format!("{method} {url}: {e}")))?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
-            return Err(ApiError { status: status.as_u16(), message: error_message(&text) });
+            return Err(ApiError::from_body(status.as_u16(), &text));
         }
         Ok(status)
     }
@@ -523,6 +559,9 @@ mod tests {
             ProviderError::Quota(_)
         ));
         assert!(matches!(classify("create", 403, "Policy doesn't allow"), ProviderError::Fatal(_)));
+        // Neutron's OverQuota is a 409; upstream goes by the text.
+        let fip = classify("create floating ip", 409, "Quota exceeded for resources: ['floatingip'].");
+        assert!(matches!(fip, ProviderError::Quota(_)), "{fip:?}");
         assert!(matches!(classify("create", 400, "Invalid flavorRef"), ProviderError::Fatal(_)));
         assert!(matches!(classify("get", 404, "not found"), ProviderError::NotFound(_)));
         for s in [0, 409, 429, 500, 503] {
@@ -564,6 +603,64 @@ mod tests {
         assert_eq!(with_version(&img, Service::Image), "http://img:9292/v2");
         let net = pick_endpoint(&catalog, Service::Network, "public", Some("R1")).unwrap();
         assert_eq!(with_version(&net, Service::Network), "http://net/v2.0");
+    }
+
+    fn session(yaml: &str) -> Session {
+        let doc: Value = serde_json::from_str(yaml).unwrap();
+        let cloud = crate::clouds::from_documents("c", std::path::Path::new("c.yaml"), doc, None).unwrap();
+        Session::new(cloud, Arc::new(RateLimiter::new(0.0))).unwrap()
+    }
+
+    #[test]
+    fn keystone_auth_bodies() {
+        // The user's own domain beats the generic one; the project by id.
+        let s = session(
+            r#"{"clouds": {"c": {"auth": {"auth_url": "http://k:5000", "username": "u", "password": "p",
+                "user_domain_name": "Users", "domain_id": "generic", "project_id": "p1"}}}}"#,
+        );
+        assert_eq!(s.identity_url(), "http://k:5000/v3");
+        assert_eq!(
+            s.auth_body(),
+            json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+                "name": "u", "domain": {"name": "Users"}, "password": "p"}}},
+                "scope": {"project": {"id": "p1"}}}})
+        );
+        // The generic domain serves the project without its own.
+        let s = session(
+            r#"{"clouds": {"c": {"auth": {"auth_url": "http://k/v3/", "username": "u", "password": "p",
+                "project_name": "ci", "domain_id": "generic"}}}}"#,
+        );
+        assert_eq!(s.identity_url(), "http://k/v3");
+        assert_eq!(
+            s.auth_body()["auth"]["scope"],
+            json!({"project": {"name": "ci", "domain": {"id": "generic"}}})
+        );
+        // Application credentials carry their own scope.
+        let s = session(
+            r#"{"clouds": {"c": {"auth_type": "v3applicationcredential", "auth": {"auth_url": "http://k",
+                "application_credential_id": "ac", "application_credential_secret": "shh"}}}}"#,
+        );
+        assert_eq!(
+            s.auth_body(),
+            json!({"auth": {"identity": {"methods": ["application_credential"],
+                "application_credential": {"id": "ac", "secret": "shh"}}}})
+        );
+    }
+
+    #[test]
+    fn only_the_services_own_404_means_gone() {
+        let nova = ApiError::from_body(
+            404,
+            r#"{"itemNotFound": {"code": 404, "message": "Instance x could not be found."}}"#,
+        );
+        assert!(nova.is_gone());
+        let glance = ApiError::from_body(404, "404 Not Found\n\nNo image found with ID x   ");
+        assert!(glance.is_gone());
+        let html = "<html><head><title>404 Not Found</title></head><body><h1>404 Not Found</h1>\n  Failed to find image x to delete<br /><br />\n</body></html>";
+        assert!(ApiError::from_body(404, html).is_gone());
+        // A web server's page at a wrong path, or no endpoint at all, is not.
+        assert!(!ApiError::from_body(404, "<html><body>Not Found</body></html>").is_gone());
+        assert!(!ApiError::new(0, "the cloud's catalog has no Image endpoint".into()).is_gone());
     }
 
     #[test]

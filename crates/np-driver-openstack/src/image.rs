@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::client::{Service, Session};
+use crate::provider::encode;
 
 /// Uploads `request` and returns the Glance image id.
 pub async fn upload(
@@ -73,7 +74,7 @@ async fn put_and_wait(
         .raw(
             Service::Image,
             Method::PUT,
-            &format!("images/{id}/file"),
+            &format!("images/{}/file", encode(id)),
             "application/octet-stream",
             reqwest::Body::wrap_stream(stream),
         )
@@ -83,7 +84,7 @@ async fn put_and_wait(
     let mut wait = Duration::from_millis(200);
     loop {
         let (_, v) = session
-            .call(Service::Image, Method::GET, &format!("images/{id}"), None)
+            .call(Service::Image, Method::GET, &format!("images/{}", encode(id)), None)
             .await
             .map_err(|e| e.classify("get image"))?;
         match v["status"].as_str().unwrap_or("") {
@@ -103,9 +104,9 @@ async fn put_and_wait(
 
 /// Deletes an image; one that is already gone is not an error.
 pub async fn delete(session: &Session, id: &str) -> Result<(), ProviderError> {
-    match session.call(Service::Image, Method::DELETE, &format!("images/{id}"), None).await {
+    match session.call(Service::Image, Method::DELETE, &format!("images/{}", encode(id)), None).await {
         Ok(_) => Ok(()),
-        Err(e) if e.status == 404 => Ok(()),
+        Err(e) if e.is_gone() => Ok(()),
         Err(e) => Err(e.classify("delete image")),
     }
 }

@@ -8,7 +8,7 @@
 //! its caches then), and image, network and availability-zone lookups cached
 //! until such a 400.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,8 @@ pub struct Inner {
     fip_listing: Mutex<Option<(Instant, Arc<Vec<FloatingIp>>)>>,
     external_network: StdMutex<Option<Option<String>>>,
     ports: StdMutex<PortSweep>,
+    /// Connected: microversion chosen and flavors read.
+    ready: Mutex<bool>,
 }
 
 /// The two-strike state of the DOWN-port cleanup.
@@ -99,8 +101,12 @@ fn api(what: &str) -> impl Fn(ApiError) -> ProviderError + '_ {
 }
 
 impl OpenStackProvider {
-    /// Reads the cloud from clouds.yaml and connects: authenticates, picks
-    /// the Nova microversion and reads the flavors.
+    /// Reads the cloud from clouds.yaml and tries to connect: authenticate,
+    /// pick the Nova microversion and read the flavors. A cloud that cannot
+    /// be reached now is not an error here (it would stop the daemon and
+    /// every other provider, where upstream connects lazily): it is logged,
+    /// and every later call tries again first. Only a clouds.yaml problem
+    /// fails.
     pub async fn new(
         name: &str,
         config: &np_config::OpenStackProvider,
@@ -146,9 +152,11 @@ impl OpenStackProvider {
             fip_listing: Mutex::new(None),
             external_network: StdMutex::new(None),
             ports: StdMutex::new(PortSweep::default()),
+            ready: Mutex::new(false),
         });
-        inner.pick_microversion().await.map_err(|e| fail(e.to_string()))?;
-        inner.load_flavors().await.map_err(|e| fail(e.to_string()))?;
+        if let Err(e) = inner.ensure_ready().await {
+            warn!(provider = %name, cloud = %config.cloud, error = %e, "cannot reach the cloud yet; will retry on use");
+        }
         Ok(OpenStackProvider { inner })
     }
 
@@ -173,6 +181,19 @@ impl Inner {
     /// through it).
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Connects once: the Nova microversion and the flavors. Every entry
+    /// point calls it, so a cloud that was down at start is picked up.
+    pub async fn ensure_ready(&self) -> Result<(), ProviderError> {
+        let mut ready = self.ready.lock().await;
+        if !*ready {
+            self.pick_microversion().await?;
+            self.load_flavors().await?;
+            *ready = true;
+            info!(provider = %self.name, flavors = lock(&self.flavors).len(), "connected to the cloud");
+        }
+        Ok(())
     }
 
     /// Asks Nova for its version document and uses 2.47 when offered.
@@ -214,8 +235,8 @@ impl Inner {
                 _ => break,
             }
         }
-        // Smallest RAM first (stable, as upstream's sort).
-        out.sort_by_key(|f| f.ram);
+        // Smallest RAM first, then by name, as upstream sorts.
+        out.sort_by(|a, b| a.ram.cmp(&b.ram).then_with(|| a.name.cmp(&b.name)));
         *lock(&self.flavors) = out;
         Ok(())
     }
@@ -273,15 +294,26 @@ impl Inner {
     /// Every server of the account (cached for [`LISTING_TTL`]; concurrent
     /// callers share one request).
     async fn servers(&self) -> Result<Arc<Vec<Server>>, ProviderError> {
+        Ok(self.servers_since(None).await?.1)
+    }
+
+    /// The listing, fetched after `after` when given (a delete only trusts
+    /// a listing that began after its DELETE), with the time its fetch
+    /// began.
+    async fn servers_since(
+        &self,
+        after: Option<Instant>,
+    ) -> Result<(Instant, Arc<Vec<Server>>), ProviderError> {
         let mut guard = self.listing.lock().await;
         if let Some((at, list)) = guard.as_ref() {
-            if at.elapsed() < LISTING_TTL {
-                return Ok(list.clone());
+            if at.elapsed() < LISTING_TTL && after.is_none_or(|t| *at >= t) {
+                return Ok((*at, list.clone()));
             }
         }
+        let started = Instant::now();
         let mut out = Vec::new();
         let mut path = "servers/detail".to_owned();
-        let mut pages = 0;
+        let mut seen = HashSet::new();
         loop {
             let (_, v) = self
                 .session
@@ -289,23 +321,29 @@ impl Inner {
                 .await
                 .map_err(api("list servers"))?;
             out.extend(v["servers"].as_array().into_iter().flatten().filter_map(Server::from_json));
-            pages += 1;
+            seen.insert(path.clone());
             match next_link(&v, "servers_links") {
-                // A loop guard: a link back to the same page ends the walk.
-                Some(next) if next != path && pages < 1000 => path = next,
-                _ => break,
+                // Nova's link after a full last page leads to an empty page
+                // without one. A link back to a page already read is a
+                // broken listing: an error, not a truncated list.
+                Some(next) if seen.contains(&next) => {
+                    return Err(ProviderError::Transient(format!("server listing links back to {next}")));
+                }
+                Some(next) => path = next,
+                None => break,
             }
         }
         let list = Arc::new(out);
-        *guard = Some((Instant::now(), list.clone()));
-        Ok(list)
+        *guard = Some((started, list.clone()));
+        Ok((started, list))
     }
 
     /// One server read directly (`GET /servers/{id}`), not from the listing.
     async fn server_now(&self, id: &str) -> Result<Option<Server>, ProviderError> {
-        match self.session.call(Service::Compute, Method::GET, &format!("servers/{id}"), None).await {
+        match self.session.call(Service::Compute, Method::GET, &format!("servers/{}", encode(id)), None).await
+        {
             Ok((_, v)) => Ok(Server::from_json(&v["server"])),
-            Err(e) if e.status == 404 => Ok(None),
+            Err(e) if e.is_gone() => Ok(None),
             Err(e) => Err(e.classify("get server")),
         }
     }
@@ -576,8 +614,10 @@ impl Inner {
         Instance {
             external_id: Value::String(s.id.clone()),
             interface_ip: sdk(interface_ip),
-            public_ipv4: sdk(public_ipv4),
-            private_ipv4: sdk(private_ipv4),
+            public_ipv4: sdk(public_ipv4.clone()),
+            // Upstream: "private_ipv4 or public_ipv4", for backwards
+            // compatibility (QUIRK kept: Zuul reads it).
+            private_ipv4: sdk(private_ipv4.or_else(|| public_ipv4.clone())),
             public_ipv6: sdk(public_ipv6),
             az: s.az.clone(),
             region: self.region.clone(),
@@ -626,10 +666,13 @@ impl Inner {
         let mut removed = 0;
         if !first {
             for id in down.intersection(&previous) {
-                match self.session.call(Service::Network, Method::DELETE, &format!("ports/{id}"), None).await
+                match self
+                    .session
+                    .call(Service::Network, Method::DELETE, &format!("ports/{}", encode(id)), None)
+                    .await
                 {
                     Ok(_) => removed += 1,
-                    Err(e) if e.status == 404 => {}
+                    Err(e) if e.is_gone() => {}
                     Err(e) => {
                         warn!(provider = %self.name, port = %id, error = %e.message, "cannot delete DOWN port")
                     }
@@ -684,11 +727,11 @@ impl Inner {
         for f in fips.iter().filter(|f| f.port_id.is_none()) {
             match self
                 .session
-                .call(Service::Network, Method::DELETE, &format!("floatingips/{}", f.id), None)
+                .call(Service::Network, Method::DELETE, &format!("floatingips/{}", encode(&f.id)), None)
                 .await
             {
                 Ok(_) => info!(provider = %self.name, fip = %f.address, "deleted unattached floating ip"),
-                Err(e) if e.status == 404 => {}
+                Err(e) if e.is_gone() => {}
                 Err(e) => {
                     warn!(provider = %self.name, fip = %f.address, error = %e.message, "cannot delete floating ip")
                 }
@@ -703,7 +746,7 @@ fn value_string(v: &Value) -> String {
 }
 
 /// Percent-encodes a query or path component.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -755,6 +798,7 @@ impl CreateMachine for Create {
         let inner = Arc::clone(&self.inner);
         match &self.state {
             CreateState::Submit => {
+                inner.ensure_ready().await?;
                 let body = inner.server_body(&self.request).await?;
                 match inner.session.call(Service::Compute, Method::POST, "servers", Some(&body)).await {
                     Ok((_, v)) => {
@@ -786,7 +830,16 @@ impl CreateMachine for Create {
                     "ACTIVE" => {
                         let pool =
                             inner.pool(&self.request.pool).map(|p| p.auto_floating_ip).unwrap_or(false);
-                        if pool && server.ips(false).0.is_none() && inner.has_network_service().await {
+                        // As openstacksdk's `_needs_floating_ip`: not on a
+                        // cloud marked private, only for a server that has
+                        // a fixed address and no public one.
+                        let (public, private, _, _) = server.ips(false);
+                        if pool
+                            && !inner.private_cloud
+                            && public.is_none()
+                            && private.is_some()
+                            && inner.has_network_service().await
+                        {
                             if let Some(net) = inner.external_network().await? {
                                 let fip = create_floating_ip(&inner, &server, &net).await?;
                                 self.state = CreateState::FloatingIp { fip };
@@ -814,7 +867,8 @@ impl CreateMachine for Create {
                             "server {id} went to ERROR: {}",
                             if fault.is_empty() { "no fault given" } else { &fault }
                         );
-                        if lower.contains("quota") {
+                        // Upstream's rule: a fault that says both.
+                        if lower.contains("exceeds") && lower.contains("quota") {
                             Err(ProviderError::Quota(msg))
                         } else if lower.contains("no valid host") {
                             Err(ProviderError::Capacity(msg))
@@ -898,7 +952,7 @@ enum DeleteState {
     Start,
     FloatingIps(Vec<String>),
     Server,
-    Deleting,
+    Deleting { since: Instant },
 }
 
 #[async_trait]
@@ -918,11 +972,16 @@ impl DeleteMachine for Delete {
                 for f in fips.iter().filter(|f| addresses.contains(&f.address)) {
                     match inner
                         .session
-                        .call(Service::Network, Method::DELETE, &format!("floatingips/{}", f.id), None)
+                        .call(
+                            Service::Network,
+                            Method::DELETE,
+                            &format!("floatingips/{}", encode(&f.id)),
+                            None,
+                        )
                         .await
                     {
                         Ok(_) => ids.push(f.id.clone()),
-                        Err(e) if e.status == 404 => {}
+                        Err(e) if e.is_gone() => {}
                         Err(e) => return Err(e.classify("delete floating ip")),
                     }
                 }
@@ -940,20 +999,31 @@ impl DeleteMachine for Delete {
             DeleteState::Server => {
                 match inner
                     .session
-                    .call(Service::Compute, Method::DELETE, &format!("servers/{}", self.id), None)
+                    .call(Service::Compute, Method::DELETE, &format!("servers/{}", encode(&self.id)), None)
                     .await
                 {
                     Ok(_) => {}
-                    Err(e) if e.status == 404 => return Ok(Step::Done(())),
+                    Err(e) if e.is_gone() => {
+                        debug!(provider = %inner.name, server = %self.id, "server already gone");
+                        return Ok(Step::Done(()));
+                    }
                     Err(e) => return Err(e.classify("delete server")),
                 }
-                self.state = DeleteState::Deleting;
+                debug!(provider = %inner.name, server = %self.id, "server delete sent");
+                self.state = DeleteState::Deleting { since: Instant::now() };
                 Ok(Step::Pending(POLL))
             }
-            DeleteState::Deleting => match inner.server(&self.id).await? {
-                Some(s) if !s.is_deleted() => Ok(Step::Pending(POLL)),
-                _ => Ok(Step::Done(())),
-            },
+            DeleteState::Deleting { since } => {
+                // Only a listing fetched after the DELETE proves it gone.
+                let (_, servers) = inner.servers_since(Some(*since)).await?;
+                match servers.iter().find(|s| s.id == self.id) {
+                    Some(s) if !s.is_deleted() => Ok(Step::Pending(POLL)),
+                    _ => {
+                        debug!(provider = %inner.name, server = %self.id, "server deleted");
+                        Ok(Step::Done(()))
+                    }
+                }
+            }
         }
     }
 }
@@ -988,6 +1058,7 @@ impl Provider for OpenStackProvider {
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
         // Ports and floating IPs carry no metadata, so their cleanup rides
         // on the launcher's leak pass here, as upstream's listResources.
+        self.inner.ensure_ready().await?;
         self.inner.sweep_ports().await;
         self.inner.sweep_floating_ips().await;
         let servers = self.inner.servers().await?;
@@ -1000,6 +1071,7 @@ impl Provider for OpenStackProvider {
     }
 
     async fn quota_limits(&self) -> Result<Quota, ProviderError> {
+        self.inner.ensure_ready().await?;
         let (_, v) = self
             .inner
             .session
@@ -1035,6 +1107,7 @@ impl Provider for OpenStackProvider {
     }
 
     async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, ProviderError> {
+        self.inner.ensure_ready().await?;
         let servers = self.inner.servers().await?;
         Ok(servers
             .iter()
@@ -1064,11 +1137,6 @@ impl Provider for OpenStackProvider {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
     }
-}
-
-/// Metadata as strings (for tests and the image module).
-pub fn string_map(m: &BTreeMap<String, String>) -> Value {
-    Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
 #[cfg(test)]

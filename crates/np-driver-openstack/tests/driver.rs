@@ -345,8 +345,12 @@ async fn quota_refusals_and_faults_are_classified() {
     assert!(matches!(r, Err(ProviderError::Fatal(ref m)) if m.contains("Invalid key_name")), "{r:?}");
     assert_eq!(env.os.count("GET", "/flavors/detail"), flavor_reads + 1);
     // A missing cloud image is fatal and says which.
-    let bad = env.os.images();
-    assert!(bad.contains_key("img-cirros"));
+    let mut cfg = provider_config();
+    cfg.cloud_images[0].image_name = Some("no-such-image".into());
+    let p = connect(&env.os, &env.dir, &cfg).await.unwrap();
+    let (r, id) = run_create(&p, env.request("0000000008", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Fatal(ref m)) if m.contains("no-such-image")), "{r:?}");
+    assert!(id.is_none());
 }
 
 #[tokio::test]
@@ -406,6 +410,13 @@ async fn a_floating_ip_is_attached_and_removed_before_the_server() {
     let env = Env::new().await;
     let mut cfg = provider_config();
     cfg.pools[1].auto_floating_ip = true;
+    // A cloud marked private gets no floating IP even with
+    // auto-floating-ip (openstacksdk's rule): its node uses the fixed address.
+    let private = connect(&env.os, &env.dir, &cfg).await.unwrap();
+    let (r, id) = run_create(&private, env.request("0000000007", "fip", "floating")).await;
+    assert!(r.unwrap().interface_ip.unwrap().starts_with("127.0.1."));
+    assert!(env.os.floating_ips().is_empty());
+    run_delete(&private, &id.unwrap()).await.unwrap();
     let provider = connect_public(&env.os, &env.dir, &cfg).await.unwrap();
     // Without a floating IP a server has only private addresses, which a
     // cloud not marked `private: true` cannot use: the launch fails and says so.
@@ -480,11 +491,20 @@ async fn tokens_are_renewed_and_bad_credentials_say_which_cloud() {
     )
     .unwrap();
     let cloud = np_driver_openstack::clouds::load_file(&path, "devstack").unwrap();
-    let err =
-        OpenStackProvider::with_cloud("os-one", &provider_config(), cloud).await.err().unwrap().to_string();
-    assert!(err.contains("provider 'os-one'") && err.contains("cloud 'devstack'"), "{err}");
+    // A cloud that refuses us is no error at start (it would stop the
+    // daemon and every other provider); each use tries again and says why.
+    let p = OpenStackProvider::with_cloud("os-one", &provider_config(), cloud).await.unwrap();
+    let err = p.quota_limits().await.unwrap_err().to_string();
     assert!(err.contains("requires authentication"), "{err}");
     assert!(!err.contains("wrong"), "the password stays out of errors: {err}");
+    let (r, _) = run_create(&p, env.request("0000000001", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Fatal(ref m)) if m.contains("requires authentication")), "{r:?}");
+    // Once the cloud is reachable, the same provider connects.
+    std::fs::write(&path, std::fs::read_to_string(env.os.clouds_yaml(&env.dir.0, "devstack")).unwrap())
+        .unwrap();
+    let fixed = np_driver_openstack::clouds::load_file(&path, "devstack").unwrap();
+    let later = OpenStackProvider::with_cloud("os-one", &provider_config(), fixed).await.unwrap();
+    assert_eq!(later.quota_limits().await.unwrap().get("instances"), 10.0);
 }
 
 #[tokio::test]

@@ -223,7 +223,8 @@ impl Cloud {
 
     fn used(&self) -> (i64, i64, i64) {
         let mut out = (0, 0, 0);
-        for s in self.servers.values().filter(|s| s.deleted_reads.is_none()) {
+        // A deleted server uses quota until it is gone, as in real Nova.
+        for s in self.servers.values() {
             out.0 += 1;
             out.1 += s.flavor["vcpus"].as_i64().unwrap_or(0);
             out.2 += s.flavor["ram"].as_i64().unwrap_or(0);
@@ -734,10 +735,9 @@ impl FakeOpenStack {
             .collect()
     }
 
-    /// Ids of the servers Nova has (not deleted).
+    /// Ids of the servers Nova still has (being deleted included).
     pub fn server_ids(&self) -> Vec<String> {
-        let c = self.cloud.lock().unwrap();
-        c.servers.iter().filter(|(_, s)| s.deleted_reads.is_none()).map(|(k, _)| k.clone()).collect()
+        self.cloud.lock().unwrap().servers.keys().cloned().collect()
     }
 
     /// A server's metadata.
