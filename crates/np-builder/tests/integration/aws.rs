@@ -12,9 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use np_builder::cleanup::CleanupSettings;
-use np_builder::{Builder, BuilderSettings};
-use np_core::{BuildState, UploadState};
+use np_builder::Builder;
+use np_core::BuildState;
 use np_testing::{eventually, TestZk};
 use support::PROVIDER;
 
@@ -72,26 +71,10 @@ async fn builds_are_imported_into_ec2_and_old_ones_deregistered() {
     let config = np_config::load_str(&text, "nodepool.yaml").unwrap();
     let provider = env.provider(&text, PROVIDER).await;
     let providers: np_provider::ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
-    let settings = BuilderSettings {
-        retry_delay: Duration::from_millis(200),
-        cleanup: CleanupSettings { interval: Duration::from_secs(1), settle: Duration::from_millis(100) },
-        ..Default::default()
-    };
-    let builder = Builder::start(&config, t.zk.clone(), providers, settings).await.unwrap();
+    let builder =
+        Builder::start(&config, t.zk.clone(), providers, crate::common::quick_settings()).await.unwrap();
 
-    let ready_uploads = || async {
-        let mut out = Vec::new();
-        for build in t.zk.build_ids("built-image").await.unwrap() {
-            for (id, u) in
-                np_builder::upload::uploads_of(&t.zk, "built-image", &build, PROVIDER).await.unwrap()
-            {
-                if u.state == UploadState::Ready {
-                    out.push((build.clone(), id, u));
-                }
-            }
-        }
-        out
-    };
+    let ready_uploads = || crate::common::ready_uploads(&t, "built-image", PROVIDER);
     assert!(eventually(Duration::from_secs(30), || async { !ready_uploads().await.is_empty() }).await);
     let (build, upload_id, upload) = ready_uploads().await.remove(0);
     let ami = upload.external_id.clone().unwrap();

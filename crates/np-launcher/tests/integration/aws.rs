@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use np_core::{NodeRequest, NodeState, RequestState};
+use crate::common;
+use np_core::{NodeRequest, RequestState};
 use np_launcher::{Launcher, ProviderSet};
 use np_testing::{eventually, TestZk};
 
@@ -87,12 +88,7 @@ async fn requests_are_fulfilled_by_ec2_instances_and_cleaned_up() {
 
     // Zuul uses and returns the nodes: they are deleted, the instances
     // terminated, and the second request goes through.
-    for id in &first.nodes {
-        let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
-    t.zk.delete_request(&first.id).await.unwrap();
+    common::return_request(&t, &first.id).await;
     let second = ids.iter().find(|id| **id != first.id).unwrap().clone();
     assert!(
         eventually(Duration::from_secs(60), || async {
@@ -100,13 +96,7 @@ async fn requests_are_fulfilled_by_ec2_instances_and_cleaned_up() {
         })
         .await
     );
-    let (second_req, _) = t.zk.get_request(&second).await.unwrap().unwrap();
-    for id in &second_req.nodes {
-        let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
-    t.zk.delete_request(&second).await.unwrap();
+    common::return_request(&t, &second).await;
     let gone = eventually(Duration::from_secs(60), || async {
         t.zk.node_ids().await.unwrap().is_empty() && running_instances(&env).await == 0
     })

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{self, state_of};
 use fake_kube::FakeKube;
 use np_core::{NodeRequest, NodeState, RequestState};
 use np_launcher::{Launcher, ProviderSet};
@@ -42,10 +43,6 @@ providers:
             cpu: 2
             memory: 512
 "#;
-
-async fn state_of(t: &TestZk, id: &str) -> RequestState {
-    t.zk.get_request(id).await.unwrap().unwrap().0.state
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
@@ -127,25 +124,14 @@ async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
     assert!(kube.namespaces().iter().any(|(n, _)| n == "main-0000009998"));
 
     // Zuul returns the nodes: their namespaces go, the second request runs.
-    for id in &done.nodes {
-        let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
-    t.zk.delete_request(&first.id).await.unwrap();
+    common::return_request(&t, &first.id).await;
     assert!(
         eventually(Duration::from_secs(30), || async {
             state_of(&t, &second.id).await == RequestState::Fulfilled
         })
         .await
     );
-    let (second_done, _) = t.zk.get_request(&second.id).await.unwrap().unwrap();
-    for id in &second_done.nodes {
-        let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
-    t.zk.delete_request(&second.id).await.unwrap();
+    common::return_request(&t, &second.id).await;
     let clean = eventually(Duration::from_secs(30), || async {
         t.zk.node_ids().await.unwrap().is_empty()
             && kube.namespaces().iter().all(|(n, _)| n == "main-0000009998")
@@ -249,13 +235,8 @@ async fn python_and_rust_launchers_share_one_cluster() {
     // Both clean up after a while without touching the other's namespaces.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(kube.namespaces().len(), 4, "{:?}", kube.namespaces());
-    for n in &nodes {
-        let (mut node, _) = t.zk.get_node(&n.id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
     for id in &ids {
-        t.zk.delete_request(id).await.unwrap();
+        common::return_request(&t, id).await;
     }
     let clean = eventually(Duration::from_secs(60), || async {
         kube.namespaces().is_empty() && t.zk.node_ids().await.unwrap().is_empty()

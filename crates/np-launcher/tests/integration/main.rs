@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod aws;
+mod common;
 mod diskimages;
 mod hostkeys;
 mod kubernetes;

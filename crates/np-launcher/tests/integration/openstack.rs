@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{self, state_of};
 use fake_openstack::{FakeOpenStack, Knobs};
 use np_core::{NodeRequest, NodeState, RequestState};
 use np_launcher::{Launcher, ProviderSet};
@@ -47,10 +48,6 @@ providers:
             cloud-image: cirros
             min-ram: 16000
 "#;
-
-async fn state_of(t: &TestZk, id: &str) -> RequestState {
-    t.zk.get_request(id).await.unwrap().unwrap().0.state
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
@@ -129,25 +126,14 @@ async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
         "held back by the cloud's limit: {held:?}"
     );
 
-    for id in &done.nodes {
-        let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
-    t.zk.delete_request(&first.id).await.unwrap();
+    common::return_request(&t, &first.id).await;
     assert!(
         eventually(Duration::from_secs(40), || async {
             state_of(&t, &second.id).await == RequestState::Fulfilled
         })
         .await
     );
-    let (second_done, _) = t.zk.get_request(&second.id).await.unwrap().unwrap();
-    for id in &second_done.nodes {
-        let (mut node, _) = t.zk.get_node(id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
-    t.zk.delete_request(&second.id).await.unwrap();
+    common::return_request(&t, &second.id).await;
     let clean = eventually(Duration::from_secs(30), || async {
         t.zk.node_ids().await.unwrap().is_empty()
             && os.server_ids() == vec![stranger.clone()]
@@ -260,8 +246,9 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
     assert!(rs.interface_ip.as_deref().unwrap().starts_with("127.10.0."), "{rs:?}");
     // Nova has both servers with the same metadata keys and the same groups form.
     let session = session_probe.inner().session();
-    let meta_of = |id: serde_json::Value| async move {
-        let (_, v) = session
+    // Nova's own view of a server, by the node's external id.
+    let nova_server = |id: serde_json::Value| async move {
+        session
             .call(
                 np_driver_openstack::client::Service::Compute,
                 np_driver_openstack::client::Method::GET,
@@ -269,9 +256,9 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
                 None,
             )
             .await
-            .unwrap();
-        v["server"]["metadata"].clone()
+            .map(|(_, v)| v["server"].clone())
     };
+    let meta_of = |id: serde_json::Value| async move { nova_server(id).await.unwrap()["metadata"].clone() };
     let py_meta = meta_of(py.external_id.clone().unwrap()).await;
     let rs_meta = meta_of(rs.external_id.clone().unwrap()).await;
     let keys = |m: &serde_json::Value| {
@@ -286,25 +273,11 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
     let read = t.python().run(&["read-node", &rs.id], "").await;
     assert_eq!(read["external_id"], rs.external_id.clone().unwrap(), "{read}");
 
-    for n in &nodes {
-        let (mut node, _) = t.zk.get_node(&n.id).await.unwrap().unwrap();
-        node.set_state(NodeState::Used);
-        t.zk.update_node(&node).await.unwrap();
-    }
     for id in &ids {
-        t.zk.delete_request(id).await.unwrap();
+        common::return_request(&t, id).await;
     }
-    let server_gone = |id: serde_json::Value| async move {
-        session
-            .call(
-                np_driver_openstack::client::Service::Compute,
-                np_driver_openstack::client::Method::GET,
-                &format!("servers/{}", id.as_str().unwrap()),
-                None,
-            )
-            .await
-            .is_err_and(|e| e.status == 404)
-    };
+    let server_gone =
+        |id: serde_json::Value| async move { nova_server(id).await.is_err_and(|e| e.is_gone()) };
     let clean = eventually(Duration::from_secs(90), || async {
         t.zk.node_ids().await.unwrap().is_empty()
             && server_gone(py.external_id.clone().unwrap()).await
