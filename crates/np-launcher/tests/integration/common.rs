@@ -19,3 +19,32 @@ pub async fn return_request(t: &TestZk, id: &str) {
     }
     t.zk.delete_request(id).await.unwrap();
 }
+
+/// One request per label, each waited for until fulfilled (within
+/// `timeout`; `log` says what to print when one is not); returns the request
+/// ids and each request's node, in the labels' order.
+pub async fn request_each(
+    t: &TestZk,
+    labels: &[&str],
+    timeout: std::time::Duration,
+    log: impl Fn() -> String,
+) -> (Vec<String>, Vec<np_core::Node>) {
+    let mut ids = Vec::new();
+    for label in labels {
+        let mut r = np_core::NodeRequest::new(vec![(*label).into()]);
+        t.zk.create_request(&mut r, 100, false).await.unwrap();
+        ids.push(r.id);
+    }
+    for id in &ids {
+        let done =
+            np_testing::eventually(timeout, || async { state_of(t, id).await == RequestState::Fulfilled })
+                .await;
+        assert!(done, "{id} not fulfilled; python launcher log:\n{}", log());
+    }
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let (r, _) = t.zk.get_request(id).await.unwrap().unwrap();
+        nodes.push(t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap().0);
+    }
+    (ids, nodes)
+}

@@ -194,24 +194,13 @@ async fn python_and_rust_launchers_share_one_cluster() {
     let python_log = || std::fs::read_to_string(dir.join("python-launcher.log")).unwrap_or_default();
     let both = eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await;
     assert!(both, "python launcher did not register:\n{}", python_log());
-    let mut ids = Vec::new();
-    for label in ["py-ns", "py-pod", "rs-ns", "rs-pod"] {
-        let mut r = NodeRequest::new(vec![label.into()]);
-        t.zk.create_request(&mut r, 100, false).await.unwrap();
-        ids.push(r.id);
-    }
-    for id in &ids {
-        let done = eventually(Duration::from_secs(60), || async {
-            state_of(&t, id).await == RequestState::Fulfilled
-        })
-        .await;
-        assert!(done, "{id} not fulfilled; python launcher log:\n{}", python_log());
-    }
-    let mut nodes = Vec::new();
-    for id in &ids {
-        let (r, _) = t.zk.get_request(id).await.unwrap().unwrap();
-        nodes.push(t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap().0);
-    }
+    let (ids, nodes) = common::request_each(
+        &t,
+        &["py-ns", "py-pod", "rs-ns", "rs-pod"],
+        Duration::from_secs(60),
+        python_log,
+    )
+    .await;
     // The same record shape from both launchers, for both label types.
     for (py, rs) in [(&nodes[0], &nodes[2]), (&nodes[1], &nodes[3])] {
         assert_eq!(py.provider.as_deref(), Some("py-k8s"));

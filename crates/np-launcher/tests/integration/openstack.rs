@@ -202,24 +202,8 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
     let python_log = || std::fs::read_to_string(dir.join("python-launcher.log")).unwrap_or_default();
     let both = eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await;
     assert!(both, "python launcher did not register:\n{}", python_log());
-    let mut ids = Vec::new();
-    for label in ["py-small", "rs-small"] {
-        let mut r = NodeRequest::new(vec![label.into()]);
-        t.zk.create_request(&mut r, 100, false).await.unwrap();
-        ids.push(r.id);
-    }
-    for id in &ids {
-        let done = eventually(Duration::from_secs(90), || async {
-            state_of(&t, id).await == RequestState::Fulfilled
-        })
-        .await;
-        assert!(done, "{id} not fulfilled; python launcher log:\n{}", python_log());
-    }
-    let mut nodes = Vec::new();
-    for id in &ids {
-        let (r, _) = t.zk.get_request(id).await.unwrap().unwrap();
-        nodes.push(t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap().0);
-    }
+    let (ids, nodes) =
+        common::request_each(&t, &["py-small", "rs-small"], Duration::from_secs(90), python_log).await;
     let (py, rs) = (&nodes[0], &nodes[1]);
     assert_eq!(py.provider.as_deref(), Some("py-os"));
     assert_eq!(rs.provider.as_deref(), Some("rs-os"));
