@@ -360,16 +360,19 @@ impl Inner {
                 return Ok(list.clone());
             }
         }
+        let list = Arc::new(self.list_floating_ips().await?);
+        *guard = Some((Instant::now(), Arc::clone(&list)));
+        Ok(list)
+    }
+
+    /// Every floating IP of the project, read now.
+    async fn list_floating_ips(&self) -> Result<Vec<FloatingIp>, ProviderError> {
         let (_, v) = self
             .session
             .call(Service::Network, Method::GET, "floatingips", None)
             .await
             .map_err(api("list floating ips"))?;
-        let list = Arc::new(
-            v["floatingips"].as_array().into_iter().flatten().filter_map(FloatingIp::from_json).collect(),
-        );
-        *guard = Some((Instant::now(), Arc::clone(&list)));
-        Ok(list)
+        Ok(v["floatingips"].as_array().into_iter().flatten().filter_map(FloatingIp::from_json).collect())
     }
 
     /// Whether the cloud has Neutron (floating IPs are Neutron's).
@@ -712,15 +715,11 @@ impl Inner {
         if !self.config.clean_floating_ips || !self.has_network_service().await {
             return;
         }
-        let fips = match self.session.call(Service::Network, Method::GET, "floatingips", None).await {
-            Ok((_, v)) => v["floatingips"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(FloatingIp::from_json)
-                .collect::<Vec<_>>(),
+        // Read now, not from the cache: these are about to be deleted.
+        let fips = match self.list_floating_ips().await {
+            Ok(f) => f,
             Err(e) => {
-                warn!(provider = %self.name, error = %e.message, "cannot list floating ips");
+                warn!(provider = %self.name, error = %e, "cannot list floating ips");
                 return;
             }
         };

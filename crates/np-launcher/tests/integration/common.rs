@@ -27,7 +27,7 @@ pub async fn request_each(
     t: &TestZk,
     labels: &[&str],
     timeout: std::time::Duration,
-    log: impl Fn() -> String,
+    log: &dyn Fn() -> String,
 ) -> (Vec<String>, Vec<np_core::Node>) {
     let mut ids = Vec::new();
     for label in labels {
@@ -47,4 +47,29 @@ pub async fn request_each(
         nodes.push(t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap().0);
     }
     (ids, nodes)
+}
+
+/// Python Nodepool 11's `nodepool-launcher` in the foreground (no web app)
+/// on `providers_yaml` with this test's ZooKeeper (TLS) prepended, written
+/// to `dir/python.yaml`; `env` is added to its environment. Its output goes
+/// to `dir/python-launcher.log`; the returned closure reads that log.
+pub fn python_launcher(
+    t: &TestZk,
+    dir: &std::path::Path,
+    providers_yaml: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (np_testing::ChildGuard, impl Fn() -> String) {
+    let config = dir.join("python.yaml");
+    std::fs::write(&config, format!("{}{}", np_testing::zk_yaml_tls(&t.chroot), providers_yaml)).unwrap();
+    let python = std::path::PathBuf::from(np_testing::env("NP_PYTHON"));
+    let log_path = dir.join("python-launcher.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = std::process::Command::new(python.with_file_name("nodepool-launcher"));
+    cmd.arg("-c").arg(&config).args(["-f", "--no-webapp"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child =
+        cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+    (np_testing::ChildGuard(child), move || std::fs::read_to_string(&log_path).unwrap_or_default())
 }

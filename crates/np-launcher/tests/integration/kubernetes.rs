@@ -158,28 +158,15 @@ async fn python_and_rust_launchers_share_one_cluster() {
             "labels:\n  - name: {prefix}-ns\n  - name: {prefix}-pod\nproviders:\n  - name: {provider}\n    driver: kubernetes\n    context: admin-cluster.local\n    pools:\n      - name: {pool}\n        labels:\n          - name: {prefix}-ns\n            type: namespace\n          - name: {prefix}-pod\n            type: pod\n            image: docker.io/fedora:40\n            cpu: 1\n            memory: 256\n"
         )
     };
-    let py_config = dir.join("python.yaml");
-    std::fs::write(
-        &py_config,
-        format!("{}{}", np_testing::zk_yaml_tls(&t.chroot), provider_yaml("py-k8s", "py", "py")),
-    )
-    .unwrap();
-    let python = std::path::PathBuf::from(np_testing::env("NP_PYTHON"));
-    let venv = python.parent().unwrap().parent().unwrap();
-    let log = std::fs::File::create(dir.join("python-launcher.log")).unwrap();
-    let _py = np_testing::ChildGuard(
-        std::process::Command::new(python.with_file_name("nodepool-launcher"))
-            .arg("-c")
-            .arg(&py_config)
-            .args(["-f", "--no-webapp"])
-            .env("KUBECONFIG", &kubeconfig)
-            // See tools/setup.sh: the client Python Nodepool's driver works with.
-            .env("PYTHONPATH", venv.join("kubernetes-29"))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let venv = std::path::PathBuf::from(np_testing::env("NP_PYTHON"));
+    let venv = venv.parent().unwrap().parent().unwrap();
+    // See tools/setup.sh: the client Python Nodepool's driver works with.
+    let pythonpath = venv.join("kubernetes-29");
+    let (_py, python_log) = common::python_launcher(
+        &t,
+        &dir,
+        &provider_yaml("py-k8s", "py", "py"),
+        &[("KUBECONFIG", kubeconfig.as_os_str()), ("PYTHONPATH", pythonpath.as_os_str())],
     );
     let ours = np_config::load_str(&provider_yaml("rs-k8s", "rs", "rs"), "nodepool.yaml").unwrap();
     let np_config::ProviderDriver::Kubernetes(k) = &ours.providers[0].driver else { panic!() };
@@ -191,14 +178,13 @@ async fn python_and_rust_launchers_share_one_cluster() {
 
     // Both pools registered first (Python's takes a few seconds to start): a
     // label no registered pool serves would be failed, as upstream does.
-    let python_log = || std::fs::read_to_string(dir.join("python-launcher.log")).unwrap_or_default();
     let both = eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await;
     assert!(both, "python launcher did not register:\n{}", python_log());
     let (ids, nodes) = common::request_each(
         &t,
         &["py-ns", "py-pod", "rs-ns", "rs-pod"],
         Duration::from_secs(60),
-        python_log,
+        &python_log,
     )
     .await;
     // The same record shape from both launchers, for both label types.

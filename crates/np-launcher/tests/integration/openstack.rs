@@ -164,25 +164,11 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
             "labels:\n  - name: {label}\nproviders:\n  - name: {provider}\n    driver: openstack\n    cloud: {cloud_name}\n    region-name: RegionOne\n    rate: 0.01\n    cloud-images:\n      - name: cirros\n        username: cirros\n    pools:\n      - name: {pool}\n        max-servers: 2\n        host-key-checking: false\n        networks: [private]\n        labels:\n          - name: {label}\n            cloud-image: cirros\n            flavor-name: np-small\n            instance-properties:\n              team: ci\n"
         )
     };
-    let py_config = dir.join("python.yaml");
-    std::fs::write(
-        &py_config,
-        format!("{}{}", np_testing::zk_yaml_tls(&t.chroot), provider_yaml("py-os", "py", "py-small")),
-    )
-    .unwrap();
-    let python = std::path::PathBuf::from(np_testing::env("NP_PYTHON"));
-    let log = std::fs::File::create(dir.join("python-launcher.log")).unwrap();
-    let _py = np_testing::ChildGuard(
-        std::process::Command::new(python.with_file_name("nodepool-launcher"))
-            .arg("-c")
-            .arg(&py_config)
-            .args(["-f", "--no-webapp"])
-            .env("OS_CLIENT_CONFIG_FILE", &clouds)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let (_py, python_log) = common::python_launcher(
+        &t,
+        &dir,
+        &provider_yaml("py-os", "py", "py-small"),
+        &[("OS_CLIENT_CONFIG_FILE", std::ffi::OsStr::new(&clouds))],
     );
     let ours = np_config::load_str(&provider_yaml("rs-os", "rs", "rs-small"), "nodepool.yaml").unwrap();
     let np_config::ProviderDriver::OpenStack(o) = &ours.providers[0].driver else { panic!() };
@@ -199,11 +185,10 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
     let launcher =
         Launcher::start_with(&ours, t.zk.clone(), providers, Some(Duration::from_millis(300))).await.unwrap();
 
-    let python_log = || std::fs::read_to_string(dir.join("python-launcher.log")).unwrap_or_default();
     let both = eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await;
     assert!(both, "python launcher did not register:\n{}", python_log());
     let (ids, nodes) =
-        common::request_each(&t, &["py-small", "rs-small"], Duration::from_secs(90), python_log).await;
+        common::request_each(&t, &["py-small", "rs-small"], Duration::from_secs(90), &python_log).await;
     let (py, rs) = (&nodes[0], &nodes[1]);
     assert_eq!(py.provider.as_deref(), Some("py-os"));
     assert_eq!(rs.provider.as_deref(), Some("rs-os"));
