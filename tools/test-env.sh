@@ -1,38 +1,50 @@
 #!/usr/bin/env bash
 # A private, real ZooKeeper 3.8 for the tests, from Debian's `zookeeper`
-# package (tools/setup.sh installs it).
+# package (tools/setup.sh installs it): one server, or a quorum ensemble of
+# NP_ZK_SERVERS servers (3 or more) on loopback ports.
 #
-#   tools/test-env.sh start    start it (stopping an old one first)
-#   tools/test-env.sh stop     stop it and remove its data
-#   tools/test-env.sh status   say whether it runs (exit 0 if it does)
+#   tools/test-env.sh start       start it (stopping an old one first; fresh data)
+#   tools/test-env.sh stop        stop it and remove its data
+#   tools/test-env.sh status      say whether it runs (exit 0 if every server does)
+#   tools/test-env.sh kill [N]    SIGKILL server N (default: every server); its
+#                                 data, ports and sessions stay for `resume`
+#   tools/test-env.sh resume [N]  start server N (default: every stopped one)
+#                                 again on its ports with its data, and wait
+#                                 until it serves
+#   tools/test-env.sh leader      print the number of the ensemble's leader (1
+#                                 for a single server)
 #
-# Everything lives in <repo>/.test-env/ (git ignores it):
-#   zoo.cfg, zk-data/, zk.log, zk.pid   the server
+# Environment:
+#   NP_ZK_ENV_DIR   where everything lives (default <repo>/.test-env)
+#   NP_ZK_SERVERS   servers for `start` (default 1; an ensemble needs 3 or more)
+#
+# Everything lives in that directory (git ignores <repo>/.test-env):
+#   zoo.cfg, zk-data/, zk.log, zk.pid   server 1 (server N > 1: zoo-N.cfg,
+#                                       zk-data-N/, zk-N.log, zk-N.pid)
+#   ports                               one line per server: its client, TLS,
+#                                       quorum and election ports
 #   tls/                                a test CA, a server and a client
 #                                       certificate (PEM, keys in PKCS#8)
 #   env.sh                              exports for the tests (below)
 #
-# The server listens on 127.0.0.1 only: on a free plain port and on a free
+# Every server listens on 127.0.0.1 only: on a free plain port and on a free
 # TLS port (client certificates required, as Nodepool and Zuul use it).
 # env.sh exports
-#   NP_ZK_HOSTS        127.0.0.1:<plain port>
-#   NP_ZK_TLS_HOSTS    127.0.0.1:<tls port>
+#   NP_ZK_HOSTS        127.0.0.1:<plain port>[,127.0.0.1:<plain port>...]
+#   NP_ZK_TLS_HOSTS    127.0.0.1:<tls port>[,...]
 #   NP_ZK_TLS_CA       CA certificate (PEM)
 #   NP_ZK_TLS_CERT     client certificate (PEM)
 #   NP_ZK_TLS_KEY      client key (PEM, PKCS#8)
 #   NP_PYTHON          the venv's python (with kazoo and nodepool 11)
-#   NP_TEST_ENV_DIR    <repo>/.test-env
+#   NP_TEST_ENV_DIR    the directory above
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DIR="$REPO/.test-env"
+DIR="${NP_ZK_ENV_DIR:-$REPO/.test-env}"
 VENV="${NP_VENV:-$REPO/.venv}"
-DATA="$DIR/zk-data"
 TLS="$DIR/tls"
-CFG="$DIR/zoo.cfg"
-LOG="$DIR/zk.log"
-PIDFILE="$DIR/zk.pid"
 ENVFILE="$DIR/env.sh"
+PORTS="$DIR/ports"
 START_TIMEOUT="${NP_ZK_START_TIMEOUT:-60}"
 MAIN_CLASS=org.apache.zookeeper.server.quorum.QuorumPeerMain
 
@@ -42,18 +54,41 @@ die() {
     exit 1
 }
 
-# The pid of our ZooKeeper if it runs, else nothing (and status 1). The pid is
-# checked against its command line, so a recycled pid is never taken for it.
+# Per-server file names: server 1 keeps the single-server names.
+sfx() { if [ "$1" = 1 ]; then echo ""; else echo "-$1"; fi; }
+cfg_of() { echo "$DIR/zoo$(sfx "$1").cfg"; }
+data_of() { echo "$DIR/zk-data$(sfx "$1")"; }
+log_of() { echo "$DIR/zk$(sfx "$1").log"; }
+pid_of() { echo "$DIR/zk$(sfx "$1").pid"; }
+
+# The number of servers of the environment (from its ports file), or
+# NP_ZK_SERVERS for a new one.
+server_count() {
+    if [ -s "$PORTS" ]; then
+        wc -l <"$PORTS" | tr -d ' '
+    else
+        echo "${NP_ZK_SERVERS:-1}"
+    fi
+}
+
+# port N FIELD: FIELD 1 client, 2 TLS, 3 quorum, 4 election port of server N.
+port() { sed -n "${1}p" "$PORTS" | awk -v f="$2" '{ print $f }'; }
+
+# The pid of server N if it runs, else nothing (and status 1). The pid is
+# checked against its command line, so a recycled pid is never taken for it;
+# a zombie (our own exited child) counts as gone.
 running_pid() {
-    [ -f "$PIDFILE" ] || return 1
-    local pid
-    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
+    local n="${1:-1}" pidfile cfg pid cmd
+    pidfile="$(pid_of "$n")"
+    cfg="$(cfg_of "$n")"
+    [ -f "$pidfile" ] || return 1
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [ -r "/proc/$pid/cmdline" ] || return 1
-    local cmd
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)" != Z ] || return 1
     cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
     case "$cmd" in
-        *"$MAIN_CLASS $CFG"*) printf '%s\n' "$pid" ;;
+        *"$MAIN_CLASS $cfg"*) printf '%s\n' "$pid" ;;
         *) return 1 ;;
     esac
 }
@@ -83,19 +118,6 @@ zk_classpath() {
         [ -f "$java/$j.jar" ] && cp="$cp:$java/$j.jar"
     done
     printf '%s\n' "${cp#:}"
-}
-
-# Two distinct free TCP ports on 127.0.0.1.
-free_ports() {
-    python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(2):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
 }
 
 # A CA, a server certificate (127.0.0.1, localhost) and a client certificate,
@@ -160,53 +182,72 @@ EOF
     }
 }
 
-do_stop() {
-    local pid
-    if pid="$(running_pid)"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 100); do
-            [ -d "/proc/$pid" ] || break
-            # A zombie (our own child in `start`) counts as gone.
-            if [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)" = Z ]; then break; fi
-            sleep 0.1
-            if [ "$i" = 50 ]; then kill -KILL "$pid" 2>/dev/null || true; fi
-        done
-        say "stopped ZooKeeper (pid $pid)"
-    fi
-    rm -rf "$DATA"
-    rm -f "$PIDFILE" "$ENVFILE" "$CFG"
+# N distinct free TCP ports on 127.0.0.1, on one line.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
 }
 
-# Prints the ZooKeeper log and fails.
+# Stops server N: TERM, then KILL after 5 s; with "now", KILL at once.
+# Keeps its data.
+halt() {
+    local n="$1" how="${2:-}" pid i
+    pid="$(running_pid "$n")" || return 0
+    if [ "$how" = now ]; then
+        kill -KILL "$pid" 2>/dev/null || true
+    else
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    for i in $(seq 1 100); do
+        running_pid "$n" >/dev/null || break
+        sleep 0.1
+        if [ "$i" = 50 ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
+    say "stopped ZooKeeper server $n (pid $pid)"
+}
+
+do_stop() {
+    local n
+    for n in $(seq 1 "$(server_count)"); do
+        halt "$n"
+        rm -rf "$(data_of "$n")"
+        rm -f "$(pid_of "$n")" "$(cfg_of "$n")"
+    done
+    rm -f "$ENVFILE" "$PORTS"
+}
+
+# Prints server N's log and fails.
 fail_with_log() {
-    printf 'test-env: ERROR: %s\n--- %s ---\n' "$1" "$LOG" >&2
-    tail -n 80 "$LOG" >&2 || true
+    printf 'test-env: ERROR: %s\n--- %s ---\n' "$2" "$(log_of "$1")" >&2
+    tail -n 80 "$(log_of "$1")" >&2 || true
     do_stop >&2 || true
     exit 1
 }
 
-# Writes zoo.cfg for two new free ports, starts the JVM and waits until it
-# answers `ruok`. Sets plain, tls and pid. Returns 1 when the JVM died because
-# a port was taken (worth another try); fails outright otherwise.
-launch() {
-    local cp="$1" deadline="$2" ports
-    ports="$(free_ports)"
-    plain="${ports% *}"
-    tls="${ports#* }"
-
-    cat >"$CFG" <<EOF
+# Writes server N's zoo.cfg (and, in an ensemble, its myid) from the ports file.
+write_config() {
+    local n="$1" count="$2" data i
+    data="$(data_of "$n")"
+    mkdir -p "$data"
+    cat >"$(cfg_of "$n")" <<EOF
 # Written by tools/test-env.sh; removed by 'tools/test-env.sh stop'.
 tickTime=500
 minSessionTimeout=1000
 maxSessionTimeout=60000
 initLimit=10
 syncLimit=5
-dataDir=$DATA
+dataDir=$data
 clientPortAddress=127.0.0.1
-clientPort=$plain
+clientPort=$(port "$n" 1)
 secureClientPortAddress=127.0.0.1
-secureClientPort=$tls
+secureClientPort=$(port "$n" 2)
 serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory
 ssl.keyStore.location=$TLS/server.pem
 ssl.keyStore.type=PEM
@@ -220,8 +261,17 @@ maxClientCnxns=0
 forceSync=no
 autopurge.purgeInterval=0
 EOF
+    if [ "$count" -gt 1 ]; then
+        for i in $(seq 1 "$count"); do
+            echo "server.$i=127.0.0.1:$(port "$i" 3):$(port "$i" 4)" >>"$(cfg_of "$n")"
+        done
+        echo "$n" >"$data/myid"
+    fi
+}
 
-    : >"$LOG"
+# Starts server N's JVM in the background, appending to its log.
+spawn() {
+    local n="$1" cp="$2"
     # setsid + nohup: ZooKeeper outlives the shell that started it. With job
     # control off, the background job is no process group leader, so setsid
     # execs in place and $! is the JVM's pid.
@@ -234,25 +284,59 @@ EOF
         -Dorg.slf4j.simpleLogger.defaultLogLevel=info \
         -Dorg.slf4j.simpleLogger.showDateTime=true \
         -Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS \
-        -cp "$cp" "$MAIN_CLASS" "$CFG" </dev/null >>"$LOG" 2>&1 &
-    pid=$!
-    printf '%s\n' "$pid" >"$PIDFILE"
+        -cp "$cp" "$MAIN_CLASS" "$(cfg_of "$n")" </dev/null >>"$(log_of "$n")" 2>&1 &
+    printf '%s\n' "$!" >"$(pid_of "$n")"
+}
 
-    local answer=""
+# The mode server N reports (standalone, leader, follower), or nothing.
+mode_of() {
+    echo srvr | nc -w 2 127.0.0.1 "$(port "$1" 1)" 2>/dev/null | sed -n 's/^Mode: //p' || true
+}
+
+# Waits until server N serves clients (standalone, or a member of a quorum).
+# Returns 1 when its JVM died because a port was taken (worth another try
+# with new ports); fails outright on any other death or at the deadline.
+await_server() {
+    local n="$1" deadline="$2"
     while :; do
-        if ! running_pid >/dev/null; then
-            if grep -q 'Address already in use' "$LOG"; then
+        if ! running_pid "$n" >/dev/null; then
+            if grep -q 'Address already in use' "$(log_of "$n")"; then
                 return 1
             fi
-            fail_with_log "ZooKeeper exited during start"
+            fail_with_log "$n" "ZooKeeper server $n exited during start"
         fi
-        answer="$(echo ruok | nc -w 2 127.0.0.1 "$plain" 2>/dev/null || true)"
-        [ "$answer" = imok ] && return 0
+        case "$(mode_of "$n")" in standalone | leader | follower) return 0 ;; esac
         if [ "$SECONDS" -ge "$deadline" ]; then
-            fail_with_log "ZooKeeper did not answer ruok on 127.0.0.1:$plain within ${START_TIMEOUT}s"
+            fail_with_log "$n" "ZooKeeper server $n did not serve on 127.0.0.1:$(port "$n" 1) within ${START_TIMEOUT}s"
         fi
         sleep 0.2
     done
+}
+
+# Server N's TLS port must complete a handshake with our client certificate.
+await_tls() {
+    local n="$1" deadline="$2" out="" tls
+    tls="$(port "$n" 2)"
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if out="$(openssl s_client -connect "127.0.0.1:$tls" -servername localhost \
+            -CAfile "$TLS/ca.pem" -cert "$TLS/client.pem" -key "$TLS/client.key" \
+            -verify_return_error -verify_ip 127.0.0.1 </dev/null 2>&1)" &&
+            grep -q 'Verify return code: 0 (ok)' <<<"$out"; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    printf '%s\n' "$out" >&2
+    fail_with_log "$n" "no TLS handshake on 127.0.0.1:$tls"
+}
+
+# The client addresses of every server (FIELD 1 plain, 2 TLS), comma-separated.
+host_list() {
+    local n out=""
+    for n in $(seq 1 "$(server_count)"); do
+        out="$out,127.0.0.1:$(port "$n" "$1")"
+    done
+    echo "${out#,}"
 }
 
 do_start() {
@@ -261,62 +345,129 @@ do_start() {
     command -v openssl >/dev/null 2>&1 || die "openssl not found (run tools/setup.sh)"
     mkdir -p "$DIR"
     do_stop >/dev/null
+    local count="${NP_ZK_SERVERS:-1}"
+    if ! [[ "$count" =~ ^[0-9]+$ ]] || [ "$count" -lt 1 ]; then
+        die "NP_ZK_SERVERS must be a positive number"
+    fi
+    [ "$count" = 1 ] || [ "$count" -ge 3 ] || die "an ensemble needs at least 3 servers (NP_ZK_SERVERS=$count)"
     make_tls
-    mkdir -p "$DATA"
 
-    local cp
+    local cp deadline=$((SECONDS + START_TIMEOUT)) attempt n ok
     cp="$(zk_classpath)"
-    local deadline=$((SECONDS + START_TIMEOUT)) attempt plain="" tls="" pid=""
     for attempt in 1 2 3; do
         # Another process may take a port between free_ports and the JVM's
         # bind: then try again with new ones.
-        if launch "$cp" "$deadline"; then
-            break
-        fi
-        [ "$attempt" = 3 ] && fail_with_log "ZooKeeper could not bind its ports (3 tries)"
+        : >"$PORTS"
+        for n in $(seq 1 "$count"); do
+            free_ports 4 >>"$PORTS"
+        done
+        for n in $(seq 1 "$count"); do
+            write_config "$n" "$count"
+            : >"$(log_of "$n")"
+            spawn "$n" "$cp"
+        done
+        ok=1
+        for n in $(seq 1 "$count"); do
+            await_server "$n" "$deadline" || {
+                ok=0
+                break
+            }
+        done
+        [ "$ok" = 1 ] && break
+        [ "$attempt" = 3 ] && fail_with_log "$n" "ZooKeeper could not bind its ports (3 tries)"
         do_stop >/dev/null
-        mkdir -p "$DATA"
     done
-
-    # The TLS port must complete a handshake with our client certificate.
-    local tls_ok=0 out=""
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        if out="$(openssl s_client -connect "127.0.0.1:$tls" -servername localhost \
-            -CAfile "$TLS/ca.pem" -cert "$TLS/client.pem" -key "$TLS/client.key" \
-            -verify_return_error -verify_ip 127.0.0.1 </dev/null 2>&1)" &&
-            grep -q 'Verify return code: 0 (ok)' <<<"$out"; then
-            tls_ok=1
-            break
-        fi
-        sleep 0.2
+    for n in $(seq 1 "$count"); do
+        await_tls "$n" "$deadline"
     done
-    if [ "$tls_ok" != 1 ]; then
-        printf '%s\n' "$out" >&2
-        fail_with_log "no TLS handshake on 127.0.0.1:$tls"
-    fi
 
     cat >"$ENVFILE" <<EOF
 # Written by tools/test-env.sh start; source it.
-export NP_ZK_HOSTS='127.0.0.1:$plain'
-export NP_ZK_TLS_HOSTS='127.0.0.1:$tls'
+export NP_ZK_HOSTS='$(host_list 1)'
+export NP_ZK_TLS_HOSTS='$(host_list 2)'
 export NP_ZK_TLS_CA='$TLS/ca.pem'
 export NP_ZK_TLS_CERT='$TLS/client.pem'
 export NP_ZK_TLS_KEY='$TLS/client.key'
 export NP_PYTHON='$VENV/bin/python'
 export NP_TEST_ENV_DIR='$DIR'
 EOF
-    say "ZooKeeper (pid $pid) on 127.0.0.1:$plain, TLS on 127.0.0.1:$tls; source $ENVFILE"
+    if [ "$count" = 1 ]; then
+        say "ZooKeeper (pid $(cat "$(pid_of 1)")) on 127.0.0.1:$(port 1 1), TLS on 127.0.0.1:$(port 1 2); source $ENVFILE"
+    else
+        say "ZooKeeper ensemble of $count servers on $(host_list 1) (TLS $(host_list 2)), leader: server $(do_leader); source $ENVFILE"
+    fi
+}
+
+# The servers a command names: N, or every server.
+servers_named() {
+    local count
+    count="$(server_count)"
+    if [ -n "${1:-}" ]; then
+        if ! [[ "$1" =~ ^[0-9]+$ ]] || [ "$1" -lt 1 ] || [ "$1" -gt "$count" ]; then
+            die "no server $1 (there are $count)"
+        fi
+        echo "$1"
+    else
+        seq 1 "$count"
+    fi
+}
+
+do_kill() {
+    [ -s "$PORTS" ] || die "not started"
+    local n
+    for n in $(servers_named "${1:-}"); do
+        halt "$n" now
+    done
+}
+
+do_resume() {
+    [ -s "$PORTS" ] || die "not started"
+    local cp n deadline=$((SECONDS + START_TIMEOUT)) started=()
+    cp="$(zk_classpath)"
+    for n in $(servers_named "${1:-}"); do
+        running_pid "$n" >/dev/null && continue
+        spawn "$n" "$cp"
+        started+=("$n")
+    done
+    for n in "${started[@]}"; do
+        await_server "$n" "$deadline" || fail_with_log "$n" "server $n could not bind its ports again"
+        say "resumed ZooKeeper server $n (pid $(cat "$(pid_of "$n")"), $(mode_of "$n"))"
+    done
+}
+
+do_leader() {
+    [ -s "$PORTS" ] || die "not started"
+    local n
+    for n in $(seq 1 "$(server_count)"); do
+        case "$(mode_of "$n")" in leader | standalone)
+            echo "$n"
+            return 0
+            ;;
+        esac
+    done
+    return 1
 }
 
 do_status() {
-    local pid
-    if pid="$(running_pid)"; then
-        local hosts=""
-        [ -f "$ENVFILE" ] && hosts="$(sed -n "s/^export NP_ZK_HOSTS='\(.*\)'$/\1/p" "$ENVFILE")"
-        say "running (pid $pid${hosts:+, $hosts})"
+    local n count up=0 hosts=""
+    count="$(server_count)"
+    [ -f "$ENVFILE" ] && hosts="$(sed -n "s/^export NP_ZK_HOSTS='\(.*\)'$/\1/p" "$ENVFILE")"
+    for n in $(seq 1 "$count"); do
+        if running_pid "$n" >/dev/null; then up=$((up + 1)); fi
+    done
+    if [ "$up" = "$count" ] && [ -s "$PORTS" ]; then
+        if [ "$count" = 1 ]; then
+            say "running (pid $(running_pid 1)${hosts:+, $hosts})"
+        else
+            say "running: $count servers${hosts:+, $hosts}"
+        fi
         return 0
     fi
-    say "not running"
+    if [ "$up" -gt 0 ]; then
+        say "$up of $count servers running"
+    else
+        say "not running"
+    fi
     return 1
 }
 
@@ -324,8 +475,11 @@ case "${1:-}" in
     start) do_start ;;
     stop) do_stop ;;
     status) do_status ;;
+    kill) do_kill "${2:-}" ;;
+    resume) do_resume "${2:-}" ;;
+    leader) do_leader ;;
     *)
-        echo "usage: $0 start|stop|status" >&2
+        echo "usage: $0 start|stop|status|kill [N]|resume [N]|leader" >&2
         exit 2
         ;;
 esac

@@ -3,6 +3,7 @@
 #
 #   tools/test.sh                    everything
 #   TEST_ARGS='np_zk::' tools/test.sh    only tests matching a filter
+#   NP_CHAOS=0 tools/test.sh         without the chaos subset (tools/chaos.sh --ci)
 #
 # Installs what is missing (tools/setup.sh), starts a private ZooKeeper with
 # TLS (tools/test-env.sh; the tests read the NP_ZK_* variables from
@@ -70,5 +71,12 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --all-targets --no-fail-fast --no-tests=warn "${extra[@]}" || status=$?
 else
     cargo test --workspace --all-targets --no-fail-fast "${extra[@]}" || status=$?
+fi
+
+# The chaos suite's short subset (tools/chaos.sh --ci: one launcher kill -9,
+# one ZooKeeper restart, 1,000 malformed znodes, the checker's self-test),
+# on a full run only; NP_CHAOS=0 skips it.
+if [ -z "${TEST_ARGS:-}" ] && [ "${NP_CHAOS:-1}" != 0 ]; then
+    tools/chaos.sh --ci || status=$?
 fi
 exit "$status"

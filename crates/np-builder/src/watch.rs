@@ -53,7 +53,17 @@ pub async fn watch_tree(zk: Zk, root: &'static str, all: Vec<Arc<Notify>>, cance
                     if event.event_type == EventType::Session {
                         match event.session_state {
                             SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                                debug!(root, "reconnected");
+                                debug!(root, "reconnected; adding the watch again");
+                                // The session moved to a new connection, which
+                                // lacks our persistent watch (see np_zk::rewatch).
+                                match np_zk::rewatch(&zk.client(), root, AddWatchMode::PersistentRecursive).await {
+                                    Ok(w) => watcher = w,
+                                    Err(e) => {
+                                        warn!(root, error = %e, "cannot add the persistent watch again; retrying");
+                                        tokio::time::sleep(Duration::from_millis(500)).await;
+                                        continue 'session;
+                                    }
+                                }
                                 notify(&all);
                             }
                             s if s.is_terminated() => {

@@ -8,11 +8,20 @@
 //! find them. A shared [`FakeCloud`] handle lets tests and benchmarks inject
 //! failures (launch errors, quota errors, stuck deletes) and plant leaked
 //! instances. Addresses handed out are loopback addresses only.
+//!
+//! A cloud lives in the launcher's memory, so it is gone when the process
+//! is. With `NODEPOOL_FAKE_STATE_DIR` set ([`STATE_DIR_ENV`]), its instances
+//! are kept in `<dir>/<provider>.json` instead ([`FakeCloud::persistent`]):
+//! they outlive a killed launcher, as a real cloud's do, and launchers
+//! started with the same directory share them (every change takes an
+//! exclusive `flock` on `<dir>/<provider>.lock` and rewrites the file
+//! atomically). The chaos suite uses it to count leaked instances.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use np_core::Quota;
@@ -62,10 +71,14 @@ impl Default for FakeSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+/// The environment variable naming the directory of persistent fake clouds.
+pub const STATE_DIR_ENV: &str = "NODEPOOL_FAKE_STATE_DIR";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct FakeServer {
     id: String,
-    ready_at: Instant,
+    /// When it becomes active (seconds since the epoch).
+    ready_at: f64,
     metadata: BTreeMap<String, String>,
     ip: String,
     /// The uploaded image it boots (diskimage labels).
@@ -87,8 +100,59 @@ pub struct FakeImage {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// What a persistent cloud keeps in its file.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Stored {
+    servers: BTreeMap<String, FakeServer>,
+}
+
+/// The file of a persistent cloud, and its lock.
+#[derive(Debug)]
+struct Store {
+    path: PathBuf,
+    lock: PathBuf,
+}
+
+impl Store {
+    /// Runs `f` on the stored servers under the file lock (exclusive when
+    /// `write`, and then the result is written back atomically).
+    fn with<R>(&self, write: bool, f: impl FnOnce(&mut BTreeMap<String, FakeServer>) -> R) -> R {
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&self.lock);
+        let lock = match lock {
+            Ok(file) => {
+                let locked = if write { file.lock() } else { file.lock_shared() };
+                locked.ok().map(|_| file)
+            }
+            Err(_) => None,
+        };
+        let mut stored: Stored = std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let out = f(&mut stored.servers);
+        if write {
+            let tmp = self.path.with_extension("json.tmp");
+            let written = serde_json::to_vec(&stored)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, &self.path));
+            if let Err(e) = written {
+                // A simulation only: say so loudly, but keep the launcher going.
+                eprintln!("fake cloud: cannot write {}: {e}", self.path.display());
+            }
+        }
+        drop(lock);
+        out
+    }
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 #[derive(Debug, Default)]
 struct CloudState {
+    /// The instances, unless the cloud is persistent ([`FakeCloud::store`]).
     servers: BTreeMap<String, FakeServer>,
     images: BTreeMap<String, FakeImage>,
     fail_uploads: u32,
@@ -109,6 +173,8 @@ pub struct FakeCloud {
     settings: Arc<Mutex<FakeSettings>>,
     state: Arc<Mutex<CloudState>>,
     counter: Arc<AtomicU64>,
+    /// Where a persistent cloud keeps its instances.
+    store: Option<Arc<Store>>,
 }
 
 impl FakeCloud {
@@ -119,6 +185,31 @@ impl FakeCloud {
             settings: Arc::new(Mutex::new(settings)),
             state: Arc::new(Mutex::new(CloudState::default())),
             counter: Arc::new(AtomicU64::new(1)),
+            store: None,
+        }
+    }
+
+    /// A cloud whose instances live in `<dir>/<name>.json` (see the
+    /// module's documentation): it starts with the instances the file holds.
+    pub fn persistent(name: &str, settings: FakeSettings, dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let store = Store { path: dir.join(format!("{name}.json")), lock: dir.join(format!("{name}.lock")) };
+        Ok(FakeCloud { store: Some(Arc::new(store)), ..FakeCloud::new(name, settings) })
+    }
+
+    /// Reads the instances.
+    fn servers<R>(&self, f: impl FnOnce(&BTreeMap<String, FakeServer>) -> R) -> R {
+        match &self.store {
+            Some(store) => store.with(false, |s| f(s)),
+            None => f(&self.state().servers),
+        }
+    }
+
+    /// Changes the instances.
+    fn servers_mut<R>(&self, f: impl FnOnce(&mut BTreeMap<String, FakeServer>) -> R) -> R {
+        match &self.store {
+            Some(store) => store.with(true, f),
+            None => f(&mut self.state().servers),
         }
     }
 
@@ -155,28 +246,28 @@ impl FakeCloud {
         let id = self.next_id();
         let server = FakeServer {
             id: id.clone(),
-            ready_at: Instant::now(),
+            ready_at: epoch_now(),
             metadata,
             ip: "127.0.0.1".into(),
             image: None,
         };
-        self.state().servers.insert(id.clone(), server);
+        self.servers_mut(|s| s.insert(id.clone(), server));
         id
     }
 
     /// Removes an instance as if someone deleted it outside Nodepool.
     pub fn remove_instance(&self, id: &str) -> bool {
-        self.state().servers.remove(id).is_some()
+        self.servers_mut(|s| s.remove(id).is_some())
     }
 
     /// Ids of the instances that exist.
     pub fn server_ids(&self) -> Vec<String> {
-        self.state().servers.keys().cloned().collect()
+        self.servers(|s| s.keys().cloned().collect())
     }
 
     /// The uploaded image (its cloud id) a server boots, for diskimage labels.
     pub fn server_image(&self, id: &str) -> Option<String> {
-        self.state().servers.get(id).and_then(|s| s.image.clone())
+        self.servers(|s| s.get(id).and_then(|s| s.image.clone()))
     }
 
     /// The images uploaded so far (and not deleted).
@@ -221,7 +312,7 @@ impl FakeCloud {
     }
 
     fn usage(&self) -> (u64, f64, f64) {
-        let n = self.state().servers.len() as u64;
+        let n = self.servers(|s| s.len() as u64);
         (n, n as f64 * FAKE_CORES, n as f64 * FAKE_RAM)
     }
 }
@@ -301,24 +392,23 @@ impl CreateMachine for FakeCreate {
                 .unwrap_or_else(|| format!("127.0.{}.{}", (n / 250) % 250, n % 250 + 1));
             let server = FakeServer {
                 id: id.clone(),
-                ready_at: Instant::now() + settings.launch_delay,
+                ready_at: epoch_now() + settings.launch_delay.as_secs_f64(),
                 metadata: self.request.metadata.clone(),
                 ip,
                 image: self.request.image_external_id.clone(),
             };
-            let mut state = self.cloud.state();
-            state.creates += 1;
-            state.servers.insert(id.clone(), server);
+            self.cloud.state().creates += 1;
+            self.cloud.servers_mut(|s| s.insert(id.clone(), server));
             self.server = Some(id);
             return Ok(Step::Pending(Duration::ZERO));
         };
-        let server = self.cloud.state().servers.get(&id).cloned();
+        let server = self.cloud.servers(|s| s.get(&id).cloned());
         let Some(server) = server else {
             return Err(ProviderError::Fatal(format!("server {id} disappeared")));
         };
-        let now = Instant::now();
+        let now = epoch_now();
         if server.ready_at > now {
-            return Ok(Step::Pending(server.ready_at - now));
+            return Ok(Step::Pending(Duration::from_secs_f64(server.ready_at - now)));
         }
         Ok(Step::Done(Instance {
             external_id: Value::from(server.id.clone()),
@@ -363,13 +453,12 @@ impl DeleteMachine for FakeDelete {
             self.called = true;
             self.limiter.acquire().await;
         }
-        let mut state = self.cloud.state();
-        if state.stuck_deletes {
+        if self.cloud.state().stuck_deletes {
             return Ok(Step::Pending(Duration::from_millis(100)));
         }
         if let Some(id) = &self.id {
-            if state.servers.remove(id).is_some() {
-                state.deletes += 1;
+            if self.cloud.servers_mut(|s| s.remove(id).is_some()) {
+                self.cloud.state().deletes += 1;
             }
         }
         Ok(Step::Done(()))
@@ -402,17 +491,17 @@ impl Provider for FakeProvider {
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {
-        let state = self.cloud.state();
-        Ok(state
-            .servers
-            .values()
-            .map(|s| Instance {
-                external_id: Value::from(s.id.clone()),
-                interface_ip: Some(s.ip.clone()),
-                metadata: s.metadata.clone(),
-                ..Instance::default()
-            })
-            .collect())
+        Ok(self.cloud.servers(|servers| {
+            servers
+                .values()
+                .map(|s| Instance {
+                    external_id: Value::from(s.id.clone()),
+                    interface_ip: Some(s.ip.clone()),
+                    metadata: s.metadata.clone(),
+                    ..Instance::default()
+                })
+                .collect()
+        }))
     }
 
     async fn quota_limits(&self) -> Result<Quota, ProviderError> {
@@ -426,15 +515,15 @@ impl Provider for FakeProvider {
     }
 
     async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, ProviderError> {
-        let state = self.cloud.state();
-        Ok(state
-            .servers
-            .values()
-            .map(|s| InstanceUsage {
-                metadata: s.metadata.clone(),
-                quota: Quota::new(Some(FAKE_CORES), Some(1.0), Some(FAKE_RAM), 0.0),
-            })
-            .collect())
+        Ok(self.cloud.servers(|servers| {
+            servers
+                .values()
+                .map(|s| InstanceUsage {
+                    metadata: s.metadata.clone(),
+                    quota: Quota::new(Some(FAKE_CORES), Some(1.0), Some(FAKE_RAM), 0.0),
+                })
+                .collect()
+        }))
     }
 
     fn usage_refresh(&self) -> Option<Duration> {
@@ -530,6 +619,41 @@ mod tests {
         assert!(matches!(block_on(run(&mut m3)), Err(ProviderError::Fatal(_))));
         assert_eq!(cloud.counts(), (1, 1));
         assert!(block_on(p.list_instances()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_persistent_cloud_outlives_its_process_and_is_shared() {
+        let dir = std::env::temp_dir().join(format!("np-fake-{}-{}", std::process::id(), line!()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = FakeCloud::persistent("p", FakeSettings::default(), &dir).unwrap();
+        let p = FakeProvider::new(first.clone(), None);
+        let mut m = p.create(LaunchRequest::new("0000000001", "p", "main", "small"));
+        let inst = block_on(run(&mut m)).unwrap();
+        let planted = first.plant_instance(BTreeMap::from([("k".to_owned(), "v".to_owned())]));
+        drop((first, p));
+        // A new process (a new cloud handle on the same directory) sees both,
+        // and so does a second handle at the same time.
+        let again = FakeCloud::persistent("p", FakeSettings::default(), &dir).unwrap();
+        let other = FakeCloud::persistent("p", FakeSettings::default(), &dir).unwrap();
+        let mut ids = again.server_ids();
+        ids.sort();
+        let mut want = vec![inst.external_id.as_str().unwrap().to_owned(), planted.clone()];
+        want.sort();
+        assert_eq!(ids, want);
+        let listed = block_on(FakeProvider::new(other.clone(), None).list_instances()).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed
+            .iter()
+            .any(|i| i.metadata.get("nodepool_node_id").map(String::as_str) == Some("0000000001")));
+        // A delete through one handle is seen through the other.
+        let p2 = FakeProvider::new(again.clone(), None);
+        assert_eq!(block_on(p2.delete(&inst.external_id).step()).unwrap(), Step::Done(()));
+        assert_eq!(other.server_ids(), vec![planted.clone()]);
+        assert!(other.remove_instance(&planted));
+        assert!(again.server_ids().is_empty());
+        // Another cloud name in the same directory is another cloud.
+        assert!(FakeCloud::persistent("q", FakeSettings::default(), &dir).unwrap().server_ids().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

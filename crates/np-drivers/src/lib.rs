@@ -93,7 +93,15 @@ fn build_one(
                     .and_then(|v| v.parse().ok())
                     .map(Duration::from_millis)
                     .unwrap_or_default();
-                FakeCloud::new(&p.name, FakeSettings { launch_delay: delay, ..FakeSettings::default() })
+                let settings = FakeSettings { launch_delay: delay, ..FakeSettings::default() };
+                match std::env::var_os(np_driver_fake::STATE_DIR_ENV) {
+                    Some(dir) => FakeCloud::persistent(&p.name, settings.clone(), std::path::Path::new(&dir))
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(provider = %p.name, error = %e, "cannot keep the fake cloud on disk; it stays in memory");
+                            FakeCloud::new(&p.name, settings)
+                        }),
+                    None => FakeCloud::new(&p.name, settings),
+                }
             });
             Arc::new(FakeProvider::new(cloud, os.region_name.clone()).with_rate(os.rate))
         }

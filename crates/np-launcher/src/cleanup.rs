@@ -4,7 +4,11 @@
 //! * delete unlocked nodes of our providers in cleanup states (`used`,
 //!   `in-use` whose holder vanished, `failed`, `aborted`, `building` after a
 //!   crash, `deleting`): lock, mark `deleting`, delete the instance, delete
-//!   the znode (spec launcher §4.7);
+//!   the znode (spec launcher §4.7). A `building` node whose launcher died
+//!   before it could record the instance's id has its instance looked up by
+//!   the node id it is tagged with, so the crash leaks nothing (upstream
+//!   leaves that to the leak cleanup, two passes later). Every write goes
+//!   through the node lock's session;
 //! * clear `allocated_to` on unlocked ready nodes whose request is gone;
 //! * keep `min-ready` nodes: one ephemeral request at priority 900 per missing
 //!   node; fulfilled min-ready requests give their nodes back and are deleted.
@@ -165,10 +169,11 @@ async fn delete_one(
     };
     // Under our lock the cached record is current (its writers all hold the
     // lock); without a cache, read it.
+    let fenced = lock.fenced();
     let cached = nodes.and_then(|c| c.get(id)).map(|e| (*e.value).clone());
     let mut node = match cached {
         Some(node) => node,
-        None => match zk.get_node(id).await? {
+        None => match fenced.get_node(id).await? {
             Some((node, _)) => node,
             None => {
                 let _ = lock.release().await;
@@ -181,6 +186,11 @@ async fn delete_one(
         return Ok(());
     }
     info!(node = %id, state = %node.state, "deleting node");
+    if node.external_id.is_none() && node.state == NodeState::Building {
+        // A launch that died between the cloud's create and recording the
+        // id: find the instance by its tag.
+        node.external_id = tagged_instance(provider, &node).await;
+    }
     // Upstream marks the node `deleting` before the cloud delete. When the
     // driver finishes the delete in its first step (static nodes, instant
     // clouds) there is nothing for anyone to see in between, so the write is
@@ -198,8 +208,8 @@ async fn delete_one(
         if node.state != NodeState::Deleting {
             node.set_state(NodeState::Deleting);
             match nodes {
-                Some(cache) => zk.update_node_cached(cache, &node, None).await?,
-                None => zk.update_node(&node).await?,
+                Some(cache) => fenced.update_node_cached(cache, &node, None).await?,
+                None => fenced.update_node(&node).await?,
             };
         }
         if let Some(Err(e)) = first {
@@ -215,6 +225,24 @@ async fn delete_one(
     }
     zk.delete_locked_node(&mut node, lock).await?;
     Ok(())
+}
+
+/// The cloud id of the instance tagged with this node's id and provider, if
+/// the cloud has one.
+async fn tagged_instance(provider: &dyn Provider, node: &np_core::Node) -> Option<serde_json::Value> {
+    let instances = match provider.list_instances().await {
+        Ok(i) => i,
+        Err(e) => {
+            debug!(node = %node.id, error = %e, "cannot list instances to find the node's");
+            return None;
+        }
+    };
+    let found = instances.into_iter().find(|i| {
+        i.metadata.get(np_provider::META_NODE_ID) == Some(&node.id)
+            && i.metadata.get(np_provider::META_PROVIDER).map(String::as_str) == node.provider.as_deref()
+    })?;
+    info!(node = %node.id, instance = %found.external_id, "found the instance of a launch that died before recording it");
+    Some(found.external_id)
 }
 
 async fn deallocate_orphans(shared: &SharedState, only: Option<&HashSet<String>>) {
@@ -235,13 +263,15 @@ async fn deallocate_orphans(shared: &SharedState, only: Option<&HashSet<String>>
             continue;
         }
         let Ok(Some(lock)) = zk.lock_node(&node.id, LockOptions::try_once()).await else { continue };
-        if let Ok(Some((mut fresh, stat))) = zk.get_node(&node.id).await {
+        let fenced = lock.fenced();
+        if let Ok(Some((mut fresh, stat))) = fenced.get_node(&node.id).await {
             if fresh.state == NodeState::Ready && fresh.allocated_to.as_deref() == Some(request) {
                 debug!(node = %fresh.id, request, "request gone; deallocating node");
                 fresh.allocated_to = None;
                 // Versioned: an unconditional writer (a client that changed the
                 // node without locking it) must not be overwritten.
-                let _ = zk.set(&np_zk::paths::node(&fresh.id), &fresh.to_json(), Some(stat.version)).await;
+                let _ =
+                    fenced.set(&np_zk::paths::node(&fresh.id), &fresh.to_json(), Some(stat.version)).await;
             }
         }
         let _ = lock.release().await;

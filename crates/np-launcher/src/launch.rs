@@ -5,6 +5,11 @@
 //! assigns it (so a crash cannot leak the instance: cleanup finds the id on
 //! the node), deleting the half-created instance of a failed attempt, and the
 //! quota path (node `aborted`, the pool pauses and relaunches later).
+//!
+//! A launch writes through the node lock's session (the `zk` it is given is
+//! fenced). When that session is lost the launch stops at its next step,
+//! deletes the instance it created, if any, and writes nothing: the node is
+//! no longer ours, and whoever cleans it up finds no instance to leak.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +83,20 @@ pub enum LaunchOutcome {
     Aborted(Node),
     /// All attempts failed; the node is `failed`.
     Failed(Node, String),
+    /// The node lock went with the ZooKeeper session; nothing was written
+    /// and the instance (if one was made) deleted.
+    LockLost(Node),
+}
+
+/// Stops a launch whose node lock is gone: deletes what it created.
+async fn abandon(provider: &dyn Provider, node: Node) -> LaunchOutcome {
+    warn!(node = %node.id, "node lock lost with the ZooKeeper session; abandoning the launch");
+    if let Some(id) = &node.external_id {
+        if let Err(e) = delete_instance(provider, id).await {
+            warn!(node = %node.id, error = %e, "cannot delete the abandoned instance; leak cleanup will");
+        }
+    }
+    LaunchOutcome::LockLost(node)
 }
 
 /// Deletes an instance, stepping its delete machine until done.
@@ -147,6 +166,12 @@ pub async fn run_launch(
         let mut machine = provider.create(request);
         let deadline = Instant::now() + policy.timeout;
         let result = loop {
+            if !zk.session_alive() {
+                if let Some(id) = machine.external_id() {
+                    node.external_id = Some(id);
+                }
+                return abandon(provider.as_ref(), node).await;
+            }
             let step = machine.step().await;
             if let Some(id) = machine.external_id() {
                 if node.external_id.as_ref() != Some(&id) {
@@ -189,6 +214,9 @@ pub async fn run_launch(
                 if let Some(port) = instance.connection_port {
                     node.connection_port = port;
                 }
+                if !zk.session_alive() {
+                    return abandon(provider.as_ref(), node).await;
+                }
                 if let Err(e) = scan_keys(&mut node, &policy, host_key_checking).await {
                     warn!(node = %node.id, label, attempt, error = %e, "host-key scan failed");
                     last_error = e;
@@ -204,7 +232,13 @@ pub async fn run_launch(
                     node.node_properties = Some(props);
                 }
                 node.set_state(NodeState::Ready);
+                if !zk.session_alive() {
+                    return abandon(provider.as_ref(), node).await;
+                }
                 if let Err(e) = zk.update_node_cached(&nodes, &node, None).await {
+                    if !zk.session_alive() {
+                        return abandon(provider.as_ref(), node).await;
+                    }
                     last_error = format!("cannot store ready node: {e}");
                     warn!(node = %node.id, error = %e, "cannot store ready node");
                     break;
@@ -231,6 +265,9 @@ pub async fn run_launch(
                 debug!(node = %node.id, "retrying launch");
             }
         }
+    }
+    if !zk.session_alive() {
+        return abandon(provider.as_ref(), node).await;
     }
     node.set_state(NodeState::Failed);
     let _ = zk.update_node_cached(&nodes, &node, None).await;

@@ -303,10 +303,12 @@ impl Launcher {
         let nodes = NodeCache::start(&zk);
         let requests = RequestCache::start(&zk);
         let pools = PoolComponentCache::start(&zk);
+        let request_locks = np_zk::RequestLockCache::requests(&zk);
         for ready in [
             nodes.wait_ready(Duration::from_secs(60)).await,
             requests.wait_ready(Duration::from_secs(60)).await,
             pools.wait_ready(Duration::from_secs(60)).await,
+            request_locks.wait_ready(Duration::from_secs(60)).await,
         ] {
             anyhow::ensure!(ready, "ZooKeeper caches did not load in time");
         }
@@ -319,7 +321,8 @@ impl Launcher {
         let registration = np_zk::ComponentRegistration::register(&zk, record)
             .await
             .context("registering launcher component")?;
-        let shared = SharedState { zk, nodes, requests, pools, hostname, metrics: metrics.clone() };
+        let shared =
+            SharedState { zk, nodes, requests, request_locks, pools, hostname, metrics: metrics.clone() };
         let mut launcher = Launcher {
             config: config.clone(),
             fake_clouds: HashMap::new(),
@@ -390,6 +393,7 @@ impl Launcher {
             min_ready,
             token.child_token(),
         ));
+        self.aux.spawn(crate::maintenance::watch_lost_requests(self.shared.clone(), token.child_token()));
     }
 
     async fn stop_aux(&mut self) {
@@ -557,6 +561,7 @@ impl Launcher {
         self.shared.nodes.stop();
         self.shared.requests.stop();
         self.shared.pools.stop();
+        self.shared.request_locks.stop();
         info!("launcher stopped");
     }
 }

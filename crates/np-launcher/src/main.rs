@@ -47,6 +47,25 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run())
 }
 
+/// `NODEPOOL_MAINTENANCE_INTERVAL=S`: seconds between the maintenance
+/// passes (lost requests, leaked instances, stale locks; default 60 s, as
+/// upstream). For test and chaos tooling that must not wait a minute per
+/// leak check; production keeps the default.
+fn maintenance_interval() -> anyhow::Result<Option<std::time::Duration>> {
+    match std::env::var("NODEPOOL_MAINTENANCE_INTERVAL") {
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Some(std::time::Duration::from_secs_f64(s)))
+            .with_context(|| {
+                format!("NODEPOOL_MAINTENANCE_INTERVAL={v:?} is not a positive number of seconds")
+            }),
+        Err(_) => Ok(None),
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let common = &args.common;
@@ -55,7 +74,8 @@ async fn run() -> anyhow::Result<()> {
     common.write_pidfile()?;
     let providers = np_launcher::launcher::build_providers_async(&config, &HashMap::new(), None).await?;
     let zk = common.connect(&config).await?;
-    let mut launcher = np_launcher::Launcher::start(&config, zk.clone(), providers).await?;
+    let mut launcher =
+        np_launcher::Launcher::start_with(&config, zk.clone(), providers, maintenance_interval()?).await?;
     if !args.no_webapp {
         launcher.start_webapp().await?;
     }

@@ -5,8 +5,11 @@
 //! * **max-hold-age / hold_expiration**: held nodes whose hold expired become
 //!   `deleting`;
 //! * **lost requests**: a `pending` request whose lock is free (its launcher
-//!   died) goes back to `requested`; `init` nodes allocated to it are deleted and
-//!   other allocations cleared;
+//!   died, or lost its session) goes back to `requested`; `init` nodes
+//!   allocated to it are deleted and other allocations cleared. Upstream
+//!   finds them once a minute; [`watch_lost_requests`] sees them at once, from
+//!   the request and request-lock caches' change streams (the full pass
+//!   stays as a safety net);
 //! * **leaked instances**: cloud instances carrying our provider's metadata
 //!   with no ZooKeeper node, seen on two passes in a row, are deleted;
 //! * **request-lock directories** whose request is gone and that are older than
@@ -146,12 +149,13 @@ async fn expire_aged_nodes(shared: &SharedState, config: &MaintenanceConfig, now
     for (id, state) in expired {
         let zk = &shared.zk;
         let Ok(Some(lock)) = zk.lock_node(&id, LockOptions::try_once()).await else { continue };
-        if let Ok(Some((mut node, _))) = zk.get_node(&id).await {
+        let fenced = lock.fenced();
+        if let Ok(Some((mut node, _))) = fenced.get_node(&id).await {
             let still = node.state == state && (state != NodeState::Ready || node.allocated_to.is_none());
             if still {
                 info!(node = %id, %state, "node exceeded its age limit; deleting");
                 node.set_state(NodeState::Deleting);
-                let _ = zk.update_node(&node).await;
+                let _ = fenced.update_node(&node).await;
             }
         }
         let _ = lock.release().await;
@@ -160,47 +164,136 @@ async fn expire_aged_nodes(shared: &SharedState, config: &MaintenanceConfig, now
 }
 
 async fn reset_lost_requests(shared: &SharedState) {
-    let zk = &shared.zk;
     for req in shared.requests.values() {
         if req.state != RequestState::Pending {
             continue;
         }
-        if zk.is_locked(&paths::request_lock(&req.id)).await.unwrap_or(true) {
+        if shared.zk.is_locked(&paths::request_lock(&req.id)).await.unwrap_or(true) {
             continue;
         }
-        let Ok(Some(lock)) = zk.lock_request(&req.id, LockOptions::try_once()).await else { continue };
-        let fresh = match zk.get_request(&req.id).await {
-            Ok(Some((r, _))) if r.state == RequestState::Pending => r,
-            _ => {
-                let _ = lock.release().await;
-                continue;
-            }
+        reset_lost_request(shared, &req.id).await;
+    }
+}
+
+/// Resets one lost request (upstream's `_cleanupLostRequests` for one
+/// request): under its lock (non-blocking), re-read; if still `pending`, the
+/// nodes allocated to it are locked in turn, `init` ones marked `deleting`
+/// and every allocation cleared, then the request goes back to `requested`
+/// with no nodes. Everything is written in the request lock's session.
+/// Returns whether it was reset.
+pub async fn reset_lost_request(shared: &SharedState, id: &str) -> bool {
+    let Ok(Some(lock)) = shared.zk.lock_request(id, LockOptions::try_once()).await else { return false };
+    let zk = lock.fenced();
+    let fresh = match zk.get_request(id).await {
+        Ok(Some((r, _))) if r.state == RequestState::Pending => r,
+        _ => {
+            let _ = lock.release().await;
+            return false;
+        }
+    };
+    info!(request = %fresh.id, "resetting lost request");
+    for entry in shared.nodes.entries() {
+        if entry.value.allocated_to.as_deref() != Some(fresh.id.as_str()) {
+            continue;
+        }
+        let node_id = entry.value.id.clone();
+        let Ok(Some(node_lock)) =
+            zk.lock_node(&node_id, LockOptions::blocking(Some(Duration::from_secs(10)))).await
+        else {
+            continue;
         };
-        info!(request = %fresh.id, "resetting lost request");
-        for entry in shared.nodes.entries() {
-            if entry.value.allocated_to.as_deref() != Some(fresh.id.as_str()) {
-                continue;
-            }
-            let id = entry.value.id.clone();
-            let Ok(Some(node_lock)) =
-                zk.lock_node(&id, LockOptions::blocking(Some(Duration::from_secs(10)))).await
-            else {
-                continue;
-            };
-            if let Ok(Some((mut node, _))) = zk.get_node(&id).await {
+        if let Ok(Some((mut node, _))) = zk.get_node(&node_id).await {
+            if node.allocated_to.as_deref() == Some(fresh.id.as_str()) {
                 if node.state == NodeState::Init {
                     node.set_state(NodeState::Deleting);
                 }
                 node.allocated_to = None;
-                let _ = zk.update_node(&node).await;
+                let _ = zk.update_node_cached(&shared.nodes, &node, None).await;
             }
-            let _ = node_lock.release().await;
         }
-        let mut reset = fresh;
-        reset.set_state(RequestState::Requested);
-        reset.nodes.clear();
-        let _ = zk.update_request(&reset).await;
-        let _ = lock.release().await;
+        let _ = node_lock.release().await;
+    }
+    let mut reset = fresh;
+    reset.set_state(RequestState::Requested);
+    reset.nodes.clear();
+    let stored = zk.update_request_cached(&shared.requests, &reset, None).await;
+    let _ = lock.release().await;
+    stored.is_ok()
+}
+
+/// How long a request must look lost (`pending`, nobody holding its lock)
+/// before it is reset: the request and request-lock caches follow two
+/// watches, so the fulfilment that frees a lock and writes the request in
+/// one transaction may show in the lock cache a moment before the request
+/// cache. The reset re-reads under the lock anyway; the grace only saves
+/// that round trip for the requests that were just answered.
+pub const LOST_GRACE: Duration = Duration::from_millis(500);
+
+/// Resets lost requests as soon as they are lost: a `pending` request whose
+/// lock holder let go without answering, died, or lost its session. Woken
+/// by the request-lock cache (a lock went away) and the request cache (a
+/// request became `pending`); each candidate is looked at again after
+/// [`LOST_GRACE`] and reset if it still looks lost.
+pub async fn watch_lost_requests(shared: SharedState, cancel: CancellationToken) {
+    let mut lock_events = shared.request_locks.subscribe();
+    let mut req_events = shared.requests.subscribe();
+    let mut due: BTreeMap<tokio::time::Instant, Vec<String>> = BTreeMap::new();
+    let looks_lost = |id: &str| {
+        !shared.request_locks.is_locked(id)
+            && shared.requests.get(id).is_some_and(|e| e.value.state == RequestState::Pending)
+    };
+    let mut scan_all = true;
+    loop {
+        let mut candidates: Vec<String> = Vec::new();
+        if scan_all {
+            scan_all = false;
+            candidates.extend(
+                shared
+                    .requests
+                    .values()
+                    .iter()
+                    .filter(|r| r.state == RequestState::Pending)
+                    .map(|r| r.id.clone()),
+            );
+        }
+        let next = due.keys().next().copied();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = lock_events.recv() => match r {
+                Ok(ev) if ev.kind == np_zk::CacheEventKind::Resynced => scan_all = true,
+                Ok(ev) => candidates.push(ev.id),
+                Err(_) => { lock_events = lock_events.resubscribe(); scan_all = true; }
+            },
+            r = req_events.recv() => match r {
+                Ok(ev) if ev.kind == np_zk::CacheEventKind::Resynced => scan_all = true,
+                Ok(ev) => candidates.push(ev.id),
+                Err(_) => { req_events = req_events.resubscribe(); scan_all = true; }
+            },
+            _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
+                let now = tokio::time::Instant::now();
+                let ready: Vec<tokio::time::Instant> = due.range(..=now).map(|(t, _)| *t).collect();
+                for t in ready {
+                    for id in due.remove(&t).unwrap_or_default() {
+                        if looks_lost(&id) && shared.zk.status().connected {
+                            reset_lost_request(&shared, &id).await;
+                        }
+                    }
+                }
+            }
+        }
+        np_zk::drain_events(&mut lock_events, |ev| match ev {
+            Some(ev) if ev.kind != np_zk::CacheEventKind::Resynced => candidates.push(ev.id),
+            _ => scan_all = true,
+        });
+        np_zk::drain_events(&mut req_events, |ev| match ev {
+            Some(ev) if ev.kind != np_zk::CacheEventKind::Resynced => candidates.push(ev.id),
+            _ => scan_all = true,
+        });
+        let at = tokio::time::Instant::now() + LOST_GRACE;
+        let fresh: Vec<String> = candidates.into_iter().filter(|id| looks_lost(id)).collect();
+        if !fresh.is_empty() {
+            due.entry(at).or_default().extend(fresh);
+        }
     }
 }
 

@@ -2,10 +2,20 @@
 //! reuse and launch, pausing at quota, fulfilment (spec launcher §2,
 //! zk-protocol §5.2).
 //!
-//! The worker is event-driven: it sleeps until the request, node or
-//! pool-component cache reports a change, or one of its launches finishes.
-//! Every wake re-evaluates in-flight requests first, then (unless paused at
-//! quota) looks for new ones.
+//! The worker is event-driven: it sleeps until the request, node,
+//! request-lock or pool-component cache reports a change, the ZooKeeper
+//! session changes, or one of its launches finishes. Every wake re-evaluates
+//! in-flight requests first, then (unless paused at quota) looks for new
+//! ones. A request another process held when this pool looked is looked at
+//! again when its lock goes (the request-lock cache says so), whether its
+//! holder let go or died.
+//!
+//! Session loss: every request and node lock of the old session is gone, so
+//! the worker drops those handlers without writing anything (their launches
+//! stop and delete what they created); the requests, left `pending` with no
+//! lock, are reset by the lost-request watcher (`maintenance.rs`) and served
+//! again. Everything written under a lock goes through that lock's session
+//! ([`LockGuard::fenced`]), so nothing lands once the lock is lost.
 //!
 //! Ordering rules kept from upstream, because Zuul depends on them:
 //! * request lock first, then node locks;
@@ -21,7 +31,7 @@ use np_core::{Node, NodeRequest, NodeState, Quota, RequestState};
 use np_provider::Provider;
 use np_zk::{
     drain_events, CacheEvent, CacheEventKind, ComponentRegistration, LockGuard, LockOptions, NodeCache,
-    PoolComponentCache, RequestCache, Zk,
+    PoolComponentCache, RequestCache, RequestLockCache, Zk,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -67,6 +77,8 @@ pub struct SharedState {
     pub zk: Zk,
     pub nodes: NodeCache,
     pub requests: RequestCache,
+    /// Who holds the request locks (they live outside the request tree).
+    pub request_locks: RequestLockCache,
     pub pools: PoolComponentCache,
     pub hostname: String,
     pub metrics: crate::metrics::Metrics,
@@ -121,12 +133,6 @@ pub struct PoolWorker {
     /// quota until then, whatever its own accounting says (else it would
     /// relaunch at once, over and over).
     quota_blocked_until: Option<tokio::time::Instant>,
-    /// A request this pool wanted was locked by another pool or launcher
-    /// (deciding on it): look again then. Request locks live outside the
-    /// request tree, so their release is no cache event.
-    busy_retry: Option<tokio::time::Instant>,
-    /// The pause before that look, doubling while requests stay busy.
-    busy_backoff: std::time::Duration,
     draining: bool,
     done_tx: mpsc::UnboundedSender<LaunchDone>,
 }
@@ -134,10 +140,9 @@ pub struct PoolWorker {
 /// How often a locked request's write is tried over fresher copies.
 const STORE_ATTEMPTS: usize = 5;
 
-/// The first pause before looking again at a request locked elsewhere;
-/// it doubles up to [`BUSY_RETRY_MAX`] while requests stay locked.
-const BUSY_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
-const BUSY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// A pool looks at everything at least this often, events or not: a safety
+/// net under the event-driven passes (upstream looks every second).
+pub const SAFETY_PASS: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a pool counts as at quota after the cloud refused a launch for
 /// quota (upstream's pool loop looks again after about a second).
@@ -195,8 +200,6 @@ impl PoolWorker {
             order: Vec::new(),
             paused: false,
             quota_blocked_until: None,
-            busy_retry: None,
-            busy_backoff: BUSY_RETRY_FIRST,
             draining: false,
             done_tx,
         };
@@ -204,6 +207,9 @@ impl PoolWorker {
             let mut req_events = worker.shared.requests.subscribe();
             let mut node_events = worker.shared.nodes.subscribe();
             let mut pool_events = worker.shared.pools.subscribe();
+            let mut lock_events = worker.shared.request_locks.subscribe();
+            let mut session = worker.shared.zk.subscribe();
+            let mut safety = tokio::time::interval_at(tokio::time::Instant::now() + SAFETY_PASS, SAFETY_PASS);
             info!(id = %worker.id, "pool worker started");
             let recheck = worker.provider.usage_refresh();
             let drain_deadline = tokio::time::sleep(std::time::Duration::from_secs(86400));
@@ -230,16 +236,19 @@ impl PoolWorker {
                     _ = &mut drain_deadline, if worker.draining => break,
                     r = req_events.recv() => wake |= worker.request_event_matters(r.ok()),
                     r = node_events.recv() => wake |= worker.node_event_matters(r.ok()),
+                    r = lock_events.recv() => wake |= worker.lock_event_matters(r.ok()),
                     _ = pool_events.recv() => wake = true,
+                    // A lost session takes every lock with it; a new one may
+                    // let work that waited go on.
+                    changed = session.changed() => {
+                        if changed.is_err() { break; }
+                        wake = true;
+                    }
+                    _ = safety.tick() => wake = true,
                     // Paused at quota: cloud-side usage and limits change
                     // without ZooKeeper events; look again now and then.
                     _ = tokio::time::sleep(recheck_after.unwrap_or_default()),
                         if worker.paused && recheck_after.is_some() => {
-                        wake = true;
-                    }
-                    // A request was locked elsewhere when this pool looked.
-                    _ = tokio::time::sleep_until(worker.busy_retry.unwrap_or_else(tokio::time::Instant::now)),
-                        if worker.busy_retry.is_some() => {
                         wake = true;
                     }
                     Some(done) = done_rx.recv() => {
@@ -251,6 +260,7 @@ impl PoolWorker {
                 // (A closed cache stream only happens at shutdown.)
                 drain_events(&mut req_events, |ev| wake |= worker.request_event_matters(ev));
                 drain_events(&mut node_events, |ev| wake |= worker.node_event_matters(ev));
+                drain_events(&mut lock_events, |ev| wake |= worker.lock_event_matters(ev));
                 while pool_events.try_recv().is_ok() {
                     wake = true;
                 }
@@ -281,6 +291,23 @@ impl PoolWorker {
             CacheEventKind::Upserted => self.shared.requests.get(&event.id).is_some_and(|r| {
                 r.value.state == RequestState::Requested && !r.value.declined_by.contains(&self.id)
             }),
+        }
+    }
+
+    /// Whether a request-lock event can change this pool's decisions: the
+    /// lock of a request this pool could take went away (its holder let go,
+    /// or died and its session expired). Our own locks never matter.
+    fn lock_event_matters(&self, event: Option<CacheEvent>) -> bool {
+        let Some(event) = event else { return true };
+        match event.kind {
+            CacheEventKind::Resynced => true,
+            _ if self.handlers.contains_key(&event.id) => false,
+            _ => {
+                !self.shared.request_locks.is_locked(&event.id)
+                    && self.shared.requests.get(&event.id).is_some_and(|r| {
+                        r.value.state == RequestState::Requested && !r.value.declined_by.contains(&self.id)
+                    })
+            }
         }
     }
 
@@ -330,21 +357,32 @@ impl PoolWorker {
     }
 
     async fn work(&mut self) {
-        // This pass looks at every request again; a busy one sets a new retry.
-        let busy_before = self.busy_retry.take().is_some();
-        self.work_pass().await;
-        if self.busy_retry.is_none() {
-            self.busy_backoff = BUSY_RETRY_FIRST;
-        } else if busy_before {
-            self.busy_backoff = (self.busy_backoff * 2).min(BUSY_RETRY_MAX);
+        self.drop_lost_handlers();
+        if !self.shared.zk.status().connected {
+            // Nothing can be decided without ZooKeeper; the reconnect wakes us.
+            return;
         }
+        self.work_pass().await;
     }
 
-    /// The request was locked by somebody else: look again after the
-    /// back-off.
-    fn note_busy(&mut self) {
-        if self.busy_retry.is_none() {
-            self.busy_retry = Some(tokio::time::Instant::now() + self.busy_backoff);
+    /// Forgets every request whose lock went with an expired session: none
+    /// of its locks is ours any more, so nothing is written for it (the
+    /// request is reset by whoever sees it lost, maybe this launcher's own
+    /// watcher). Its launches notice the lost node locks themselves.
+    fn drop_lost_handlers(&mut self) {
+        let lost: Vec<String> =
+            self.handlers.iter().filter(|(_, h)| !h.lock.is_valid()).map(|(id, _)| id.clone()).collect();
+        for id in lost {
+            if let Some(handler) = self.handlers.remove(&id) {
+                self.remove_order(&id);
+                warn!(request = %id, "request lock lost with the ZooKeeper session; dropping the request unchanged");
+                for slot in handler.slots {
+                    if let Some(lock) = slot.lock {
+                        lock.disarm();
+                    }
+                }
+                handler.lock.disarm();
+            }
         }
     }
 
@@ -521,10 +559,8 @@ impl PoolWorker {
         let zk = self.shared.zk.clone();
         let lock = match zk.lock_request(id, LockOptions::try_once()).await {
             Ok(Some(lock)) => lock,
-            Ok(None) => {
-                self.note_busy();
-                return false;
-            }
+            // Busy: its release is a request-lock event that wakes us.
+            Ok(None) => return false,
             Err(e) => {
                 debug!(request = id, error = %e, "cannot lock request");
                 return false;
@@ -579,7 +615,8 @@ impl PoolWorker {
             return true;
         }
         let pending = |r: &mut NodeRequest| r.set_state(RequestState::Pending);
-        match self.store_locked(&mut handler.request, version.take(), wanted, pending).await {
+        let fenced = handler.lock.fenced();
+        match self.store_locked(&fenced, &mut handler.request, version.take(), wanted, pending).await {
             Ok(true) => {}
             Ok(false) => {
                 let _ = handler.lock.release().await;
@@ -667,7 +704,9 @@ impl PoolWorker {
                 .map(|e| e.value.id.clone())
                 .collect::<Vec<_>>()
         });
-        let zk = &self.shared.zk;
+        // Node locks are taken in the request lock's session: if that one is
+        // gone, so is the right to allocate for the request.
+        let zk = handler.lock.fenced();
         for node_id in candidates {
             let Ok(Some(lock)) = zk.lock_node(&node_id, LockOptions::try_once()).await else { continue };
             // As for requests: the cached copy, written back only over the
@@ -684,7 +723,7 @@ impl PoolWorker {
             node.allocated_to = Some(handler.request.id.clone());
             node.tenant_name = handler.request.tenant_name.clone();
             node.requestor = handler.request.requestor.clone();
-            match zk.update_node_cached(&self.shared.nodes, &node, Some(version)).await {
+            match lock.fenced().update_node_cached(&self.shared.nodes, &node, Some(version)).await {
                 Ok(_) => {}
                 Err(_) => {
                     let _ = lock.release().await;
@@ -841,11 +880,12 @@ impl PoolWorker {
         let Some(oldest) = idle.first() else { return };
         let zk = &self.shared.zk;
         if let Ok(Some(lock)) = zk.lock_node(&oldest.id, LockOptions::try_once()).await {
-            if let Ok(Some((mut node, _))) = zk.get_node(&oldest.id).await {
+            let fenced = lock.fenced();
+            if let Ok(Some((mut node, _))) = fenced.get_node(&oldest.id).await {
                 if node.state == NodeState::Ready && node.allocated_to.is_none() {
                     info!(node = %node.id, "at quota: deleting oldest unused ready node");
                     node.set_state(NodeState::Deleting);
-                    let _ = zk.update_node(&node).await;
+                    let _ = fenced.update_node(&node).await;
                 }
             }
             let _ = lock.release().await;
@@ -853,7 +893,8 @@ impl PoolWorker {
     }
 
     async fn launch_slot(&mut self, handler: &mut Handler, i: usize) {
-        let zk = self.shared.zk.clone();
+        // The node is created and locked in the request lock's session.
+        let zk = handler.lock.fenced();
         let label = handler.slots[i].label.clone();
         let mut node = Node::new(NodeState::Init);
         node.provider = Some(self.spec.provider.clone());
@@ -903,6 +944,8 @@ impl PoolWorker {
             }
         };
         node.set_state(NodeState::Building);
+        // From here on the launch writes through the node lock's session.
+        let zk = lock.fenced();
         match zk.update_node_cached(&self.shared.nodes, &node, None).await {
             Ok(_) => {}
             Err(e) => warn!(node = %node.id, error = %e, "cannot mark node building"),
@@ -954,7 +997,7 @@ impl PoolWorker {
             LaunchOutcome::Failed(_, e) if e.contains("timeout") => {
                 crate::metrics::LaunchResult::ServerCreateTimeout
             }
-            LaunchOutcome::Failed(..) => crate::metrics::LaunchResult::Unknown,
+            LaunchOutcome::Failed(..) | LaunchOutcome::LockLost(_) => crate::metrics::LaunchResult::Unknown,
         };
         self.shared.metrics.record_launch(&self.spec.provider, &slot.label, result, took);
         match done.outcome {
@@ -973,11 +1016,17 @@ impl PoolWorker {
                 warn!(node = %node.id, error, "launch failed after retries");
                 slot.state = SlotState::Failed;
             }
+            LaunchOutcome::LockLost(_) => {
+                // Its lock is gone: not ours to touch again.
+                if let Some(lock) = slot.lock.take() {
+                    lock.disarm();
+                }
+                slot.state = SlotState::Failed;
+            }
         }
     }
 
     async fn fulfil(&mut self, mut handler: Handler) {
-        let zk = self.shared.zk.clone();
         let id = handler.request.id.clone();
         // The request may have vanished (Zuul cancelled it): the cache knows
         // without a round trip. A delete racing with the write below makes the
@@ -989,23 +1038,25 @@ impl PoolWorker {
             let _ = handler.lock.release().await;
             return;
         }
-        handler.request.nodes = handler.slots.iter().filter_map(|s| s.node.clone()).collect();
-        handler.request.set_state(RequestState::Fulfilled);
+        let mut request = handler.request.clone();
+        request.nodes = handler.slots.iter().filter_map(|s| s.node.clone()).collect();
+        request.set_state(RequestState::Fulfilled);
         // Unlock the nodes, write `fulfilled`, release the request lock: in
         // this order (Zuul locks the nodes next), as one transaction.
         let node_locks: Vec<LockGuard> = handler.slots.iter_mut().filter_map(|s| s.lock.take()).collect();
-        let Handler { request, lock, started, .. } = handler;
+        let Handler { lock, started, mut slots, .. } = handler;
+        let zk = self.shared.zk.clone();
         if let Err((e, node_locks, lock)) =
             zk.fulfil_request(&self.shared.requests, &request, node_locks, lock).await
         {
-            debug!(request = %id, error = %e, "fulfilment transaction failed; stepping");
-            for l in node_locks {
-                let _ = l.release().await;
+            // Nothing was written. Put the node locks back where they were.
+            let mut locks = node_locks.into_iter();
+            for slot in slots.iter_mut().filter(|s| s.node.is_some()) {
+                slot.lock = locks.next();
             }
-            if let Err(e) = zk.update_request_cached(&self.shared.requests, &request, None).await {
-                warn!(request = %id, error = %e, "cannot store fulfilled request");
-            }
-            let _ = lock.release().await;
+            let handler = Handler { request: handler.request, lock, slots, started, images: handler.images };
+            self.fulfil_failed(handler, e).await;
+            return;
         }
         let latency = match request.created_time {
             Some(created) if created > 0.0 => {
@@ -1017,17 +1068,51 @@ impl PoolWorker {
         info!(request = %id, nodes = ?request.nodes, elapsed_ms = started.elapsed().as_millis() as u64, "fulfilled request");
     }
 
+    /// The fulfilment transaction did not land. With the request lock lost
+    /// (session expiry) nothing is written: the request is reset by whoever
+    /// finds it lost. A request deleted meanwhile (Zuul cancelled it) gives
+    /// its nodes back. Otherwise (a node lock vanished, say) the request goes
+    /// back to `requested`, its nodes unallocated, for a fresh start.
+    async fn fulfil_failed(&mut self, mut handler: Handler, e: np_zk::ZkError) {
+        let id = handler.request.id.clone();
+        if !handler.lock.is_valid() {
+            warn!(request = %id, error = %e, "request lock lost before fulfilment; leaving the request to be reset");
+            for slot in handler.slots.iter_mut() {
+                if let Some(l) = slot.lock.take() {
+                    l.disarm();
+                }
+            }
+            handler.lock.disarm();
+            return;
+        }
+        let fenced = handler.lock.fenced();
+        let gone = matches!(fenced.exists(&np_zk::paths::request(&id)).await, Ok(None));
+        self.release_nodes(&mut handler, true).await;
+        if gone {
+            info!(request = %id, "request vanished during fulfilment; released its nodes");
+        } else {
+            warn!(request = %id, error = %e, "fulfilment failed; giving the request back");
+            handler.request.set_state(RequestState::Requested);
+            handler.request.nodes.clear();
+            if let Err(e) = fenced.update_request_cached(&self.shared.requests, &handler.request, None).await
+            {
+                warn!(request = %id, error = %e, "cannot give the request back");
+            }
+        }
+        let _ = handler.lock.release().await;
+    }
+
     /// Unlocks every node of the handler; with `deallocate`, clears
     /// `allocated_to` on ready nodes first.
     async fn release_nodes(&self, handler: &mut Handler, deallocate: bool) {
-        let zk = &self.shared.zk;
         let mut releases = Vec::new();
         for slot in handler.slots.iter_mut() {
             if deallocate && slot.state == SlotState::Ready {
-                if let Some(id) = &slot.node {
+                if let (Some(id), Some(lock)) = (&slot.node, &slot.lock) {
+                    let zk = lock.fenced();
                     if let Ok(Some((mut node, _))) = zk.get_node(id).await {
                         node.allocated_to = None;
-                        let _ = zk.update_node(&node).await;
+                        let _ = zk.update_node_cached(&self.shared.nodes, &node, None).await;
                     }
                 }
             }
@@ -1057,7 +1142,7 @@ impl PoolWorker {
         self.release_nodes(&mut handler, true).await;
         handler.request.set_state(RequestState::Requested);
         handler.request.nodes.clear();
-        let zk = self.shared.zk.clone();
+        let zk = handler.lock.fenced();
         match zk.update_request_cached(&self.shared.requests, &handler.request, None).await {
             Ok(_) => {}
             Err(e) => debug!(request = id, error = %e, "cannot store released request"),
@@ -1074,12 +1159,12 @@ impl PoolWorker {
     /// while it is still `wanted`. `Ok(false)`: no longer wanted, or gone.
     async fn store_locked(
         &self,
+        zk: &Zk,
         request: &mut NodeRequest,
         mut version: Option<i32>,
         wanted: impl Fn(&NodeRequest) -> bool,
         change: impl Fn(&mut NodeRequest),
     ) -> Result<bool, np_zk::ZkError> {
-        let zk = &self.shared.zk;
         for _ in 0..STORE_ATTEMPTS {
             change(request);
             match zk.update_request_cached(&self.shared.requests, request, version.take()).await {
@@ -1119,7 +1204,8 @@ impl PoolWorker {
             r.set_state(if everyone_declined { RequestState::Failed } else { RequestState::Requested });
         };
         let requested = |r: &NodeRequest| r.state == RequestState::Requested;
-        if let Err(e) = self.store_locked(&mut handler.request, version, requested, decline).await {
+        let fenced = handler.lock.fenced();
+        if let Err(e) = self.store_locked(&fenced, &mut handler.request, version, requested, decline).await {
             debug!(request = %id, error = %e, "cannot store declined request");
         }
         let state = handler.request.state;

@@ -11,6 +11,7 @@
 //! hint, never a silent skip: run the tests through `tools/test.sh`.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+pub mod proxy;
 pub mod sshd;
 
 use std::io::{BufRead, BufReader, Write};

@@ -385,7 +385,26 @@ async fn run<T: Cached>(
                 continue;
             }
         };
+        // A resumed session on a new connection lacks the persistent watch
+        // (see crate::rewatch): add it again before walking.
+        let mut rewatch = false;
         'walk: loop {
+            if rewatch {
+                match crate::rewatch(&client, T::ROOT, AddWatchMode::PersistentRecursive).await {
+                    Ok(w) => {
+                        watcher = w;
+                        rewatch = false;
+                    }
+                    Err(e) => {
+                        warn!(root = T::ROOT, error = %e, "cannot add the persistent watch again; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if zk.status().generation != generation {
+                            continue 'session;
+                        }
+                        continue 'walk;
+                    }
+                }
+            }
             match walk::<T>(&zk).await {
                 Ok(walked) => resync(&shared, walked),
                 Err(e) => {
@@ -422,6 +441,7 @@ async fn run<T: Cached>(
                                     // Events may have been lost while disconnected.
                                     debug!(root = T::ROOT, "reconnected; re-walking cache");
                                     while let Some(update) = pending.next().await { apply(&shared, update); }
+                                    rewatch = true;
                                     continue 'walk;
                                 }
                                 s if s.is_terminated() => {

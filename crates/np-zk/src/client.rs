@@ -6,6 +6,20 @@
 //! are terminal once expired) and bumps [`SessionStatus::generation`]. Everything
 //! ephemeral that belonged to an older generation (locks, component
 //! registrations) is gone, and its owners learn it from the generation change.
+//!
+//! **Fencing.** Whatever is written under a lock must go through the session
+//! that holds the lock: [`Zk::fenced`] (and [`crate::LockGuard::fenced`]) is
+//! a handle bound to one session. Once that session is gone every operation
+//! through it fails, even after the supervisor opened a new one, so a process
+//! that was frozen or cut off past its session timeout cannot write anything
+//! under a lock it no longer holds (the zombie case): ZooKeeper rejects every
+//! request of an expired session.
+//!
+//! When the connection stays down past the session timeout the client gives
+//! the session up on its own, while the servers (after a restart, say) may
+//! still know it, with our ephemeral locks. The supervisor then closes that
+//! old session explicitly once a server answers, so its locks go away at
+//! once instead of a session timeout later.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
@@ -114,6 +128,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Zk {
     inner: Arc<Inner>,
+    /// Bound to one session (see [`Zk::fenced`]): its client and generation.
+    pinned: Option<(Client, u64)>,
 }
 
 impl std::fmt::Debug for Zk {
@@ -198,15 +214,75 @@ impl Zk {
         let inner =
             Arc::new(Inner { config, client: RwLock::new(client), status, cancel: CancellationToken::new() });
         tokio::spawn(supervise(Arc::downgrade(&inner), state_watcher, inner.cancel.clone()));
-        Ok(Zk { inner })
+        Ok(Zk { inner, pinned: None })
     }
 
-    /// The current client. Cheap (reference counted).
+    /// The current client (for a fenced handle: its session's, even when
+    /// that session is gone). Cheap (reference counted).
     pub fn client(&self) -> Client {
-        match self.inner.client.read() {
+        if let Some((client, _)) = &self.pinned {
+            return client.clone();
+        }
+        self.current().0
+    }
+
+    /// The client and generation operations of this handle go to: a fenced
+    /// handle's own, else the current ones.
+    pub(crate) fn session_pair(&self) -> (Client, u64) {
+        match &self.pinned {
+            Some((client, generation)) => (client.clone(), *generation),
+            None => self.current(),
+        }
+    }
+
+    /// The current client with its generation, read together.
+    fn current(&self) -> (Client, u64) {
+        let client = match self.inner.client.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        // Read while the supervisor swaps sessions, the pair may not match;
+        // a fenced handle made from such a pair only ever looks dead (its
+        // generation is not current, or its client is the expired one),
+        // never alive with another session's client.
+        (client, self.inner.status.borrow().generation)
+    }
+
+    /// A handle bound to the current session: every operation through it
+    /// goes to that session, and fails once it is gone (see the module's
+    /// "Fencing"). A fenced handle stays fenced to its session.
+    pub fn fenced(&self) -> Zk {
+        if self.pinned.is_some() {
+            return self.clone();
         }
+        let (client, generation) = self.current();
+        Zk { inner: self.inner.clone(), pinned: Some((client, generation)) }
+    }
+
+    /// A handle bound to `client` of session `generation` (for locks).
+    pub(crate) fn pinned_to(&self, client: Client, generation: u64) -> Zk {
+        Zk { inner: self.inner.clone(), pinned: Some((client, generation)) }
+    }
+
+    /// The session generation a fenced handle is bound to (`None`: not fenced).
+    pub fn fenced_generation(&self) -> Option<u64> {
+        self.pinned.as_ref().map(|(_, g)| *g)
+    }
+
+    /// False once the session of a fenced handle is gone (always true for
+    /// an unfenced one).
+    pub fn session_alive(&self) -> bool {
+        match &self.pinned {
+            Some((client, generation)) => {
+                *generation == self.status().generation && !client.state().is_terminated()
+            }
+            None => !self.status().closed,
+        }
+    }
+
+    /// An unfenced handle on the same connection.
+    pub fn unfenced(&self) -> Zk {
+        Zk { inner: self.inner.clone(), pinned: None }
     }
 
     /// The configuration this handle was made from.
@@ -282,16 +358,50 @@ impl Zk {
         }
     }
 
+    /// Runs `op` on this handle's client, again after a connection loss,
+    /// for as long as the handle's session can come back (a ZooKeeper
+    /// restart or leader change shorter than the session timeout): the
+    /// operations retried this way are idempotent. A fenced handle stops
+    /// once its session is gone (the error is then `SessionExpired`).
+    pub(crate) async fn retrying<T, F, Fut>(&self, op: F) -> Result<T, zookeeper_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, zookeeper_client::Error>>,
+    {
+        let window = self.inner.config.session_timeout + self.inner.config.connect_timeout;
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            match op(self.client()).await {
+                Err(e) if is_transient(&e) && self.session_alive() => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(e);
+                    }
+                    debug!(error = %e, "ZooKeeper operation interrupted; retrying once reconnected");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if self.wait_connected(left).await.is_err() {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     // === thin wrappers with path-carrying errors ===
 
     /// `mkdir -p` with open ACLs and empty data.
     pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
-        self.client().mkdir(path, &open_acl()).await.map_err(|e| ZkError::op("mkdir", path, e))
+        self.retrying(|c| async move { c.mkdir(path, &open_acl()).await })
+            .await
+            .map_err(|e| ZkError::op("mkdir", path, e))
     }
 
     /// Creates a znode; with `make_parents`, missing parents are created
     /// (persistent, empty) as kazoo's `makepath=True` does. Returns the created
     /// path (with the sequence suffix for sequential modes) and its stat.
+    /// A sequential create is never retried after a connection loss (it may
+    /// have been made: the caller decides).
     pub async fn create(
         &self,
         path: &str,
@@ -316,21 +426,26 @@ impl Zk {
 
     /// Reads a znode; `Ok(None)` when it does not exist.
     pub async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, Stat)>, ZkError> {
-        match self.client().get_data(path).await {
+        match self.retrying(|c| async move { c.get_data(path).await }).await {
             Ok(v) => Ok(Some(v)),
             Err(zookeeper_client::Error::NoNode) => Ok(None),
             Err(e) => Err(ZkError::op("get", path, e)),
         }
     }
 
-    /// Writes a znode (`version: None` is unconditional, like Python's writers).
+    /// Writes a znode (`version: None` is unconditional, like Python's
+    /// writers). Retried after a connection loss: a versioned write whose
+    /// first try landed then fails with `BadVersion`, which callers of
+    /// versioned writes handle by reading again.
     pub async fn set(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<Stat, ZkError> {
-        self.client().set_data(path, data, version).await.map_err(|e| ZkError::op("set", path, e))
+        self.retrying(|c| async move { c.set_data(path, data, version).await })
+            .await
+            .map_err(|e| ZkError::op("set", path, e))
     }
 
     /// Lists children; `Ok(None)` when the parent does not exist.
     pub async fn children(&self, path: &str) -> Result<Option<Vec<String>>, ZkError> {
-        match self.client().list_children(path).await {
+        match self.retrying(|c| async move { c.list_children(path).await }).await {
             Ok(v) => Ok(Some(v)),
             Err(zookeeper_client::Error::NoNode) => Ok(None),
             Err(e) => Err(ZkError::op("list", path, e)),
@@ -339,12 +454,15 @@ impl Zk {
 
     /// The stat of a znode, if it exists.
     pub async fn exists(&self, path: &str) -> Result<Option<Stat>, ZkError> {
-        self.client().check_stat(path).await.map_err(|e| ZkError::op("exists", path, e))
+        self.retrying(|c| async move { c.check_stat(path).await })
+            .await
+            .map_err(|e| ZkError::op("exists", path, e))
     }
 
-    /// Deletes a znode; a missing znode is not an error.
+    /// Deletes a znode; a missing znode is not an error (so a delete whose
+    /// first try landed before a connection loss is simply done).
     pub async fn delete(&self, path: &str) -> Result<(), ZkError> {
-        match self.client().delete(path, None).await {
+        match self.retrying(|c| async move { c.delete(path, None).await }).await {
             Ok(()) | Err(zookeeper_client::Error::NoNode) => Ok(()),
             Err(e) => Err(ZkError::op("delete", path, e)),
         }
@@ -383,6 +501,26 @@ impl Zk {
     }
 }
 
+/// Closes a session we gave up, if the servers still have it: a connection
+/// resumes it and is dropped at once (which closes it). A session the servers
+/// expired already answers `SessionExpired`: nothing to do.
+async fn close_session(config: ZkConfig, session: zookeeper_client::SessionInfo) {
+    let Ok(connector) = connector(&config, Some(session)) else { return };
+    match connect_with(&config, connector).await {
+        Ok(resumed) => {
+            info!("closed the previous ZooKeeper session, which the servers still held");
+            drop(resumed);
+        }
+        Err(e) => debug!(error = %e, "previous ZooKeeper session already gone"),
+    }
+}
+
+/// A connection loss (or a request timed out on one): the session may still
+/// be there once the client reconnected.
+pub(crate) fn is_transient(e: &zookeeper_client::Error) -> bool {
+    matches!(e, zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Timeout)
+}
+
 async fn supervise(
     inner: Weak<Inner>,
     mut watcher: zookeeper_client::StateWatcher,
@@ -410,6 +548,10 @@ async fn supervise(
                 warn!(%state, "ZooKeeper session ended; ephemeral locks and registrations are lost");
                 inner_ref.status.send_modify(|s| s.connected = false);
                 let config = inner_ref.config.clone();
+                let old_session = match inner_ref.client.read() {
+                    Ok(c) => c.session().clone(),
+                    Err(poisoned) => poisoned.into_inner().session().clone(),
+                };
                 drop(inner_ref);
                 loop {
                     let attempt = tokio::select! {
@@ -430,6 +572,10 @@ async fn supervise(
                             });
                             info!(generation = inner_ref.status.borrow().generation, "new ZooKeeper session");
                             backoff = Duration::from_millis(100);
+                            // The servers may still hold the old session (we
+                            // gave it up while they were unreachable): close
+                            // it, so that its locks go now.
+                            tokio::spawn(close_session(config.clone(), old_session.clone()));
                             break;
                         }
                         Err(e) => {
@@ -445,6 +591,28 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Adds the persistent watch on `path` again, on the connection the session
+/// has now, and returns its watcher: the caller replaces its old watcher with
+/// it (dropping the old one then sends nothing, as the new one shares path
+/// and mode).
+///
+/// Why: ZooKeeper keeps watches per connection, and a client that resumes its
+/// session on a new connection (a server restart or a leader change shorter
+/// than the session timeout, or any reconnect) must send them again.
+/// zookeeper-client 0.11.2 sends only the one-shot watches then (its
+/// `resend_watches` never chooses the `SetWatches2` form that carries
+/// persistent ones), so a persistent watch silently stops firing after such a
+/// reconnect. The chaos suite found this: a launcher that heard nothing after
+/// a ZooKeeper restart. Every persistent watch of the project calls this on
+/// `SyncConnected`; `AddWatch` is idempotent on the server.
+pub async fn rewatch(
+    client: &Client,
+    path: &str,
+    mode: zookeeper_client::AddWatchMode,
+) -> Result<zookeeper_client::PersistentWatcher, ZkError> {
+    client.watch(path, mode).await.map_err(|e| ZkError::op("watch", path, e))
 }
 
 #[cfg(test)]

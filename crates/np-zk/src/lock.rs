@@ -14,9 +14,13 @@
 //! one round trip when the lock is free, plus one delete when it is not.
 //!
 //! # Guarantees
-//! * A [`LockGuard`] remembers the session generation it was acquired in;
+//! * A [`LockGuard`] remembers the session it was acquired in;
 //!   [`LockGuard::is_valid`] turns false, and [`LockGuard::lost`] resolves, once
 //!   that session expired (its ephemeral contender is gone).
+//! * [`LockGuard::fenced`] is a handle bound to that session: writes made
+//!   through it fail once the lock is lost, even after a new session was
+//!   opened (see [`crate::client`], "Fencing"). Everything written under a
+//!   lock goes through it.
 //! * Dropping a guard without [`LockGuard::release`] still deletes the
 //!   contender in the background.
 //!
@@ -116,7 +120,14 @@ impl LockGuard {
 
     /// False once the session that created the (ephemeral) contender expired.
     pub fn is_valid(&self) -> bool {
-        !self.ephemeral || self.zk.status().generation == self.generation
+        !self.ephemeral || (self.zk.status().generation == self.generation && self.zk.session_alive())
+    }
+
+    /// A handle bound to the session that holds this lock: every write made
+    /// under the lock goes through it, so none can land once the lock is
+    /// lost (it fails with `SessionExpired` instead).
+    pub fn fenced(&self) -> Zk {
+        self.zk.clone()
     }
 
     /// Resolves when the lock is lost to a session expiry (never for
@@ -201,14 +212,13 @@ impl Zk {
         } else {
             CreateMode::PersistentSequential
         };
-        let mut own: Option<(String, u64)> = None; // (child name, generation)
+        let mut own: Option<(String, u64, zookeeper_client::Client)> = None; // (child name, generation, its session)
         let mut dir_known = false;
         loop {
-            let generation = self.status().generation;
-            let client = self.client();
+            let (client, generation) = self.session_pair();
             let lock_child_prefix = format!("{lock_path}/{prefix}");
             // Create (first pass, or after our contender vanished) and list in one flight.
-            let (created, listed) = if own.as_ref().is_none_or(|(_, g)| *g != generation) {
+            let (created, listed) = if own.as_ref().is_none_or(|(_, g, _)| *g != generation) {
                 // First flight: the lock directory (new requests and nodes have
                 // none yet; an existing one answers NodeExists), our contender
                 // and the listing, all in one round trip.
@@ -232,7 +242,7 @@ impl Zk {
             };
             if let Some(created) = created {
                 match created {
-                    Ok((_, seq)) => own = Some((format!("{prefix}{seq}"), generation)),
+                    Ok((_, seq)) => own = Some((format!("{prefix}{seq}"), generation, client.clone())),
                     Err(zookeeper_client::Error::NoNode) => {
                         self.create_lock_dir(lock_path, options.make_parents).await?;
                         dir_known = true;
@@ -242,7 +252,8 @@ impl Zk {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         // Protected create: after a connection loss our child may exist.
                         self.wait_connected(remaining(deadline).unwrap_or(Duration::from_secs(60))).await?;
-                        own = self.find_own(lock_path, &prefix).await?.map(|n| (n, self.status().generation));
+                        let (client, generation) = self.session_pair();
+                        own = self.find_own(lock_path, &prefix).await?.map(|n| (n, generation, client));
                         continue;
                     }
                     Err(e) => return Err(ZkError::op("create", &lock_child_prefix, e)),
@@ -257,7 +268,7 @@ impl Zk {
                 }
                 Err(e) => return Err(ZkError::op("list", lock_path, e)),
             };
-            let Some((own_name, own_generation)) = own.clone() else { continue };
+            let Some((own_name, own_generation, own_client)) = own.clone() else { continue };
             let Some(own_seq) = contender_sequence(&own_name) else { continue };
             if !children.contains(&own_name) {
                 // Our contender vanished (session expired): start over.
@@ -274,7 +285,7 @@ impl Zk {
             let own_path = format!("{lock_path}/{own_name}");
             let Some(predecessor) = predecessor else {
                 return Ok(Some(LockGuard {
-                    zk: self.clone(),
+                    zk: self.pinned_to(own_client, own_generation),
                     lock_path: lock_path.to_owned(),
                     node_path: own_path,
                     generation: own_generation,

@@ -89,20 +89,39 @@ impl Zk {
     /// transaction (our contender, the lock directory, the node) and no
     /// listing, since nobody else contends for a node being deleted. If
     /// someone does, [`Zk::delete_node`]'s listing sequence follows. The
-    /// lock is gone afterwards either way.
+    /// lock is gone afterwards either way. Everything goes through the
+    /// lock's session: once the lock is lost nothing is deleted.
     pub async fn delete_locked_node(&self, node: &mut Node, lock: crate::LockGuard) -> Result<(), ZkError> {
         let path = paths::node(&node.id);
-        let client = self.client();
+        let fenced = lock.fenced();
+        let client = fenced.client();
         let mut multi = client.new_multi_writer();
         let queued = multi
             .add_delete(lock.contender_path(), None)
             .and(multi.add_delete(lock.lock_path(), None))
             .and(multi.add_delete(&path, None));
-        if queued.is_ok() && multi.commit().await.is_ok() {
-            lock.disarm();
-            return Ok(());
+        if queued.is_ok() {
+            match multi.commit().await {
+                Ok(_) => {
+                    lock.disarm();
+                    return Ok(());
+                }
+                // Open outcome: gone means it landed.
+                Err(zookeeper_client::MultiWriteError::RequestFailed { source })
+                    if crate::client::is_transient(&source) =>
+                {
+                    if let Ok(None) = fenced.exists(&path).await {
+                        lock.disarm();
+                        return Ok(());
+                    }
+                }
+                Err(_) => {}
+            }
         }
-        let result = self.delete_node(node).await;
+        if !lock.is_valid() {
+            return Err(ZkError::op("delete", &path, zookeeper_client::Error::SessionExpired));
+        }
+        let result = fenced.delete_node(node).await;
         if result.is_ok() {
             lock.disarm();
         } else {
@@ -164,6 +183,12 @@ impl Zk {
     /// unlocked, and it costs one round trip instead of one per step. On
     /// failure (e.g. the request was deleted, or a lock was lost) nothing
     /// changed and the locks are handed back so the caller can step.
+    ///
+    /// The transaction goes through the request lock's session, so it cannot
+    /// land once that lock is lost. A connection loss while it is under way
+    /// leaves its outcome open: once reconnected (same session), our request
+    /// lock contender tells, as only this transaction deletes it: gone means
+    /// it landed, still there means it did not, and it is sent again.
     #[allow(clippy::type_complexity)]
     pub async fn fulfil_request(
         &self,
@@ -177,21 +202,63 @@ impl Zk {
             let e = ZkError::op("multi", &path, zookeeper_client::Error::SessionExpired);
             return Err((e, node_locks, request_lock));
         }
-        let client = self.client();
-        let mut multi = client.new_multi_writer();
-        let mut queued = Ok(());
-        for lock in &node_locks {
-            queued = queued.and(multi.add_delete(lock.contender_path(), None));
-        }
+        let fenced = request_lock.fenced();
+        let client = fenced.client();
         let data = request.to_json();
-        queued = queued.and(multi.add_set_data(&path, &data, None));
-        queued = queued.and(multi.add_delete(request_lock.contender_path(), None));
-        if let Err(e) = queued {
-            return Err((ZkError::op("multi", &path, e), node_locks, request_lock));
-        }
-        cache.expect_write(&request.id);
-        match multi.commit().await {
-            Ok(results) => {
+        let mut attempts = 0;
+        let committed = loop {
+            attempts += 1;
+            let mut multi = client.new_multi_writer();
+            let mut queued = Ok(());
+            for lock in &node_locks {
+                queued = queued.and(multi.add_delete(lock.contender_path(), None));
+            }
+            queued = queued.and(multi.add_set_data(&path, &data, None));
+            queued = queued.and(multi.add_delete(request_lock.contender_path(), None));
+            if let Err(e) = queued {
+                return Err((ZkError::op("multi", &path, e), node_locks, request_lock));
+            }
+            cache.expect_write(&request.id);
+            match multi.commit().await {
+                Err(zookeeper_client::MultiWriteError::RequestFailed { source })
+                    if crate::client::is_transient(&source) && attempts < 10 =>
+                {
+                    // Open outcome: ask our lock contender once reconnected.
+                    cache.cancel_write(&request.id);
+                    let timeout = self.config().session_timeout + self.config().connect_timeout;
+                    let landed = match self.wait_connected(timeout).await {
+                        Ok(_) if request_lock.is_valid() => {
+                            match fenced.exists(request_lock.contender_path()).await {
+                                Ok(None) => Some(true),
+                                Ok(Some(_)) => Some(false),
+                                Err(_) => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    match landed {
+                        Some(true) => break Ok(None),
+                        Some(false) => continue,
+                        None => {
+                            let e = ZkError::op("multi", &path, source);
+                            return Err((e, node_locks, request_lock));
+                        }
+                    }
+                }
+                other => break other.map(Some),
+            }
+        };
+        match committed {
+            Ok(None) => {
+                // It landed while we were cut off: the cache reads the
+                // request again (cancel_write above asked for that).
+                for lock in node_locks {
+                    lock.disarm();
+                }
+                request_lock.disarm();
+                Ok(())
+            }
+            Ok(Some(results)) => {
                 for r in results {
                     if let zookeeper_client::MultiWriteResult::SetData { stat } = r {
                         cache.note_write(&request.id, request.clone(), &stat);

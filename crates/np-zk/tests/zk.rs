@@ -543,3 +543,112 @@ async fn fulfilment_transaction_unlocks_nodes_writes_request_and_releases_its_lo
     }
     req_lock.release().await.unwrap();
 }
+
+/// The request-lock cache sees a kazoo process take a request's lock and
+/// sees the lock vanish when that process dies (the killed-launcher case of
+/// issue 11: nothing in the request tree changes then).
+#[tokio::test]
+async fn request_lock_cache_follows_kazoo_locks_and_their_holders_death() {
+    let t = TestZk::new().await;
+    let locks = np_zk::RequestLockCache::requests(&t.zk);
+    assert!(locks.wait_ready(Duration::from_secs(10)).await);
+    let mut events = locks.subscribe();
+    let py = t.python();
+    let path = np_zk::paths::request_lock("200-0000000041");
+    let (held, acquired) = py.hold(&["hold-lock", &path]).await;
+    assert_eq!(acquired, json!({"acquired": true}));
+    assert!(eventually(Duration::from_secs(5), || async { locks.is_locked("200-0000000041") }).await);
+    assert!(!locks.is_locked("200-0000000042"));
+
+    held.kill(); // the kazoo session expires (10 s) after the process dies
+    assert!(eventually(Duration::from_secs(30), || async { !locks.is_locked("200-0000000041") }).await);
+    // Both changes arrived as events naming the request.
+    let mut seen = 0;
+    while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+        if ev.kind == CacheEventKind::LockChanged && ev.id == "200-0000000041" {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2, "one event for the lock taken, one for it gone");
+    locks.stop();
+}
+
+/// After our session expires, a write made through the lock's fenced handle
+/// fails and changes nothing, although the client has a new session (the
+/// zombie case: nothing is acted on under a lock that is gone).
+#[tokio::test]
+async fn a_write_under_a_lock_lost_to_session_expiry_fails_and_changes_nothing() {
+    let t = TestZk::new().await;
+    let mut node = sample_node();
+    t.zk.create_node(&mut node).await.unwrap();
+    let guard = t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().unwrap();
+    let fenced = guard.fenced();
+    let g0 = t.zk.status().generation;
+    t.zk.expire_session().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), guard.lost()).await.expect("the holder is told");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let s = t.zk.status();
+            s.connected && s.generation > g0
+        })
+        .await
+    );
+    assert!(!guard.is_valid());
+    assert!(!fenced.session_alive());
+
+    let mut changed = node.clone();
+    changed.state = NodeState::InUse;
+    let err = fenced.update_node(&changed).await;
+    assert!(err.is_err(), "a fenced write after expiry must fail: {err:?}");
+    let (now, _) = t.zk.get_node(&node.id).await.unwrap().unwrap();
+    assert_eq!(now.state, NodeState::Ready, "the record is untouched");
+    // The unfenced client works on the new session.
+    t.zk.update_node(&changed).await.unwrap();
+}
+
+/// A session resumed on a new connection (what a ZooKeeper restart or a
+/// leader change shorter than the session timeout does) keeps every cache
+/// following changes: the persistent watches are added again (the chaos
+/// suite's launcher went deaf after a ZooKeeper restart, issue 11).
+#[tokio::test]
+async fn caches_keep_following_changes_after_the_session_moves_to_a_new_connection() {
+    let t = TestZk::new().await;
+    let target = np_testing::env("NP_ZK_HOSTS");
+    let first = target.split(',').next().unwrap().to_owned();
+    let proxy = np_testing::proxy::CutProxy::start(&first).await;
+    let mut config = TestZk::config(false, &t.chroot);
+    config.hosts = format!("{}{}", proxy.addr(), t.chroot);
+    config.session_timeout = Duration::from_secs(20);
+    let zk = np_zk::Zk::connect(config).await.unwrap();
+    let nodes = NodeCache::start(&zk);
+    let locks = np_zk::RequestLockCache::requests(&zk);
+    assert!(nodes.wait_ready(Duration::from_secs(10)).await);
+    assert!(locks.wait_ready(Duration::from_secs(10)).await);
+    let session = zk.status().generation;
+
+    for round in 0..2 {
+        let mut status = zk.subscribe();
+        proxy.cut();
+        status.wait_for(|s| !s.connected).await.unwrap();
+        status.wait_for(|s| s.connected).await.unwrap();
+        assert_eq!(zk.status().generation, session, "the same session, resumed (round {round})");
+        tokio::time::sleep(Duration::from_millis(500)).await; // the re-walk is done
+
+        // Changes made after the reconnect, by another client, still arrive.
+        let mut node = sample_node();
+        t.zk.create_node(&mut node).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || async { nodes.get(&node.id).is_some() }).await,
+            "the node cache missed a node created after reconnect {round}"
+        );
+        let id = format!("200-00000000{round}");
+        let guard = t.zk.lock_request(&id, LockOptions::try_once()).await.unwrap().unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || async { locks.is_locked(&id) }).await,
+            "the lock cache missed a lock taken after reconnect {round}"
+        );
+        guard.release().await.unwrap();
+    }
+    nodes.stop();
+    locks.stop();
+}

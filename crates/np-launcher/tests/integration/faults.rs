@@ -1,0 +1,99 @@
+//! Regression tests of the faults the chaos suite (`tools/chaos.sh`) found:
+//! requests whose lock another process held, and requests a dead launcher
+//! left `pending`, are served at once once that process is gone, without
+//! waiting for the maintenance pass (issue 11).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use np_core::{NodeRequest, RequestState};
+use np_driver_fake::{FakeCloud, FakeSettings};
+use np_launcher::launcher::build_providers;
+use np_launcher::Launcher;
+use np_testing::{eventually, TestZk};
+
+use crate::common::state_of;
+
+const CONFIG: &str = r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: small
+providers:
+  - name: fake-provider
+    driver: fake
+    rate: 0.0001
+    cloud: fake
+    cloud-images:
+      - name: img
+    pools:
+      - name: main
+        max-servers: 10
+        labels:
+          - name: small
+            cloud-image: img
+            flavor-name: Fake Flavor
+"#;
+
+/// The launcher with an hour-long maintenance interval: whatever these
+/// tests see served is served by the event-driven path.
+async fn start(t: &TestZk, cloud: &FakeCloud) -> Launcher {
+    let config = np_config::load_str(CONFIG, "test.yaml").unwrap();
+    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
+    let providers = build_providers(&config, &clouds).unwrap();
+    Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_secs(3600))).await.unwrap()
+}
+
+async fn submit(t: &TestZk) -> String {
+    let mut request = NodeRequest::new(vec!["small".into()]);
+    request.requestor = Some("zuul-like".into());
+    t.zk.create_request(&mut request, 100, false).await.unwrap();
+    request.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_locked_by_a_process_that_dies_is_served_when_its_lock_goes() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let id = submit(&t).await;
+    // A peer (kazoo, like a Python launcher about to be killed) holds the
+    // request's lock when our launcher first looks at it.
+    let (held, acquired) = t.python().hold(&["hold-lock", &np_zk::paths::request_lock(&id)]).await;
+    assert_eq!(acquired, serde_json::json!({"acquired": true}));
+    let launcher = start(&t, &cloud).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state_of(&t, &id).await, RequestState::Requested, "the lock is held: hands off");
+
+    let freed = Instant::now();
+    held.kill();
+    assert!(
+        eventually(Duration::from_secs(10), || async { state_of(&t, &id).await == RequestState::Fulfilled })
+            .await,
+        "the request must be served once its lock is gone"
+    );
+    assert!(freed.elapsed() < Duration::from_secs(8), "served {:?} after the lock went", freed.elapsed());
+    launcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_request_nobody_holds_is_reset_and_served_at_once() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let id = submit(&t).await;
+    // A launcher accepted it (pending) and died before it was fulfilled:
+    // its lock went with its session.
+    let (mut request, _) = t.zk.get_request(&id).await.unwrap().unwrap();
+    request.state = RequestState::Pending;
+    t.zk.update_request(&request).await.unwrap();
+
+    let started = Instant::now();
+    let launcher = start(&t, &cloud).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { state_of(&t, &id).await == RequestState::Fulfilled })
+            .await,
+        "a lost pending request must be reset and served without the maintenance pass"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8), "served after {:?}", started.elapsed());
+    launcher.stop().await;
+}
