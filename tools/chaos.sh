@@ -4,6 +4,7 @@
 #   tools/chaos.sh                 every scenario; writes doc/reliability.md
 #   tools/chaos.sh --ci            the short deterministic subset (.ci/run)
 #   tools/chaos.sh --only NAME     one scenario (repeatable; --list names them)
+#   CHAOS_PROFILE=debug tools/chaos.sh   with the debug binaries (no release build)
 #
 # Installs what is missing (tools/setup.sh), builds the release binaries
 # (the debug ones with --ci: the test run has just built them), then runs
@@ -31,7 +32,7 @@ done
 
 tools/setup.sh
 
-if [ "$ci" = 1 ]; then
+if [ "$ci" = 1 ] || [ "${CHAOS_PROFILE:-release}" = debug ]; then
     cargo build --workspace --bins
     bin_dir="$REPO/target/debug"
 else

@@ -178,11 +178,57 @@ class Run:
 
     def start_python_launcher(self, config_path, tag="python-launcher"):
         venv_bin = os.path.dirname(sys.executable)
-        cmd = [os.path.join(venv_bin, "nodepool-launcher"), "-f", "-c", config_path]
+        cmd = [os.path.join(venv_bin, "nodepool-launcher"), "-f", "--no-webapp", "-c", config_path]
         env = dict(os.environ)
         p = Proc(cmd, os.path.join(self.dir, tag + ".log"), env=env)
         self.procs.append(p)
         return p
+
+    def start_sampler(self, provider, interval=0.1):
+        """A thread counting the node records of `provider` every
+        `interval` seconds; returns (stop, result) where result()["max"] is
+        the most seen at once."""
+        import threading
+        out = {"max": 0, "samples": 0, "by_ours": set(), "by_others": set()}
+        stop = threading.Event()
+
+        def sample():
+            zk = self.kazoo()
+            try:
+                while not stop.is_set():
+                    n = 0
+                    try:
+                        for i in zk.get_children("/nodepool/nodes"):
+                            try:
+                                data, _ = zk.get("/nodepool/nodes/" + i)
+                                rec = json.loads(data) if data else {}
+                                if rec.get("provider") == provider:
+                                    n += 1
+                                    ext = rec.get("external_id")
+                                    if ext:
+                                        # Our fake cloud's server ids start "fake-".
+                                        ours = "fake-" in json.dumps(ext)
+                                        out["by_ours" if ours else "by_others"].add(i)
+                            except (NoNodeError, ValueError):
+                                pass
+                    except Exception:  # noqa: BLE001 - a fault of the run; sample again
+                        time.sleep(interval)
+                        continue
+                    out["max"] = max(out["max"], n)
+                    out["samples"] += 1
+                    stop.wait(interval)
+            finally:
+                zk.stop()
+                zk.close()
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+
+        def finish():
+            stop.set()
+            t.join(10)
+            return out
+        return finish
 
     def start_client(self, labels, count=300, outstanding=20, job_time=(0.05, 0.2), timeout=600, seed=1,
                      extra=()):

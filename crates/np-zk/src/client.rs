@@ -518,7 +518,13 @@ async fn close_session(config: ZkConfig, session: zookeeper_client::SessionInfo)
 /// A connection loss (or a request timed out on one): the session may still
 /// be there once the client reconnected.
 pub(crate) fn is_transient(e: &zookeeper_client::Error) -> bool {
-    matches!(e, zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Timeout)
+    // zookeeper-client fails the requests in flight when a connection breaks
+    // with the socket's I/O error (`Custom`: "connection reset by peer",
+    // "peer closed connection without sending TLS close_notify"), not with
+    // `ConnectionLoss`; it is the same event (the chaos suite's ZooKeeper
+    // restart turned such writes into failed launches).
+    use zookeeper_client::Error as E;
+    matches!(e, E::ConnectionLoss | E::Timeout | E::Throttled | E::Custom(_))
 }
 
 async fn supervise(
