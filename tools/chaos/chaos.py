@@ -89,10 +89,11 @@ def write_doc(path, rows, selftest, live_selftest, opts, started):
                  "run: `%s`.\n" % (started.strftime("%Y-%m-%d %H:%M UTC"), opts.mode,
                                    os.path.relpath(opts.out, REPO)))
     lines.append("Machine: %s, %d cores, Python %s. Every scenario runs real processes on loopback: our "
-                 "release launcher, a private ZooKeeper 3.8 (Debian's package), the Zuul-like client "
+                 "launcher (%s build), a private ZooKeeper 3.8 (Debian's package), the Zuul-like client "
                  "(`tools/chaos/client.py`), and where named moto, the real OpenStack of "
                  "`tools/openstack-env.sh` and Python Nodepool 11.0.0.\n" % (
-                     platform.machine(), os.cpu_count(), platform.python_version()))
+                     platform.machine(), os.cpu_count(), platform.python_version(),
+                     os.path.basename(os.path.normpath(opts.bin_dir))))
     lines.append("Columns (computed by `tools/chaos/history.py` from the client's history, every request "
                  "and node record in ZooKeeper and every resource in the cloud, after cleanup ran): "
                  "**lost** = submitted and never answered; **double** = a request fulfilled twice, a node "

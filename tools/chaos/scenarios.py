@@ -2,6 +2,7 @@
 {"name", "figures" (history.check), "notes"}.
 """
 
+import os
 import re
 import signal
 import time
@@ -198,7 +199,18 @@ def sigstop_zombie(suite, name, rng):
         procs[0].signal(signal.SIGCONT)
         run.fault("launcher frozen 18 s", t)
         return ["launcher 1 frozen 18 s (session timeout 10 s) beside launcher 2."]
-    return fake_churn(suite, name, rng, faults, launchers=2, zk_timeout=10)
+
+    row = fake_churn(suite, name, rng, faults, launchers=2, zk_timeout=10)
+    with open(run_log(row, "launcher-1.log"), "rb") as f:
+        text = f.read().decode("utf-8", "replace")
+    row["notes"].append("On waking, launcher 1 abandoned %d launches and dropped %d requests unchanged: it saw its "
+                        "session (and so its locks) gone before writing under them." % (
+                            text.count("abandoning the launch"), text.count("dropping the request unchanged")))
+    return row
+
+
+def run_log(row, name):
+    return os.path.join(row["dir"], name)
 
 
 MALFORMED = 1000
@@ -304,8 +316,9 @@ def mixed_fleet(suite, name, rng, count=1000, max_servers=20):
     row["notes"] = ["at most %d node records of the provider at once (max-servers %d, %d samples); Python "
                     "launched %d nodes, ours %d; launchers alive: %s." % (
                         sampled["max"], max_servers, sampled["samples"], py_nodes, len(sampled["by_ours"]), alive)]
-    if sampled["max"] > max_servers or not all(alive):
+    if sampled["max"] > max_servers or not all(alive) or py_nodes == 0 or not sampled["by_ours"]:
         row["failed_check"] = True
+        row["notes"].append("(a fleet where one side launched nothing shows nothing)")
     return row
 
 

@@ -179,7 +179,12 @@ class Run:
     def start_python_launcher(self, config_path, tag="python-launcher"):
         venv_bin = os.path.dirname(sys.executable)
         cmd = [os.path.join(venv_bin, "nodepool-launcher"), "-f", "--no-webapp", "-c", config_path]
-        env = dict(os.environ)
+        # Python's fake driver reads its cloud from clouds.yaml (openstacksdk)
+        # but never contacts it.
+        clouds = self.write("clouds.yaml", "clouds:\n  fake:\n    region_name: fake-region\n    auth:\n"
+                            "      auth_url: http://127.0.0.1:9/\n      username: chaos\n"
+                            "      password: not-a-secret\n      project_name: chaos\n")
+        env = dict(os.environ, OS_CLIENT_CONFIG_FILE=clouds)
         p = Proc(cmd, os.path.join(self.dir, tag + ".log"), env=env)
         self.procs.append(p)
         return p
