@@ -142,6 +142,13 @@ class Client:
                 path = self.zk.create("/nodepool/requests/%s-" % prefix, data,
                                       sequence=True, makepath=True)
                 return path.rsplit("/", 1)[1]
+            except NoNodeError:
+                # The chroot itself is missing on the server we talk to (a
+                # follower that has not seen its creation yet): kazoo's
+                # makepath cannot create it. Nothing was created; try again.
+                if time.time() > self.deadline:
+                    raise
+                time.sleep(0.2)
             except RETRYABLE:
                 if time.time() > self.deadline:
                     raise

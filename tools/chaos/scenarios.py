@@ -173,18 +173,21 @@ def ensemble_leader_kill(suite, name, rng):
     def faults(run, procs, rng, client):
         killed = []
         for _ in range(2):
-            time.sleep(rng.uniform(4.0, 8.0))
+            time.sleep(rng.uniform(3.0, 6.0))
             if not client.alive():
                 break
             leader = run.zk.leader()
             t = time.time()
             run.zk.kill(leader)
             killed.append(leader)
-            time.sleep(10)
+            time.sleep(8)
             run.zk.resume(leader)
             run.fault("leader %d killed" % leader, t)
-        return ["leaders killed: %s." % ", ".join("server %d" % k for k in killed)]
-    return fake_churn(suite, name, rng, faults, servers=3, zk_timeout=10)
+        notes = ["leaders killed: %s (each down 8 s)." % ", ".join("server %d" % k for k in killed)]
+        if len(killed) < 2:
+            notes.append("the client finished before the second kill.")
+        return notes
+    return fake_churn(suite, name, rng, faults, servers=3, zk_timeout=10, count=600)
 
 
 def sigstop_zombie(suite, name, rng):
@@ -305,7 +308,7 @@ def mixed_fleet(suite, name, rng, count=1000, max_servers=20):
     cfg = run.write("nodepool.yaml", text)
     ours = [run.start_launcher(cfg, extra_env=FAKE_ENV) for _ in range(2)]
     python = run.start_python_launcher(cfg)
-    finish = run.start_sampler("chaos-fake")
+    finish = run.start_sampler("chaos-fake", max_servers=max_servers)
     client = run.start_client("chaos-fake", count=count, outstanding=20, job_time=(0.2, 0.6), timeout=1200,
                               seed=rng.randrange(1 << 30))
     wait_client(run, client, 1200)
@@ -313,9 +316,11 @@ def mixed_fleet(suite, name, rng, count=1000, max_servers=20):
     py_nodes = len(sampled["by_others"])
     alive = [p.alive() for p in ours + [python]]
     row = run.result(["chaos-fake"], run.fake_instances)
-    row["notes"] = ["at most %d node records of the provider at once (max-servers %d, %d samples); Python "
-                    "launched %d nodes, ours %d; launchers alive: %s." % (
+    row["notes"] = ["at most %d node records of the provider past `init` at once (max-servers %d, %d samples); "
+                    "Python launched %d nodes, ours %d; launchers alive: %s." % (
                         sampled["max"], max_servers, sampled["samples"], py_nodes, len(sampled["by_ours"]), alive)]
+    if sampled["over"]:
+        row["notes"].append("samples over max-servers (id, state, launcher): %s" % sampled["over"][:3])
     if sampled["max"] > max_servers or not all(alive) or py_nodes == 0 or not sampled["by_ours"]:
         row["failed_check"] = True
         row["notes"].append("(a fleet where one side launched nothing shows nothing)")
@@ -347,3 +352,4 @@ CI = [
     ("ci-zk-restart", zk_restart_once),
     ("ci-malformed-znodes", malformed_znodes),
 ]
+

@@ -189,12 +189,13 @@ class Run:
         self.procs.append(p)
         return p
 
-    def start_sampler(self, provider, interval=0.1):
-        """A thread counting the node records of `provider` every
-        `interval` seconds; returns (stop, result) where result()["max"] is
-        the most seen at once."""
+    def start_sampler(self, provider, interval=0.1, max_servers=None):
+        """A thread counting the node records of `provider` past `init`
+        every `interval` seconds; returns finish(), whose result's "max" is
+        the most seen at once ("over": the records of samples above
+        `max_servers`)."""
         import threading
-        out = {"max": 0, "samples": 0, "by_ours": set(), "by_others": set()}
+        out = {"max": 0, "samples": 0, "by_ours": set(), "by_others": set(), "over": []}
         stop = threading.Event()
 
         def sample():
@@ -202,13 +203,19 @@ class Run:
             try:
                 while not stop.is_set():
                     n = 0
+                    live = []
                     try:
                         for i in zk.get_children("/nodepool/nodes"):
                             try:
                                 data, _ = zk.get("/nodepool/nodes/" + i)
                                 rec = json.loads(data) if data else {}
-                                if rec.get("provider") == provider:
+                                # An `init` node has launched nothing yet (ours
+                                # that give way to an earlier node are deleted
+                                # from `init`); every later state counts, as
+                                # in the launchers' own quota.
+                                if rec.get("provider") == provider and rec.get("state") != "init":
                                     n += 1
+                                    live.append((i, rec.get("state"), rec.get("launcher")))
                                     ext = rec.get("external_id")
                                     if ext:
                                         # Our fake cloud's server ids start "fake-".
@@ -220,6 +227,8 @@ class Run:
                         time.sleep(interval)
                         continue
                     out["max"] = max(out["max"], n)
+                    if max_servers is not None and n > max_servers and len(out["over"]) < 20:
+                        out["over"].append(sorted(live))
                     out["samples"] += 1
                     stop.wait(interval)
             finally:
@@ -235,8 +244,20 @@ class Run:
             return out
         return finish
 
+    def ensure_chroot(self):
+        """Creates the run's chroot (kazoo cannot create a chroot itself)."""
+        zk = KazooClient(hosts=self.zk.hosts, timeout=30, connection_retry=KazooRetry(max_tries=-1, max_delay=1),
+                         command_retry=KazooRetry(max_tries=20, max_delay=1))
+        zk.start(timeout=60)
+        try:
+            zk.ensure_path(self.chroot + "/nodepool/requests")
+        finally:
+            zk.stop()
+            zk.close()
+
     def start_client(self, labels, count=300, outstanding=20, job_time=(0.05, 0.2), timeout=600, seed=1,
                      extra=()):
+        self.ensure_chroot()
         cmd = [sys.executable, os.path.join(HERE, "client.py"), "--hosts", self.zk.hosts + self.chroot,
                "--labels", labels, "--count", str(count), "--outstanding", str(outstanding),
                "--job-time", "%s,%s" % job_time, "--timeout", str(timeout), "--history", self.history,

@@ -96,6 +96,10 @@ pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
 }
 
+/// How long one EC2, S3 or EBS call attempt may take (image imports and
+/// EBS uploads are many short calls).
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl AwsClients {
     /// Clients for `config`'s region and profile, with credentials from the
     /// standard chain (environment, profile, SSO, IMDS...). `endpoint_url`
@@ -110,6 +114,15 @@ impl AwsClients {
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
+        // The SDK sets no read timeout by default: a call to an endpoint that
+        // stops answering would wait forever. Every attempt gets a deadline
+        // (the SDK's retries, with back-off, still apply).
+        loader = loader.timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        );
         let sdk = loader.load().await;
         // Other S3-compatible endpoints rarely serve virtual-hosted buckets.
         let s3_config =

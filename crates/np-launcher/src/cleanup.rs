@@ -230,7 +230,13 @@ async fn delete_one(
 /// The cloud id of the instance tagged with this node's id and provider, if
 /// the cloud has one.
 async fn tagged_instance(provider: &dyn Provider, node: &np_core::Node) -> Option<serde_json::Value> {
-    let instances = match provider.list_instances().await {
+    let instances = match np_provider::with_deadline(
+        "instance listing",
+        np_provider::CLOUD_CALL_TIMEOUT,
+        provider.list_instances(),
+    )
+    .await
+    {
         Ok(i) => i,
         Err(e) => {
             debug!(node = %node.id, error = %e, "cannot list instances to find the node's");

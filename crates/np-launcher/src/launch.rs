@@ -111,7 +111,9 @@ pub async fn delete_instance(
 pub async fn drive_delete(mut machine: Box<dyn np_provider::DeleteMachine>) -> Result<(), ProviderError> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        match machine.step().await {
+        let step =
+            np_provider::with_deadline("delete step", np_provider::CLOUD_CALL_TIMEOUT, machine.step()).await;
+        match step {
             Ok(Step::Done(())) | Err(ProviderError::NotFound(_)) => return Ok(()),
             Ok(Step::Pending(d)) => {
                 if Instant::now() > deadline {
@@ -172,7 +174,15 @@ pub async fn run_launch(
                 }
                 return abandon(provider.as_ref(), node).await;
             }
-            let step = machine.step().await;
+            // One step may not outlive the attempt (nor hang on a cloud
+            // that stopped answering).
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+            let step = np_provider::with_deadline(
+                "launch step",
+                left.min(np_provider::CLOUD_CALL_TIMEOUT),
+                machine.step(),
+            )
+            .await;
             if let Some(id) = machine.external_id() {
                 if node.external_id.as_ref() != Some(&id) {
                     node.external_id = Some(id);

@@ -14,7 +14,14 @@
 //!   with no ZooKeeper node, seen on two passes in a row, are deleted;
 //! * **request-lock directories** whose request is gone and that are older than
 //!   8 hours are removed;
-//! * **empty node znodes** (resurrected by a late lock) are removed.
+//! * **empty node znodes** (resurrected by a late lock) are removed;
+//! * **orphaned `init` nodes**: a node of one of our providers seen in
+//!   `init` with nobody holding its lock on passes at least
+//!   [`ORPHAN_INIT_AGE`] apart becomes `deleting`. A launcher locks the node
+//!   it creates at once, so such a node was left by a launcher that died (or
+//!   lost its connection) between the create and the lock. Upstream only
+//!   collects those through a lost request, and never when that request is
+//!   gone (its QUIRK, not kept).
 //!
 //! Age deadlines are computed exactly: the task sleeps until the earliest one
 //! (or the next full pass, every 60 s as upstream), not on a short poll.
@@ -35,6 +42,9 @@ use crate::pool::SharedState;
 
 /// How often the full pass runs (upstream: 60 s).
 pub const PASS_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a node must have been seen in `init` without a lock before it
+/// counts as orphaned (or two pass intervals, if shorter).
+pub const ORPHAN_INIT_AGE: Duration = Duration::from_secs(30);
 /// Request-lock directories older than this are garbage (upstream: 8 h).
 pub const REQUEST_LOCK_AGE: Duration = Duration::from_secs(8 * 3600);
 
@@ -57,6 +67,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut leak_candidates: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut unlocked_init: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut next_pass = tokio::time::Instant::now();
     let mut events = shared.nodes.subscribe();
     loop {
@@ -65,6 +76,8 @@ pub async fn run(
         if tokio::time::Instant::now() >= next_pass {
             reset_lost_requests(&shared).await;
             delete_empty_nodes(&shared).await;
+            let orphan_age = ORPHAN_INIT_AGE.min(config.pass_interval.unwrap_or(PASS_INTERVAL) * 2);
+            delete_orphaned_init_nodes(&shared, &providers, &mut unlocked_init, orphan_age).await;
             clean_request_locks(&shared).await;
             for (name, provider) in &providers {
                 let seen = leak_candidates.entry(name.clone()).or_default();
@@ -297,6 +310,48 @@ pub async fn watch_lost_requests(shared: SharedState, cancel: CancellationToken)
     }
 }
 
+/// Marks `deleting` the nodes of our providers that have stayed in `init`
+/// with no lock contender since an earlier pass at least
+/// `age` ago (`first_seen` remembers when each was first seen so).
+/// Under the node's lock, after re-reading it.
+async fn delete_orphaned_init_nodes(
+    shared: &SharedState,
+    providers: &ProviderSet,
+    first_seen: &mut HashMap<String, tokio::time::Instant>,
+    age: Duration,
+) {
+    let now = tokio::time::Instant::now();
+    let orphans: Vec<String> = shared.nodes.scan(|entries| {
+        entries
+            .filter(|e| {
+                e.value.state == NodeState::Init
+                    && !e.is_locked()
+                    && e.value.provider.as_deref().is_some_and(|p| providers.contains_key(p))
+            })
+            .map(|e| e.value.id.clone())
+            .collect()
+    });
+    first_seen.retain(|id, _| orphans.contains(id));
+    for id in orphans {
+        let since = *first_seen.entry(id.clone()).or_insert(now);
+        if now.duration_since(since) < age {
+            continue;
+        }
+        let Ok(Some(lock)) = shared.zk.lock_node(&id, LockOptions::try_once()).await else { continue };
+        let fenced = lock.fenced();
+        if let Ok(Some((mut node, _))) = fenced.get_node(&id).await {
+            if node.state == NodeState::Init {
+                info!(node = %id, allocated_to = ?node.allocated_to, "node left in init without a lock; deleting it");
+                node.set_state(NodeState::Deleting);
+                node.allocated_to = None;
+                let _ = fenced.update_node_cached(&shared.nodes, &node, None).await;
+            }
+        }
+        first_seen.remove(&id);
+        let _ = lock.release().await;
+    }
+}
+
 async fn delete_empty_nodes(shared: &SharedState) {
     let zk = &shared.zk;
     let Ok(ids) = zk.node_ids().await else { return };
@@ -352,7 +407,13 @@ async fn clean_leaked_instances(
     provider: &dyn np_provider::Provider,
     seen_before: &mut HashSet<String>,
 ) {
-    let instances = match provider.list_instances().await {
+    let instances = match np_provider::with_deadline(
+        "instance listing",
+        np_provider::CLOUD_CALL_TIMEOUT,
+        provider.list_instances(),
+    )
+    .await
+    {
         Ok(i) => i,
         Err(e) => {
             warn!(provider = provider_name, error = %e, "cannot list instances for leak cleanup");

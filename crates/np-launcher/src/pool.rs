@@ -669,7 +669,11 @@ impl PoolWorker {
                 waiting_for_quota = true;
                 break;
             }
-            self.launch_slot(&mut handler, i).await;
+            if !self.launch_slot(&mut handler, i).await {
+                // Another launcher's node took the pool's last room first.
+                waiting_for_quota = true;
+                break;
+            }
         }
         let states: Vec<SlotState> = handler.slots.iter().map(|s| s.state).collect();
         if states.iter().all(|s| *s == SlotState::Ready) {
@@ -779,7 +783,13 @@ impl PoolWorker {
         if self.spec.ignore_provider_quota {
             return true;
         }
-        let limits = match self.provider.quota_limits().await {
+        let limits = match np_provider::with_deadline(
+            "quota limits",
+            np_provider::CLOUD_CALL_TIMEOUT,
+            self.provider.quota_limits(),
+        )
+        .await
+        {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "cannot read provider quota; assuming none left");
@@ -800,7 +810,13 @@ impl PoolWorker {
     /// tag, and leaked ones whose node is gone. Unknown (an error): none.
     async fn unmanaged_usage(&self) -> Quota {
         let mut used = Quota::zero();
-        let instances = match self.provider.instance_usage().await {
+        let instances = match np_provider::with_deadline(
+            "instance usage",
+            np_provider::CLOUD_CALL_TIMEOUT,
+            self.provider.instance_usage(),
+        )
+        .await
+        {
             Ok(i) => i,
             Err(e) => {
                 debug!(error = %e, "cannot list the cloud's instances; not counting unmanaged ones");
@@ -863,7 +879,13 @@ impl PoolWorker {
         if self.spec.ignore_provider_quota {
             return true;
         }
-        match self.provider.quota_limits().await {
+        match np_provider::with_deadline(
+            "quota limits",
+            np_provider::CLOUD_CALL_TIMEOUT,
+            self.provider.quota_limits(),
+        )
+        .await
+        {
             Ok(mut limits) => limits.subtract(&needed).non_negative(),
             Err(_) => true,
         }
@@ -892,7 +914,55 @@ impl PoolWorker {
         }
     }
 
-    async fn launch_slot(&mut self, handler: &mut Handler, i: usize) {
+    /// Whether the pool's limits leave room for `node` (just created, id
+    /// and sequence `seq`) counting only the pool's nodes created before it.
+    /// Launchers serving one pool (ours, or ours beside Python's) decide on
+    /// caches that may lag each other by a few milliseconds, so two of them
+    /// can both see the last free slot (upstream accepts the overshoot and
+    /// lets the cloud refuse it). Node ids are one ZooKeeper sequence, and
+    /// once the node cache has applied our own node's creation it holds
+    /// every node created before ours: the earlier node keeps the slot and
+    /// ours gives way, whoever made the other one. `None`: the cache did not
+    /// catch up in time (the launch goes ahead, as upstream's would).
+    async fn within_limits_in_sequence(&self, node: &Node, seq: u64) -> Option<bool> {
+        if !self.shared.nodes.wait_created(seq, std::time::Duration::from_secs(5)).await {
+            warn!(node = %node.id, "node cache did not catch up with our own create; not checking the pool's limits in sequence");
+            return None;
+        }
+        let label = node.node_type.first().map_or("", |s| s.as_str());
+        let mut left = self.spec.limits.clone();
+        left.subtract(&self.provider.quota_for_label(&self.spec.pool, label));
+        let used = self.shared.nodes.scan(|entries| {
+            let mut used = Quota::zero();
+            for e in entries {
+                let n = &e.value;
+                if n.provider.as_deref() != Some(&self.spec.provider)
+                    || n.pool.as_deref() != Some(&self.spec.pool)
+                {
+                    continue;
+                }
+                if np_zk::cache::record_sequence(&n.id).is_none_or(|s| s >= seq) {
+                    continue;
+                }
+                match &n.resources {
+                    Some(r) => used.add(&Quota::from_resources(r)),
+                    None => used.add(
+                        &self
+                            .provider
+                            .quota_for_label(&self.spec.pool, n.node_type.first().map_or("", |s| s)),
+                    ),
+                };
+            }
+            used
+        });
+        left.subtract(&used);
+        Some(left.non_negative())
+    }
+
+    /// Creates, locks and starts launching the node of slot `i`. False when
+    /// the pool turned out to be full once every node created before ours
+    /// was counted (the slot stays empty; the pool waits for quota).
+    async fn launch_slot(&mut self, handler: &mut Handler, i: usize) -> bool {
         // The node is created and locked in the request lock's session.
         let zk = handler.lock.fenced();
         let label = handler.slots[i].label.clone();
@@ -920,27 +990,41 @@ impl PoolWorker {
             let Some((path, external_id)) = handler.images.get(image) else {
                 warn!(image, "no ready upload of the diskimage in this provider");
                 handler.slots[i].state = SlotState::Failed;
-                return;
+                return true;
             };
             node.image_id = Some(path.clone());
             image_external_id = external_id.clone();
         }
         node.resources = Some(self.provider.quota_for_label(&self.spec.pool, &label).to_resources());
-        let stat = match zk.create_node(&mut node).await {
+        let after = self.shared.nodes.created_watermark();
+        let stat = match zk.create_node_once(&mut node, after).await {
             Ok(stat) => stat,
             Err(e) => {
                 warn!(error = %e, "cannot create node");
                 handler.slots[i].state = SlotState::Failed;
-                return;
+                return true;
             }
         };
         self.shared.nodes.note_write(&node.id, node.clone(), &stat);
+        if !self.spec.limits.is_unlimited() {
+            if let Some(seq) = np_zk::cache::record_sequence(&node.id) {
+                if self.within_limits_in_sequence(&node, seq).await == Some(false) {
+                    info!(node = %node.id, "a node created before ours took the pool's last room; giving way");
+                    if let Err(e) = zk.delete_node(&mut node).await {
+                        // Left in `init` without a lock: the orphan sweep
+                        // of maintenance removes it.
+                        warn!(node = %node.id, error = %e, "cannot delete the node that gave way");
+                    }
+                    return false;
+                }
+            }
+        }
         let lock = match zk.lock_node(&node.id, LockOptions::try_once()).await {
             Ok(Some(lock)) => lock,
             other => {
                 warn!(node = %node.id, ?other, "cannot lock new node");
                 handler.slots[i].state = SlotState::Failed;
-                return;
+                return true;
             }
         };
         node.set_state(NodeState::Building);
@@ -985,6 +1069,7 @@ impl PoolWorker {
             }
             .instrument(span),
         );
+        true
     }
 
     async fn launch_done(&mut self, done: LaunchDone) {

@@ -65,6 +65,26 @@ pub enum ProviderError {
     Fatal(String),
 }
 
+/// How long the launcher lets one cloud call (one machine step, a quota or
+/// listing read) run before it counts as hung: a cloud that stops answering
+/// must not hold a launch, a delete or a pool's pass forever. Drivers put
+/// their own, shorter, per-request timeouts under it.
+pub const CLOUD_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs one cloud call with a deadline; a call still running after
+/// `limit` is dropped and reported as a transient error (retried or
+/// backed off like any other), naming `what`.
+pub async fn with_deadline<T>(
+    what: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(ProviderError::Transient(format!("{what}: no answer from the cloud in {limit:?}"))),
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone)]
 pub struct LaunchRequest {

@@ -118,6 +118,10 @@ struct Shared<T> {
     refresh: tokio::sync::mpsc::UnboundedSender<String>,
     events: broadcast::Sender<CacheEvent>,
     ready: watch::Sender<bool>,
+    /// The highest record sequence number (the digits of a sequential id)
+    /// whose creation the cache has applied, with everything before it: see
+    /// [`TreeCache::wait_created`].
+    created: watch::Sender<u64>,
     cancel: CancellationToken,
 }
 
@@ -133,9 +137,21 @@ impl<T: Cached> Clone for TreeCache<T> {
 }
 
 enum Update<T> {
-    Fetched { id: String, result: Result<Option<(Vec<u8>, zookeeper_client::Stat)>, zookeeper_client::Error> },
-    Deleted { id: String },
-    Contender { id: String, name: String, present: bool },
+    Fetched {
+        id: String,
+        result: Result<Option<(Vec<u8>, zookeeper_client::Stat)>, zookeeper_client::Error>,
+    },
+    Deleted {
+        id: String,
+    },
+    Contender {
+        id: String,
+        name: String,
+        present: bool,
+    },
+    /// A record with this sequence number was created; applied after its
+    /// fetch, so every earlier event is applied too.
+    Created(u64),
     Ignore(std::marker::PhantomData<T>),
 }
 
@@ -145,6 +161,7 @@ impl<T: Cached> TreeCache<T> {
     pub fn start(zk: &Zk) -> Self {
         let (events, _) = broadcast::channel(4096);
         let (ready, _) = watch::channel(false);
+        let (created, _) = watch::channel(0);
         let (refresh, refresh_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             entries: RwLock::new(HashMap::new()),
@@ -152,6 +169,7 @@ impl<T: Cached> TreeCache<T> {
             refresh,
             events,
             ready,
+            created,
             cancel: CancellationToken::new(),
         });
         tokio::spawn(run(zk.clone(), shared.clone(), refresh_rx));
@@ -168,6 +186,28 @@ impl<T: Cached> TreeCache<T> {
         let mut rx = self.shared.ready.subscribe();
         let ready = tokio::time::timeout(timeout, rx.wait_for(|r| *r)).await;
         matches!(ready, Ok(Ok(_)))
+    }
+
+    /// Waits until the cache has applied the creation of the record with
+    /// sequence number `seq` (a sequential id such as a node's
+    /// `0000000042`), and so every change ZooKeeper made before it: the
+    /// persistent watch delivers events in zxid order and the cache applies
+    /// them in that order. Sequence numbers of one parent grow with zxid,
+    /// so afterwards every record created before `seq` is in the cache
+    /// (unless deleted since). False on timeout.
+    ///
+    /// This is how a launcher that has just created a node knows exactly
+    /// which nodes of its pool were created before it, whoever made them.
+    pub async fn wait_created(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.shared.created.subscribe();
+        let seen = tokio::time::timeout(timeout, rx.wait_for(|s| *s >= seq)).await;
+        matches!(seen, Ok(Ok(_)))
+    }
+
+    /// The sequence watermark of [`TreeCache::wait_created`] now: every
+    /// record created later has a higher sequence number.
+    pub fn created_watermark(&self) -> u64 {
+        *self.shared.created.borrow()
     }
 
     /// Change notifications. A lagging receiver should treat
@@ -353,6 +393,16 @@ fn resync<T: Cached>(
         }
     }
     drop(map);
+    // The walk saw every record that existed when it listed the root.
+    if let Some(top) = walked.iter().filter_map(|(id, ..)| record_sequence(id)).max() {
+        shared.created.send_if_modified(|s| {
+            let newer = top > *s;
+            if newer {
+                *s = top;
+            }
+            newer
+        });
+    }
     let _ = shared.events.send(CacheEvent { id: String::new(), kind: CacheEventKind::Resynced });
     shared.ready.send_replace(true);
 }
@@ -465,6 +515,11 @@ async fn run<T: Cached>(
                             }
                             ([id], EventType::NodeCreated | EventType::NodeDataChanged) => {
                                 pending.push_back(fetch(&client, event.path.clone(), (*id).to_owned()));
+                                if event.event_type == EventType::NodeCreated {
+                                    if let Some(seq) = record_sequence(id) {
+                                        pending.push_back(async move { Update::Created(seq) }.boxed());
+                                    }
+                                }
                             }
                             ([id, "lock", name], kind) if T::TRACK_LOCKS && contender_sequence(name).is_some() => {
                                 let present = kind == EventType::NodeCreated;
@@ -577,6 +632,27 @@ fn apply<T: Cached>(shared: &Shared<T>, update: Update<T>) {
                 }
             }
         }
+        Update::Created(seq) => {
+            drop(map);
+            shared.created.send_if_modified(|s| {
+                let newer = seq > *s;
+                if newer {
+                    *s = seq;
+                }
+                newer
+            });
+        }
         Update::Ignore(_) => {}
     }
+}
+
+/// The sequence number of a record id made by a sequential create: its
+/// trailing ten digits (`0000000042`, `100-0000000042`); `None` for names
+/// that are not (foreign znodes).
+pub fn record_sequence(id: &str) -> Option<u64> {
+    let tail = id.rsplit('-').next()?;
+    if tail.len() != 10 || !tail.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    tail.parse().ok()
 }

@@ -424,6 +424,13 @@ impl Zk {
         Ok((created, stat))
     }
 
+    /// Brings the server this session talks to up to date with the leader
+    /// (ZooKeeper's `sync`), so that the next read sees every write
+    /// committed before it.
+    pub async fn sync(&self, path: &str) -> Result<(), ZkError> {
+        self.retrying(|c| async move { c.sync(path).await }).await.map_err(|e| ZkError::op("sync", path, e))
+    }
+
     /// Reads a znode; `Ok(None)` when it does not exist.
     pub async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, Stat)>, ZkError> {
         match self.retrying(|c| async move { c.get_data(path).await }).await {

@@ -79,4 +79,11 @@ impl ZkError {
             }
         )
     }
+
+    /// True when the operation was cut off by a connection loss (a server
+    /// restart, a leader change) and the session may still be there: a
+    /// write may or may not have been made.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, ZkError::Op { source, .. } if crate::client::is_transient(source))
+    }
 }

@@ -343,6 +343,8 @@ impl Zk {
     }
 
     async fn find_own(&self, lock_path: &str, prefix: &str) -> Result<Option<String>, ZkError> {
+        // The server we reconnected to may lag the one that took the create.
+        self.sync(lock_path).await?;
         Ok(self.children(lock_path).await?.unwrap_or_default().into_iter().find(|c| c.starts_with(prefix)))
     }
 
@@ -383,14 +385,13 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     (deadline > now).then(|| deadline - now)
 }
 
+/// A connection loss (in any of the shapes zookeeper-client reports it,
+/// including the socket's own I/O error when a server dies mid-request),
+/// or a session that ended: the lock attempt starts over on the session
+/// there is then, looking for its own contender first.
 fn is_retryable(e: &zookeeper_client::Error) -> bool {
-    matches!(
-        e,
-        zookeeper_client::Error::ConnectionLoss
-            | zookeeper_client::Error::SessionExpired
-            | zookeeper_client::Error::Timeout
-            | zookeeper_client::Error::ClientClosed
-    )
+    crate::client::is_transient(e)
+        || matches!(e, zookeeper_client::Error::SessionExpired | zookeeper_client::Error::ClientClosed)
 }
 
 #[cfg(test)]

@@ -36,6 +36,71 @@ impl Zk {
         Ok(stat)
     }
 
+    /// Creates a node record like [`Zk::create_node`], but survives a
+    /// connection loss that cuts off the reply (a ZooKeeper restart or a
+    /// leader change while the create is in flight): the create may or may
+    /// not have been made, so before creating again the records created
+    /// after sequence `after` (the caller's node-cache watermark, see
+    /// [`crate::TreeCache::wait_created`]) are read, and one whose data is
+    /// byte for byte ours and still at version 0 is taken as ours. A
+    /// sequential create retried blindly would leave an `init` record
+    /// nobody owns. Other errors, and a session that is gone, are returned.
+    pub async fn create_node_once(&self, node: &mut Node, after: u64) -> Result<Stat, ZkError> {
+        if node.created_time.is_none() {
+            node.created_time = Some(node.state_time);
+        }
+        let data = node.to_json();
+        let prefix = format!("{}/", paths::NODES);
+        let window = self.config().session_timeout + self.config().connect_timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let err = match self.create(&prefix, &data, CreateMode::PersistentSequential, true).await {
+                Ok((path, stat)) => {
+                    node.id = last_component(&path);
+                    return Ok(stat);
+                }
+                Err(e) if e.is_interrupted() && self.session_alive() && attempts < 5 => e,
+                Err(e) => return Err(e),
+            };
+            tracing::warn!(error = %err, "node create interrupted; looking for it before creating again");
+            self.wait_connected(window).await?;
+            if let Some((id, stat)) = self.find_created(paths::NODES, &data, after).await? {
+                tracing::info!(node = %id, "the interrupted node create had been made");
+                node.id = id;
+                return Ok(stat);
+            }
+        }
+    }
+
+    /// The record under `root` created after sequence `after` whose data is
+    /// `data` and that nobody has changed since (version 0).
+    async fn find_created(
+        &self,
+        root: &str,
+        data: &[u8],
+        after: u64,
+    ) -> Result<Option<(String, Stat)>, ZkError> {
+        // The server we reconnected to may lag the leader: catch up first.
+        self.sync(root).await?;
+        let mut fresh: Vec<(u64, String)> = self
+            .children(root)
+            .await?
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|id| crate::cache::record_sequence(&id).filter(|s| *s > after).map(|s| (s, id)))
+            .collect();
+        fresh.sort();
+        for (_, id) in fresh {
+            if let Some((bytes, stat)) = self.get(&format!("{root}/{id}")).await? {
+                if bytes == data && stat.version == 0 {
+                    return Ok(Some((id, stat)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Reads a node; `Ok(None)` if it does not exist.
     pub async fn get_node(&self, id: &str) -> Result<Option<(Node, Stat)>, ZkError> {
         let path = paths::node(id);

@@ -162,6 +162,45 @@ async fn leaked_instances_and_empty_znodes_are_removed() {
     launcher.stop().await;
 }
 
+/// A node left in `init` with no lock (its launcher died, or lost the
+/// reply to its create, between creating and locking it) is deleted, also
+/// when its request is gone (upstream never collects it then); a locked
+/// `init` node and another provider's are left alone (issue 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_init_nodes_are_deleted() {
+    let t = TestZk::new().await;
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let init_node = |provider: &str| {
+        let mut node = Node::new(NodeState::Init);
+        node.provider = Some(provider.into());
+        node.pool = Some("main".into());
+        node.node_type = vec!["large".into()];
+        node.allocated_to = Some("100-0000009999".into());
+        node
+    };
+    let mut orphan = init_node("fake-provider");
+    t.zk.create_node(&mut orphan).await.unwrap();
+    let mut held = init_node("fake-provider");
+    t.zk.create_node(&mut held).await.unwrap();
+    let other = t.second().await;
+    let lock = other.zk.lock_node(&held.id, np_zk::LockOptions::try_once()).await.unwrap().unwrap();
+    let mut foreign = init_node("someone-else");
+    t.zk.create_node(&mut foreign).await.unwrap();
+
+    let launcher = start(&t, &cloud).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async { t.zk.get_node(&orphan.id).await.unwrap().is_none() })
+            .await,
+        "the orphaned init node is deleted"
+    );
+    let (still, _) = t.zk.get_node(&held.id).await.unwrap().unwrap();
+    assert_eq!(still.state, NodeState::Init, "a locked init node is left alone");
+    let (theirs, _) = t.zk.get_node(&foreign.id).await.unwrap().unwrap();
+    assert_eq!(theirs.state, NodeState::Init, "another provider's node is left alone");
+    let _ = lock.release().await;
+    launcher.stop().await;
+}
+
 /// Uploaded images carry the builder's build and upload ids instead of a
 /// node id: one whose upload record is gone is leaked and deleted; one
 /// whose upload exists is kept (upstream's `cleanupLeakedResources`).

@@ -250,3 +250,75 @@ async fn repeated_cloud_quota_errors_back_off() {
     assert!(wait_state(&t, &id, RequestState::Fulfilled).await);
     launcher.stop().await;
 }
+
+/// Two launchers serving one pool (each with its own ZooKeeper session and
+/// caches, as two hosts would) never have more of the pool's nodes past
+/// `init` at once than `max-servers`: each created node is checked against
+/// the nodes created before it, and the later one gives way (issue 11's
+/// mixed fleet went one over). An observer samples the node records while
+/// a burst of requests is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_launchers_on_one_pool_never_exceed_max_servers() {
+    let t = TestZk::new().await;
+    let config = config("        max-servers: 3", false);
+    let settings = FakeSettings { launch_delay: Duration::from_millis(30), ..FakeSettings::default() };
+    let cloud = FakeCloud::new("fake-provider", settings);
+    let peer = t.second().await;
+    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
+    let a = Launcher::start(&config, t.zk.clone(), build_providers(&config, &clouds).unwrap()).await.unwrap();
+    let b =
+        Launcher::start(&config, peer.zk.clone(), build_providers(&config, &clouds).unwrap()).await.unwrap();
+    let observer = t.second().await;
+    let seen = np_zk::NodeCache::start(&observer.zk);
+    assert!(seen.wait_ready(Duration::from_secs(10)).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (seen, stop) = (seen.clone(), stop.clone());
+        async move {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let live = seen.values().iter().filter(|n| n.state != NodeState::Init).count();
+                most = most.max(live);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        }
+    });
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(request(&t, &["small"]).await);
+    }
+    // Each fulfilled request's node is used and returned, freeing room.
+    let mut done = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while done.len() < ids.len() && std::time::Instant::now() < deadline {
+        for id in &ids {
+            if done.contains(id) {
+                continue;
+            }
+            let Some((req, _)) = t.zk.get_request(id).await.unwrap() else { continue };
+            match req.state {
+                RequestState::Fulfilled => {
+                    for n in &req.nodes {
+                        let lock = t.zk.lock_node(n, LockOptions::try_once()).await.unwrap().unwrap();
+                        let (mut node, _) = t.zk.get_node(n).await.unwrap().unwrap();
+                        node.state = NodeState::Used;
+                        lock.fenced().update_node(&node).await.unwrap();
+                        lock.release().await.unwrap();
+                    }
+                    t.zk.delete_request(id).await.unwrap();
+                    done.insert(id.clone());
+                }
+                RequestState::Failed => panic!("request {id} failed"),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = sampler.await.unwrap();
+    assert_eq!(done.len(), ids.len(), "every request served");
+    assert!(most <= 3, "at most max-servers nodes past init at once, saw {most}");
+    a.stop().await;
+    b.stop().await;
+}
