@@ -399,7 +399,9 @@ async fn unknown_node_and_busy_lock() {
         assert_eq!(stdout(&py), "");
         let err = String::from_utf8_lossy(&ours.stderr);
         assert!(err.contains("locked by another process"), "{err}");
-        assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(20), "{took:?}");
+        // Both CLIs wait about 5 s for the lock; the bound only catches a hang
+        // (Python alone took 28 s once on a loaded machine).
+        assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(60), "{took:?}");
     }
     let (after, _) = e.tz.zk.get_node(&n.id).await.unwrap().unwrap();
     assert_eq!(after.state, NodeState::Ready);
