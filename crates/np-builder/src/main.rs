@@ -38,17 +38,8 @@ async fn reload(common: &CommonArgs, builder: &np_builder::Builder) {
 /// `diskimages` (a provider whose list was emptied still needs its uploads
 /// removed).
 async fn image_providers(config: &np_config::Config) -> anyhow::Result<np_provider::ProviderSet> {
-    let mut names = std::collections::BTreeSet::new();
-    for p in &config.providers {
-        match &p.driver {
-            np_config::ProviderDriver::Fake(_)
-            | np_config::ProviderDriver::OpenStack(_)
-            | np_config::ProviderDriver::Aws(_) => {
-                names.insert(p.name.clone());
-            }
-            _ => {}
-        }
-    }
+    let names: std::collections::BTreeSet<String> =
+        config.providers.iter().filter(|p| np_drivers::manages_images(p)).map(|p| p.name.clone()).collect();
     np_drivers::build_providers_async(config, &std::collections::HashMap::new(), Some(&names)).await
 }
 

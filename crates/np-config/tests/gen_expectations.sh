@@ -2,20 +2,29 @@
 # Records Python Nodepool's `config-validate` verdict for every upstream fixture config.
 #
 # Usage: crates/np-config/tests/gen_expectations.sh [FIXTURE_DIR]
-#   NODEPOOL_BIN  the Python `nodepool` program (default /tmp/venv/bin/nodepool)
+#   FIXTURE_DIR   the filled corpus (default: $NP_UPSTREAM_FIXTURES, else the one the tests write
+#                 from the venv's nodepool package, <target>/tmp/np-config-upstream-configs;
+#                 `cargo nextest run -p np-config upstream` writes it, see tests/it/corpus.rs)
+#   NODEPOOL_BIN  the Python `nodepool` program (default ${NP_VENV:-<repo>/.venv}/bin/nodepool,
+#                 as tools/setup.sh installs it)
 #
 # Writes crates/np-config/tests/expectations/upstream.tsv with the columns
 #   file, python_rc (0 accepted, 1 rejected), python_errors (error lines joined by " | ").
-# The Rust tests compare our verdicts with this file, so they do not need Python.
+# The Rust tests compare our verdicts with this file; only python_drift.rs reruns Python, on a sample.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-fixtures="${1:-$here/../../../../shared/fixtures/upstream-configs}"
-nodepool="${NODEPOOL_BIN:-/tmp/venv/bin/nodepool}"
+repo="$(cd "$here/../../.." && pwd)"
+fixtures="${1:-${NP_UPSTREAM_FIXTURES:-${CARGO_TARGET_DIR:-$repo/target}/tmp/np-config-upstream-configs}}"
+nodepool="${NODEPOOL_BIN:-${NP_VENV:-$repo/.venv}/bin/nodepool}"
 out="$here/expectations/upstream.tsv"
 
 if [[ ! -x "$nodepool" ]]; then
-    echo "Python nodepool not found at $nodepool (set NODEPOOL_BIN)" >&2
+    echo "Python nodepool not found at $nodepool (run tools/setup.sh, or set NODEPOOL_BIN)" >&2
+    exit 2
+fi
+if ! compgen -G "$fixtures/*.yaml" >/dev/null; then
+    echo "no fixture corpus at $fixtures (run \`cargo nextest run -p np-config upstream\` to write it, or pass FIXTURE_DIR)" >&2
     exit 2
 fi
 

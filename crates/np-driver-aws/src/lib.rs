@@ -38,5 +38,5 @@ pub mod tags;
 pub mod templates;
 
 pub use error::AwsError;
-pub use pools::{label_info, pool_infos, AwsLabelInfo, AwsPoolInfo, CLOUD};
+pub use pools::{label_info, pool_infos, pools, AwsLabelInfo, AwsPoolInfo, CLOUD};
 pub use provider::{tag_map, AwsClients, AwsProvider, AwsSettings, AwsStats, ExternalId, TERMINATE_BATCH};

@@ -118,3 +118,47 @@ pub fn label_info(config: &AwsProvider, pool: &str, label: &str) -> Option<AwsLa
     }
     Some(info)
 }
+
+/// The pools of an AWS provider as the launcher runs them.
+pub fn pools(config: &AwsProvider) -> Vec<np_provider::PoolDescription> {
+    pool_infos(config)
+        .into_iter()
+        .map(|info| {
+            let label_settings = info
+                .labels
+                .iter()
+                .filter_map(|l| label_info(config, &info.name, l))
+                .map(|l| {
+                    let settings = np_provider::LabelSettings {
+                        username: l.username,
+                        python_path: l.python_path,
+                        shell_type: l.shell_type,
+                        connection_type: l.connection_type,
+                        connection_port: l.connection_port,
+                        host_key_checking: l.host_key_checking,
+                        image_id: None,
+                        diskimage: l.diskimage,
+                    };
+                    (l.name, settings)
+                })
+                .collect();
+            np_provider::PoolDescription {
+                name: info.name,
+                labels: info.labels.into_iter().collect(),
+                max_servers: info.max_servers,
+                limits: info.limits,
+                ignore_provider_quota: false,
+                priority: info.priority,
+                node_attributes: info.node_attributes,
+                launch: np_provider::LaunchPolicy {
+                    retries: info.launch_retries,
+                    timeout: info.launch_timeout,
+                    boot_timeout: info.boot_timeout,
+                },
+                label_settings,
+                cloud: Some(CLOUD.to_owned()),
+                never_launch: false,
+            }
+        })
+        .collect()
+}

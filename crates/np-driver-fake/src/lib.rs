@@ -576,6 +576,12 @@ impl Provider for FakeProvider {
     }
 }
 
+/// The pools of a fake provider as the launcher runs them (the fake cloud
+/// is configured in the OpenStack schema).
+pub fn pools(config: &np_config::OpenStackProvider) -> Vec<np_provider::PoolDescription> {
+    np_provider::pools::openstack_schema_pools(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,9 @@
 pub mod bodies;
 pub mod error;
 pub mod machine;
+pub mod pools;
 pub mod provider;
 
 pub use error::KubeDriverError;
+pub use pools::pools;
 pub use provider::{ClusterAccess, KubernetesProvider};

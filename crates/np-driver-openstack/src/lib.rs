@@ -30,3 +30,8 @@ pub mod image;
 pub mod provider;
 
 pub use provider::{OpenStackDriverError, OpenStackProvider};
+
+/// The pools of an OpenStack provider as the launcher runs them.
+pub fn pools(config: &np_config::OpenStackProvider) -> Vec<np_provider::PoolDescription> {
+    np_provider::pools::openstack_schema_pools(config)
+}

@@ -13,12 +13,13 @@
 //! * [`sync`]: [`StaticSync`], the event-driven registration task that keeps
 //!   ZooKeeper in line with the configuration, including live reloads.
 
-pub mod keyscan;
+/// SSH host-key scanning (in `np-provider`: cloud nodes are scanned too).
+pub use np_provider::keyscan;
 pub mod provider;
 pub mod sync;
 
 pub use keyscan::{scan_host_keys, wait_for_port, wait_for_ssh, KeyType, KeyscanError};
-pub use provider::StaticProvider;
+pub use provider::{pools, StaticProvider};
 pub use sync::{
     free_ready_nodes_by_label, run_sync, NodeTuple, StaticSync, StaticSyncHandle, SyncError, SyncOptions,
     STATIC_LAUNCHER,

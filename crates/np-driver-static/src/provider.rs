@@ -62,6 +62,33 @@ impl Provider for StaticProvider {
     }
 }
 
+/// The pools of a static provider as the launcher runs them: every node is
+/// pre-existing, so the pools only ever hand out ready nodes (`never_launch`);
+/// `max-servers` limits the registrations.
+pub fn pools(config: &np_config::StaticProvider) -> Vec<np_provider::PoolDescription> {
+    config
+        .pools
+        .iter()
+        .map(|pool| np_provider::PoolDescription {
+            name: pool.name.clone(),
+            labels: pool.labels(),
+            max_servers: pool.max_servers,
+            limits: np_provider::pools::pool_limits(None, pool.max_servers, None),
+            ignore_provider_quota: true,
+            priority: pool.priority,
+            node_attributes: pool.node_attributes.clone().map(Value::Object),
+            launch: np_provider::LaunchPolicy {
+                retries: 1,
+                timeout: std::time::Duration::from_secs(60),
+                boot_timeout: std::time::Duration::from_secs(60),
+            },
+            label_settings: std::collections::HashMap::new(),
+            cloud: None,
+            never_launch: true,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,8 @@ async fn mismatching_host_key_blocks_registration_until_fixed() {
     let sshd = Sshd::start();
     let mut node = host("127.0.0.1", sshd.port, &["small"]);
     node.host_key_checking = true;
+    // Generous: ssh-keyscan on a loaded 2-core CI machine took over 2 s.
+    node.timeout = Duration::from_secs(10);
     node.host_keys =
         vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBogusBogusBogusBogusBogusBogusBogusBogus".into()];
     let f = Fixture::start(provider(vec![node.clone()])).await;

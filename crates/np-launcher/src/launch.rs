@@ -19,51 +19,9 @@ use np_provider::{LaunchRequest, Provider, ProviderError, Step};
 use np_zk::Zk;
 use tracing::{debug, info, warn};
 
-/// Launch policy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LaunchPolicy {
-    /// Attempts before giving up (`launch-retries`).
-    pub retries: u32,
-    /// Time allowed for one attempt (`launch-timeout`).
-    pub timeout: Duration,
-    /// Time allowed for the node to answer SSH once the cloud says it is up
-    /// (`boot-timeout`), used by the host-key scan.
-    pub boot_timeout: Duration,
-}
-
-/// Per-label node settings from the image and label configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LabelSettings {
-    pub username: Option<String>,
-    pub python_path: String,
-    pub shell_type: Option<String>,
-    /// `ssh`, `winrm`, `network_cli`, ...
-    pub connection_type: String,
-    pub connection_port: u16,
-    /// Scan the node's SSH host keys before it becomes ready.
-    pub host_key_checking: bool,
-    /// What `image_id` records (the cloud image name).
-    pub image_id: Option<String>,
-    /// The diskimage the label boots: the launcher looks up its newest ready
-    /// upload in this provider, declines requests while there is none, and
-    /// hands the upload's cloud id to the driver.
-    pub diskimage: Option<String>,
-}
-
-impl Default for LabelSettings {
-    fn default() -> Self {
-        LabelSettings {
-            username: Some("zuul".into()),
-            python_path: "auto".into(),
-            shell_type: None,
-            connection_type: "ssh".into(),
-            connection_port: 22,
-            host_key_checking: true,
-            image_id: None,
-            diskimage: None,
-        }
-    }
-}
+/// The launch policy and node settings come with the driver's pool
+/// descriptions.
+pub use np_provider::{LabelSettings, LaunchPolicy};
 
 /// What a launch passes on to the driver besides the node.
 #[derive(Debug, Clone, Default)]
@@ -138,7 +96,7 @@ async fn scan_keys(node: &mut Node, policy: &LaunchPolicy, host_key_checking: bo
         return Err("no interface ip to scan".into());
     };
     let port = node.connection_port.as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(22);
-    let keys = np_driver_static::wait_for_ssh(&ip, port, policy.boot_timeout, None)
+    let keys = np_provider::keyscan::wait_for_ssh(&ip, port, policy.boot_timeout, None)
         .await
         .map_err(|e| e.to_string())?;
     if keys.is_empty() {

@@ -5,14 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Context;
-use np_config::{Config, ProviderDriver};
-use np_driver_fake::{FakeCloud, FakeProvider};
+use np_config::Config;
 use np_zk::{NodeCache, PoolComponentCache, RequestCache, Zk};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::launch::LaunchPolicy;
 use crate::metrics::Metrics;
 use crate::pool::{PoolSpec, PoolWorker, SharedState};
 use crate::webapp::WebServer;
@@ -21,224 +19,33 @@ pub use np_provider::ProviderSet;
 
 pub use np_drivers::{build_providers, build_providers_async};
 
-/// The pool workers' specifications.
+/// The pool workers' specifications: the pools each provider's driver
+/// describes ([`np_drivers::pools`]), with what the launcher adds (the
+/// provider's priority default, `max-concurrency`, tenant limits).
 pub fn pool_specs(config: &Config) -> Vec<PoolSpec> {
+    let tenants = tenant_limits(config);
     let mut out = Vec::new();
     for p in &config.providers {
-        if let ProviderDriver::Static(st) = &p.driver {
-            for pool in &st.pools {
-                let f = |v: Option<u64>| v.map(|v| v as f64);
-                out.push(PoolSpec {
-                    provider: p.name.clone(),
-                    pool: pool.name.clone(),
-                    labels: pool.labels(),
-                    max_servers: pool.max_servers,
-                    limits: np_core::Quota::new(None, f(pool.max_servers), None, f64::INFINITY),
-                    ignore_provider_quota: true,
-                    priority: p.effective_priority(pool.priority),
-                    node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
-                    launch: LaunchPolicy {
-                        retries: 1,
-                        timeout: Duration::from_secs(60),
-                        boot_timeout: Duration::from_secs(60),
-                    },
-                    label_settings: HashMap::new(),
-                    max_concurrency: p.max_concurrency,
-                    cloud: None,
-                    tenant_limits: tenant_limits(config),
-                    never_launch: true,
-                });
-            }
-            continue;
-        }
-        if let ProviderDriver::Aws(aws) = &p.driver {
-            for info in np_driver_aws::pool_infos(aws) {
-                let label_settings = info
-                    .labels
-                    .iter()
-                    .filter_map(|l| np_driver_aws::label_info(aws, &info.name, l))
-                    .map(|l| {
-                        let settings = crate::launch::LabelSettings {
-                            username: l.username.clone(),
-                            python_path: l.python_path.clone(),
-                            shell_type: l.shell_type.clone(),
-                            connection_type: l.connection_type.clone(),
-                            connection_port: l.connection_port,
-                            host_key_checking: l.host_key_checking,
-                            image_id: None,
-                            diskimage: l.diskimage.clone(),
-                        };
-                        (l.name, settings)
-                    })
-                    .collect();
-                out.push(PoolSpec {
-                    provider: p.name.clone(),
-                    pool: info.name.clone(),
-                    labels: info.labels.iter().cloned().collect(),
-                    max_servers: info.max_servers,
-                    limits: info.limits.clone(),
-                    ignore_provider_quota: false,
-                    priority: p.effective_priority(info.priority),
-                    node_attributes: info.node_attributes.clone(),
-                    launch: LaunchPolicy {
-                        retries: info.launch_retries,
-                        timeout: info.launch_timeout,
-                        boot_timeout: info.boot_timeout,
-                    },
-                    label_settings,
-                    max_concurrency: p.max_concurrency,
-                    cloud: Some(np_driver_aws::CLOUD.to_owned()),
-                    tenant_limits: tenant_limits(config),
-                    never_launch: false,
-                });
-            }
-            continue;
-        }
-        if let ProviderDriver::Kubernetes(k) = &p.driver {
-            out.extend(kubernetes_pool_specs(config, p, k));
-            continue;
-        }
-        let (ProviderDriver::Fake(os) | ProviderDriver::OpenStack(os)) = &p.driver else { continue };
-        for pool in &os.pools {
+        for pool in np_drivers::pools(p) {
             out.push(PoolSpec {
                 provider: p.name.clone(),
-                pool: pool.name.clone(),
-                labels: pool.labels.iter().map(|l| l.name.clone()).collect(),
+                pool: pool.name,
+                labels: pool.labels,
                 max_servers: pool.max_servers,
-                limits: {
-                    let f = |v: Option<u64>| v.map(|v| v as f64);
-                    let mut q = np_core::Quota::new(
-                        f(pool.max_cores),
-                        f(pool.max_servers),
-                        f(pool.max_ram),
-                        f64::INFINITY,
-                    );
-                    if let Some(v) = pool.max_volumes {
-                        q.set("volumes", v as f64);
-                    }
-                    if let Some(v) = pool.max_volume_gb {
-                        q.set("volume-gb", v as f64);
-                    }
-                    q
-                },
+                limits: pool.limits,
                 ignore_provider_quota: pool.ignore_provider_quota,
                 priority: p.effective_priority(pool.priority),
-                node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
-                launch: LaunchPolicy {
-                    retries: os.launch_retries,
-                    timeout: os.launch_timeout,
-                    boot_timeout: os.boot_timeout,
-                },
-                label_settings: pool
-                    .labels
-                    .iter()
-                    .map(|l| (l.name.clone(), openstack_label_settings(os, pool, l)))
-                    .collect(),
+                node_attributes: pool.node_attributes,
+                launch: pool.launch,
                 max_concurrency: p.max_concurrency,
-                cloud: Some(os.cloud.clone()),
-                tenant_limits: tenant_limits(config),
-                never_launch: false,
+                cloud: pool.cloud,
+                tenant_limits: tenants.clone(),
+                label_settings: pool.label_settings,
+                never_launch: pool.never_launch,
             });
         }
     }
     out
-}
-
-/// The pools of a Kubernetes provider: limits from the pool's `max-*` (the
-/// cluster itself reports no quota), node settings from the labels.
-fn kubernetes_pool_specs(
-    config: &Config,
-    p: &np_config::Provider,
-    k: &np_config::KubernetesProvider,
-) -> Vec<PoolSpec> {
-    let f = |v: Option<u64>| v.map(|v| v as f64);
-    k.pools
-        .iter()
-        .map(|pool| {
-            let mut limits =
-                np_core::Quota::new(f(pool.max_cores), f(pool.max_servers), f(pool.max_ram), f64::INFINITY);
-            for (key, v) in &pool.max_resources {
-                limits.set(key, *v as f64);
-            }
-            let label_settings = pool
-                .labels
-                .iter()
-                .map(|l| {
-                    let settings = crate::launch::LabelSettings {
-                        // Upstream leaves a Kubernetes node's username unset.
-                        username: None,
-                        python_path: l.python_path.clone(),
-                        shell_type: l.shell_type.clone(),
-                        connection_type: np_driver_kubernetes::bodies::connection_type(l).into(),
-                        connection_port: 22,
-                        host_key_checking: false,
-                        image_id: None,
-                        diskimage: None,
-                    };
-                    (l.name.clone(), settings)
-                })
-                .collect();
-            PoolSpec {
-                provider: p.name.clone(),
-                pool: pool.name.clone(),
-                labels: pool.labels.iter().map(|l| l.name.clone()).collect(),
-                max_servers: pool.max_servers,
-                limits,
-                ignore_provider_quota: true,
-                priority: p.effective_priority(pool.priority),
-                node_attributes: pool.node_attributes.clone().map(serde_json::Value::Object),
-                launch: LaunchPolicy {
-                    retries: k.launch_retries,
-                    // Upstream's own bounds: 30 s for the token, 300 s for the pod.
-                    timeout: np_driver_kubernetes::machine::TOKEN_WAIT
-                        + np_driver_kubernetes::machine::POD_WAIT
-                        + Duration::from_secs(60),
-                    boot_timeout: Duration::from_secs(60),
-                },
-                label_settings,
-                max_concurrency: p.max_concurrency,
-                cloud: k.context.clone(),
-                tenant_limits: tenant_limits(config),
-                never_launch: false,
-            }
-        })
-        .collect()
-}
-
-/// Node settings of an OpenStack-schema (fake) label, from its cloud image
-/// or provider diskimage.
-fn openstack_label_settings(
-    os: &np_config::OpenStackProvider,
-    pool: &np_config::OpenStackPool,
-    label: &np_config::OpenStackLabel,
-) -> crate::launch::LabelSettings {
-    let mut s = crate::launch::LabelSettings {
-        host_key_checking: pool.host_key_checking && label.host_key_checking,
-        ..Default::default()
-    };
-    match &label.image {
-        np_config::LabelImage::CloudImage(name) => {
-            if let Some(img) = os.cloud_image(name) {
-                s.username = img.username.clone();
-                s.python_path = img.python_path.clone();
-                s.shell_type = img.shell_type.clone();
-                s.connection_type = img.connection_type.clone();
-                s.connection_port = img.connection_port;
-                s.image_id = Some(img.external_name().to_owned());
-            }
-        }
-        np_config::LabelImage::DiskImage(name) => {
-            s.diskimage = Some(name.clone());
-            if let Some(img) = os.diskimage(name) {
-                s.username = Some(img.username.clone());
-                s.python_path = img.python_path.clone();
-                s.shell_type = img.shell_type.clone();
-                s.connection_type = img.connection_type.clone();
-                s.connection_port = img.connection_port;
-            }
-        }
-    }
-    s
 }
 
 /// `tenant-resource-limits` as quota limits (unset resources unlimited).
@@ -272,12 +79,12 @@ struct PoolHandle {
 /// A running launcher.
 pub struct Launcher {
     config: Config,
-    fake_clouds: HashMap<String, FakeCloud>,
     providers: ProviderSet,
     pools: HashMap<(String, String), PoolHandle>,
     aux_cancel: CancellationToken,
     aux: JoinSet<()>,
-    static_syncs: HashMap<String, (np_driver_static::StaticSyncHandle, CancellationToken)>,
+    /// The drivers' background tasks (static hosts' registration).
+    driver_tasks: np_drivers::DriverTasks,
     maintenance_interval: Option<Duration>,
     shared: SharedState,
     registration: np_zk::ComponentRegistration,
@@ -325,19 +132,18 @@ impl Launcher {
             SharedState { zk, nodes, requests, request_locks, pools, hostname, metrics: metrics.clone() };
         let mut launcher = Launcher {
             config: config.clone(),
-            fake_clouds: HashMap::new(),
             providers,
             pools: HashMap::new(),
             aux_cancel: CancellationToken::new(),
             aux: JoinSet::new(),
             maintenance_interval,
-            static_syncs: HashMap::new(),
+            driver_tasks: np_drivers::DriverTasks::new(),
             shared,
             registration,
             metrics,
             web: None,
         };
-        launcher.sync_static_providers();
+        launcher.driver_tasks.sync(config, &launcher.shared.zk, &launcher.shared.nodes);
         launcher.start_pools(pool_specs(config));
         launcher.start_aux();
         info!(pools = launcher.pools.len(), "launcher running");
@@ -449,12 +255,8 @@ impl Launcher {
         if diff.is_empty() {
             return Ok(());
         }
-        let mut clouds = self.fake_clouds.clone();
-        for (name, provider) in &self.providers {
-            if let Some(fake) = provider.as_any().and_then(|a| a.downcast_ref::<FakeProvider>()) {
-                clouds.insert(name.clone(), fake.cloud().clone());
-            }
-        }
+        // Simulated clouds keep their instances across the rebuild.
+        let clouds = np_drivers::simulated_clouds(&self.providers);
         let affected: std::collections::BTreeSet<String> =
             diff.affected_providers().into_iter().map(str::to_owned).collect();
         let mut rebuild = affected.clone();
@@ -485,11 +287,10 @@ impl Launcher {
             }
         }
         self.providers = merged;
-        self.fake_clouds = clouds;
         let to_start: Vec<PoolSpec> =
             new_specs.into_iter().filter(|(k, _)| !self.pools.contains_key(k)).map(|(_, s)| s).collect();
         self.config = new.clone();
-        self.sync_static_providers();
+        self.driver_tasks.sync(new, &self.shared.zk, &self.shared.nodes);
         self.stop_aux().await;
         self.start_pools(to_start);
         self.start_aux();
@@ -503,48 +304,10 @@ impl Launcher {
         Ok(())
     }
 
-    /// Starts, updates or stops the static drivers' registration tasks to
-    /// match the configuration in force.
-    fn sync_static_providers(&mut self) {
-        let mut wanted = HashMap::new();
-        for p in &self.config.providers {
-            if let ProviderDriver::Static(st) = &p.driver {
-                wanted.insert(p.name.clone(), st.clone());
-            }
-        }
-        self.static_syncs.retain(|name, (_, cancel)| {
-            let keep = wanted.contains_key(name);
-            if !keep {
-                cancel.cancel();
-            }
-            keep
-        });
-        for (name, cfg) in wanted {
-            if let Some((handle, _)) = self.static_syncs.get(&name) {
-                if handle.config() != cfg {
-                    handle.update_config(cfg);
-                }
-                continue;
-            }
-            let cancel = CancellationToken::new();
-            let (handle, _task) = np_driver_static::StaticSync::spawn(
-                self.shared.zk.clone(),
-                self.shared.nodes.clone(),
-                name.clone(),
-                cfg,
-                np_driver_static::SyncOptions::default(),
-                cancel.clone(),
-            );
-            self.static_syncs.insert(name, (handle, cancel));
-        }
-    }
-
     /// Stops accepting work, finishes or releases in-flight requests (the
     /// workers' drain is bounded), releases every lock, unregisters components.
     pub async fn stop(mut self) {
-        for (_, cancel) in self.static_syncs.values() {
-            cancel.cancel();
-        }
+        self.driver_tasks.stop();
         if let Some(web) = self.web.take() {
             web.stop().await;
         }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use np_config::{Config, ProviderDriver};
+use np_config::Config;
 use np_core::{NodeState, RequestState};
 use np_provider::ProviderError;
 use np_zk::{NodeCache, PoolComponentCache, RequestCache};
@@ -243,7 +243,7 @@ impl Metrics {
         registry.register(Box::new(leaked.clone()))?;
 
         for p in &config.providers {
-            max_servers.with_label_values(&[p.name.as_str()]).set(provider_max_servers(&p.driver));
+            max_servers.with_label_values(&[p.name.as_str()]).set(provider_max_servers(p));
         }
         for t in &config.tenant_resource_limits {
             let limit = |v: Option<u64>| v.map_or(f64::INFINITY, |v| v as f64);
@@ -406,16 +406,8 @@ impl Metrics {
 
 /// Σ of the pools' `max-servers`; `+Inf` as soon as one pool has none
 /// (upstream sends `inf` then).
-fn provider_max_servers(driver: &ProviderDriver) -> f64 {
-    let limits: Vec<Option<u64>> = match driver {
-        ProviderDriver::OpenStack(p) | ProviderDriver::Fake(p) => {
-            p.pools.iter().map(|x| x.max_servers).collect()
-        }
-        ProviderDriver::Aws(p) => p.pools.iter().map(|x| x.max_servers).collect(),
-        ProviderDriver::Static(p) => p.pools.iter().map(|x| x.max_servers).collect(),
-        ProviderDriver::Kubernetes(p) => p.pools.iter().map(|x| x.max_servers).collect(),
-    };
-    limits.into_iter().map(|m| m.map_or(f64::INFINITY, |m| m as f64)).sum()
+fn provider_max_servers(provider: &np_config::Provider) -> f64 {
+    np_drivers::pools(provider).iter().map(|p| p.max_servers.map_or(f64::INFINITY, |m| m as f64)).sum()
 }
 
 #[cfg(test)]

@@ -25,8 +25,11 @@ use async_trait::async_trait;
 use np_core::Quota;
 use serde_json::Value;
 
+pub mod keyscan;
+pub mod pools;
 pub mod rate;
 pub mod template;
+pub use pools::{LabelSettings, LaunchPolicy, PoolDescription};
 pub use rate::RateLimiter;
 
 /// Metadata key naming the provider that owns an instance.

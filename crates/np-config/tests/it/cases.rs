@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use np_config::{load_str_with, Config, ConfigErrors, ErrorKind, LabelImage, ProviderDriver};
 
-use crate::support::{crate_dir, upstream_dir};
+use crate::corpus::upstream_dir;
+use crate::support::crate_dir;
 
 fn load(text: &str) -> Result<Config, ConfigErrors> {
     load_str_with(text, "test.yaml", None, &[])

@@ -1,7 +1,8 @@
 //! Integration tests of np-config: the upstream fixture corpus, error snapshots,
-//! hand-written cases, the secure file, diffing and (optionally) drift against Python.
+//! hand-written cases, the secure file, diffing and drift against Python.
 
 mod cases;
+mod corpus;
 mod diffing;
 mod python_drift;
 mod snapshots;

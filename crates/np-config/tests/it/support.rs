@@ -1,25 +1,10 @@
-//! Shared helpers: locating the corpus and comparing against checked-in snapshots.
+//! Shared helpers: this crate's directory and comparing against checked-in snapshots.
 
 use std::path::{Path, PathBuf};
 
 /// This crate's directory.
 pub fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The upstream fixture corpus (`shared/fixtures/upstream-configs`), which lives beside
-/// the repository (not in it). `NP_UPSTREAM_FIXTURES` overrides the location.
-pub fn upstream_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("NP_UPSTREAM_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    let dir = crate_dir().join("../../../shared/fixtures/upstream-configs");
-    assert!(
-        dir.is_dir(),
-        "upstream fixture corpus not found at {} (set NP_UPSTREAM_FIXTURES)",
-        dir.display()
-    );
-    dir
 }
 
 /// Compares `actual` with the checked-in file `path`; rewrites it when

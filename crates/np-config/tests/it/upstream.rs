@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{check_snapshot, crate_dir, upstream_dir};
+use crate::corpus::upstream_dir;
+use crate::support::{check_snapshot, crate_dir};
 
 struct Expect {
     python_rc: i32,
@@ -54,7 +55,31 @@ fn upstream_corpus_verdicts() {
     let mut failures = Vec::new();
     let mut snapshot = String::new();
     let (mut agree, mut deliberate) = (0, 0);
+    let dir = upstream_dir();
+    let corpus: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| {
+            e.unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".yaml"))
+        .collect();
+    for file in &corpus {
+        if !expect.contains_key(file) {
+            failures.push(format!(
+                "{file}: in the corpus but not in the expectations (rerun gen_expectations.sh)"
+            ));
+        }
+    }
+    for file in expect.keys().filter(|f| !corpus.contains(f)) {
+        failures.push(format!("{file}: in the expectations but not in the corpus at {}", dir.display()));
+    }
     for (file, e) in &expect {
+        if !corpus.contains(file) {
+            continue;
+        }
         let result = run(file);
         let ours = i32::from(result.is_err());
         if let Err(errs) = &result {

@@ -18,8 +18,7 @@ pub fn host(name: &str, port: u16, labels: &[&str]) -> StaticNode {
         name: name.to_owned(),
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
         username: "zuul".to_owned(),
-        // Generous: ssh-keyscan on a loaded 2-core CI machine took over 2 s.
-        timeout: Duration::from_secs(10),
+        timeout: Duration::from_secs(2),
         host_key_checking: false,
         host_keys: Vec::new(),
         connection_type: "ssh".to_owned(),
