@@ -79,7 +79,8 @@ fn setup_logging(cli: &Cli) -> Result<()> {
         "info,zookeeper_client=warn,np_zk=warn"
     };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(np_daemon::without_secrets(tracing_subscriber::EnvFilter::new(filter)))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(true)
         .try_init();

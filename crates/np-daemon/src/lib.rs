@@ -45,12 +45,11 @@ impl CommonArgs {
     /// only on a terminal, not in journald or a log file.
     pub fn init_logging(&self) {
         let default = if self.debug { "debug" } else { "info" };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
         tracing_subscriber::fmt()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-            )
+            .with_env_filter(without_secrets(filter))
             .init();
         if self.logconfig.is_some() {
             warn!("-l (Python logging config) is ignored; set RUST_LOG instead");
@@ -163,6 +162,44 @@ impl Events {
                 info!("configuration file changed; reloading");
                 Event::Reload
             }
+        }
+    }
+}
+
+/// Log targets of libraries that write credentials into their debug and
+/// trace events, each capped at the level where they stop doing so. The AWS
+/// SDK's orchestrator logs its endpoint parameters (with the access key id)
+/// at debug and the resolved identity at trace, on every call; the chaos
+/// suite's security scenario found the key id in a debug log.
+pub const SECRET_BEARING_TARGETS: &[(&str, &str)] = &[("aws_smithy_runtime", "info"), ("aws_config", "info")];
+
+/// `filter` with [`SECRET_BEARING_TARGETS`] capped, whatever `RUST_LOG` or
+/// `-d` asked for: no log level shows credentials.
+pub fn without_secrets(mut filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    for (target, level) in SECRET_BEARING_TARGETS {
+        if let Ok(directive) = format!("{target}={level}").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_bearing_targets_stay_capped_at_any_level() {
+        use tracing::level_filters::LevelFilter;
+        for spec in ["trace", "debug", "aws_smithy_runtime=trace", "info,aws_config=debug"] {
+            let filter = without_secrets(tracing_subscriber::EnvFilter::new(spec));
+            let text = filter.to_string();
+            for (target, _) in SECRET_BEARING_TARGETS {
+                assert!(text.contains(&format!("{target}=info")), "{spec}: {text}");
+                assert!(!text.contains(&format!("{target}=trace")), "{spec}: {text}");
+                assert!(!text.contains(&format!("{target}=debug")), "{spec}: {text}");
+            }
+            assert!(filter.max_level_hint().unwrap_or(LevelFilter::TRACE) >= LevelFilter::INFO);
         }
     }
 }

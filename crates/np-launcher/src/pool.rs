@@ -135,6 +135,8 @@ pub struct PoolWorker {
     quota_blocked_until: Option<tokio::time::Instant>,
     draining: bool,
     done_tx: mpsc::UnboundedSender<LaunchDone>,
+    /// When the cloud's quota could last not be read was logged.
+    quota_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How often a locked request's write is tried over fresher copies.
@@ -202,6 +204,7 @@ impl PoolWorker {
             quota_blocked_until: None,
             draining: false,
             done_tx,
+            quota_warned: std::sync::Mutex::new(None),
         };
         async move {
             let mut req_events = worker.shared.requests.subscribe();
@@ -792,7 +795,12 @@ impl PoolWorker {
         {
             Ok(l) => l,
             Err(e) => {
-                warn!(error = %e, "cannot read provider quota; assuming none left");
+                // Once a minute: the pool asks again at every pass.
+                let mut last = self.quota_warned.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                    warn!(error = %e, "cannot read provider quota; assuming none left");
+                    *last = Some(std::time::Instant::now());
+                }
                 return false;
             }
         };

@@ -99,15 +99,7 @@ impl WebServer {
         let app =
             Arc::new(App { sources, metrics, cache: Mutex::new(HashMap::new()), stopping: cancel.clone() });
         let router = Router::new().fallback(handle).with_state(app);
-        let shutdown = cancel.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await });
-            if let Err(e) = served.await {
-                warn!(error = %e, "web app stopped with an error");
-            }
-            debug!("web app stopped");
-        });
+        let task = tokio::spawn(serve(listener, router, cancel.clone()));
         info!(%addr, "web app listening");
         Ok(WebServer { addr, cancel, task })
     }
@@ -126,6 +118,71 @@ impl WebServer {
             self.task.abort();
         }
     }
+}
+
+/// At most this many connections are served at once; more wait in the
+/// listen backlog (status pages and metrics scrapes are few and short).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client must send a request's whole head within this time (the first
+/// one from when it connects, later ones on a kept-alive connection from
+/// when it starts), or the connection is closed: a slow or silent client
+/// (slowloris) cannot hold connections open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `cancel`: HTTP/1.1 with a
+/// [`HEADER_READ_TIMEOUT`] and at most [`MAX_CONNECTIONS`] connections. On
+/// `cancel`, accepting stops and open connections finish their request in
+/// flight and close.
+async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        // Wait for a free slot first: a full server leaves new connections
+        // in the backlog instead of taking them and starving them.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, _peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, say: back off a little.
+                    warn!(error = %e, "web app cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stopping = cancel.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(error = %e, "web app connection ended with an error");
+                    }
+                }
+                _ = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connections as we go.
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+    debug!("web app stopped");
 }
 
 struct App {
