@@ -167,11 +167,28 @@ impl Events {
 }
 
 /// Log targets of libraries that write credentials into their debug and
-/// trace events, each capped at the level where they stop doing so. The AWS
-/// SDK's orchestrator logs its endpoint parameters (with the access key id)
-/// at debug and the resolved identity at trace, on every call; the chaos
-/// suite's security scenario found the key id in a debug log.
-pub const SECRET_BEARING_TARGETS: &[(&str, &str)] = &[("aws_smithy_runtime", "info"), ("aws_config", "info")];
+/// trace events, each capped at the level where they stop doing so: the AWS
+/// SDK's crates (its orchestrator logs the endpoint parameters, with the
+/// access key id, at debug on every call; the resolved identity and the
+/// request signer at trace; the chaos suite's security scenario found the
+/// key id in both).
+pub const SECRET_BEARING_TARGETS: &[(&str, &str)] = &[
+    ("aws_config", "info"),
+    ("aws_credential_types", "info"),
+    ("aws_runtime", "info"),
+    ("aws_sigv4", "info"),
+    ("aws_smithy_http", "info"),
+    ("aws_smithy_http_client", "info"),
+    ("aws_smithy_runtime", "info"),
+    ("aws_smithy_runtime_api", "info"),
+    ("aws_sdk_ec2", "info"),
+    ("aws_sdk_s3", "info"),
+    ("aws_sdk_ebs", "info"),
+    ("aws_sdk_servicequotas", "info"),
+    ("aws_sdk_sts", "info"),
+    ("aws_sdk_sso", "info"),
+    ("aws_sdk_ssooidc", "info"),
+];
 
 /// `filter` with [`SECRET_BEARING_TARGETS`] capped, whatever `RUST_LOG` or
 /// `-d` asked for: no log level shows credentials.
