@@ -23,8 +23,8 @@
 # NP_BENCH_TIMEOUT seconds (default 3600); every launcher and client it starts
 # is stopped on exit. Not part of the test suite.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
+# shellcheck source=tools/bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench/common.sh"
 
 quick=0
 args=()
@@ -35,34 +35,20 @@ for a in "$@"; do
     esac
 done
 
-tools/setup.sh >/dev/null
-started_zk=0
-if ! tools/test-env.sh status >/dev/null 2>&1; then
-    tools/test-env.sh start
-    started_zk=1
-fi
 bench_pid=""
-cleanup() {
+# shellcheck disable=SC2317 # invoked by bench_stop, on exit
+bench_on_exit() {
     if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
         # The orchestrator stops its launchers on TERM; then its group.
         kill -TERM "$bench_pid" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$bench_pid" 2>/dev/null || break; sleep 0.2; done
         kill -KILL -- "-$bench_pid" 2>/dev/null || true
     fi
-    if [ "$started_zk" = 1 ]; then tools/test-env.sh stop >/dev/null 2>&1 || true; fi
 }
-trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=/dev/null
-source .test-env/env.sh
-
-for attempt in 1 2 3 4 5; do
-    if cargo build --release -q -p np-launcher; then break; fi
-    [ "$attempt" = 5 ] && { echo "bench: cargo build failed" >&2; exit 1; }
-    echo "bench: build failed (work in progress elsewhere?); retrying in 60 s" >&2
-    sleep 60
-done
+bench_test_env
+bench_build -p np-launcher
 
 out=".test-env/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"

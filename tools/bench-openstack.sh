@@ -12,52 +12,20 @@
 # cloud the guest's boot adds the same time to both. Both launchers skip the
 # host-key scan (the fake servers run nothing). Not part of the test suite.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
+# shellcheck source=tools/bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench/common.sh"
 count="${1:-10}"
 
-tools/setup.sh >/dev/null
-started_zk=0
-if ! tools/test-env.sh status >/dev/null 2>&1; then
-    tools/test-env.sh start >/dev/null
-    started_zk=1
-fi
-started_os=0
-if ! tools/openstack-env.sh status >/dev/null 2>&1; then
-    tools/openstack-env.sh start >/dev/null
-    started_os=1
-fi
-# shellcheck source=/dev/null
-source .test-env/env.sh
-# shellcheck source=/dev/null
-source .openstack-env/env.sh
-cargo build --release -q -p np-launcher --bin nodepool-launcher
+bench_test_env
+bench_service openstack-env
+bench_build -p np-launcher --bin nodepool-launcher
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.5
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-    if [ "$started_zk" = 1 ]; then tools/test-env.sh stop >/dev/null 2>&1 || true; fi
-    if [ "$started_os" = 1 ]; then tools/openstack-env.sh stop >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
-
-venv="$(dirname "$(dirname "$NP_PYTHON")")"
-tls_port="${NP_ZK_TLS_HOSTS##*:}"
+bench_work="$(mktemp -d)"
+bench_env_python=(OS_CLIENT_CONFIG_FILE="$NP_OS_CLOUDS")
+bench_env_rust=(OS_CLIENT_CONFIG_FILE="$NP_OS_CLOUDS")
 
 config() { # impl
     cat <<YAML
-zookeeper-servers:
-  - host: 127.0.0.1
-    port: $tls_port
-    chroot: /bench-os-$1
-zookeeper-tls:
-  ca: $NP_ZK_TLS_CA
-  cert: $NP_ZK_TLS_CERT
-  key: $NP_ZK_TLS_KEY
 labels:
   - name: small
 providers:
@@ -79,26 +47,4 @@ providers:
 YAML
 }
 
-for impl in python rust; do
-    config "$impl" >"$work/$impl.yaml"
-    "$NP_PYTHON" - "$NP_ZK_HOSTS" "/bench-os-$impl" <<'PY'
-import sys
-from kazoo.client import KazooClient
-k = KazooClient(hosts=sys.argv[1]); k.start(); k.ensure_path(sys.argv[2]); k.stop()
-PY
-    if [ "$impl" = python ]; then
-        OS_CLIENT_CONFIG_FILE="$NP_OS_CLOUDS" \
-            "$venv/bin/nodepool-launcher" -c "$work/$impl.yaml" -f --no-webapp >"$work/$impl.log" 2>&1 &
-    else
-        OS_CLIENT_CONFIG_FILE="$NP_OS_CLOUDS" target/release/nodepool-launcher -c "$work/$impl.yaml" -f \
-            --no-webapp >"$work/$impl.log" 2>&1 &
-    fi
-    pid=$!
-    pids+=("$pid")
-    sleep 8
-    printf '%-6s small ' "$impl"
-    "$NP_PYTHON" tests/python/zuul_client.py --hosts "$NP_ZK_HOSTS/bench-os-$impl" --labels small \
-        --count "$count" --outstanding 1
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-done
+bench_compare os "$count" 8 small

@@ -3,19 +3,11 @@
 # loopback ZooKeeper, for np-zk (Rust) and for kazoo as Python Nodepool uses it.
 #   tools/bench-zk.sh [ITERATIONS]
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
+# shellcheck source=tools/bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench/common.sh"
 N="${1:-2000}"
-tools/setup.sh
-started=0
-if ! tools/test-env.sh status >/dev/null 2>&1; then
-    tools/test-env.sh start
-    started=1
-fi
-trap '[ "$started" = 1 ] && tools/test-env.sh stop >/dev/null 2>&1 || true' EXIT
-# shellcheck source=/dev/null
-source .test-env/env.sh
-cargo build --release -q -p np-zk --example zk_bench
+bench_test_env
+bench_build -p np-zk --example zk_bench
 echo "== np-zk (Rust)"
 target/release/examples/zk_bench "$NP_ZK_HOSTS" "$N"
 echo "== kazoo 2.x (Python Nodepool's client)"

@@ -7,56 +7,25 @@
 #[path = "../../../np-driver-aws/tests/support/mod.rs"]
 mod support;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use np_builder::Builder;
 use np_core::BuildState;
 use np_testing::{eventually, TestZk};
 use support::PROVIDER;
 
+use crate::common;
+
 const BUCKET: &str = "nodepool-images";
 
 fn yaml(dir: &std::path::Path, image_extra: &str) -> String {
-    let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
-    format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-images-dir: {images}
-build-log-dir: {logs}
-labels:
-  - name: built
-diskimages:
-  - name: built-image
-    dib-cmd: {fake_dib}
-    elements: [vm]
-{image_extra}
-providers:
-  - name: {PROVIDER}
-    driver: aws
-    region-name: us-west-2
-    rate: 100
-    object-storage:
-      bucket-name: {BUCKET}
-    diskimages:
-      - name: built-image
-        import-method: snapshot
-        tags:
-          team: ci
-    pools:
-      - name: main
-        labels:
-          - name: built
-            diskimage: built-image
-            instance-type: t3.medium
-            key-name: zuul
-"#,
-        images = dir.join("images").display(),
-        logs = dir.join("logs").display(),
-        fake_dib = fake_dib.display(),
+    common::built_image_yaml(
+        dir,
+        image_extra,
+        &format!(
+            "name: {PROVIDER}\ndriver: aws\nregion-name: us-west-2\nrate: 100\nobject-storage:\n  bucket-name: {BUCKET}"
+        ),
+        "import-method: snapshot\ntags:\n  team: ci",
+        "instance-type: t3.medium\nkey-name: zuul",
     )
 }
 
@@ -65,18 +34,14 @@ async fn builds_are_imported_into_ec2_and_old_ones_deregistered() {
     let env = support::TestEnv::new().await;
     env.bucket(BUCKET).await;
     let t = TestZk::new().await;
-    let dir = std::env::temp_dir().join(format!("np-builder-aws-{}", uuid::Uuid::new_v4().simple()));
+    let dir = common::scratch_dir("np-builder-aws");
     // A new build every 2 s: the third retires the first.
-    let text = yaml(&dir, "    rebuild-age: 2\n");
+    let text = yaml(&dir, "rebuild-age: 2");
     let config = np_config::load_str(&text, "nodepool.yaml").unwrap();
     let provider = env.provider(&text, PROVIDER).await;
-    let providers: np_provider::ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
-    let builder =
-        Builder::start(&config, t.zk.clone(), providers, crate::common::quick_settings()).await.unwrap();
+    let builder = common::start(&t, &config, PROVIDER, provider).await;
 
-    let ready_uploads = || crate::common::ready_uploads(&t, "built-image", PROVIDER);
-    assert!(eventually(Duration::from_secs(30), || async { !ready_uploads().await.is_empty() }).await);
-    let (build, upload_id, upload) = ready_uploads().await.remove(0);
+    let (build, upload_id, upload) = common::first_upload(&t, PROVIDER).await;
     let ami = upload.external_id.clone().unwrap();
     assert!(ami.starts_with("ami-"), "{ami}");
     assert_eq!(upload.format.as_deref(), Some("raw"));

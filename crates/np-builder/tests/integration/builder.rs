@@ -493,6 +493,14 @@ async fn the_post_upload_hook_runs_and_a_failing_one_discards_the_image() {
     builder.stop().await;
 }
 
+/// Waits (up to 20 s) until `fake-provider`'s cloud has one image; the
+/// ready build of `ubuntu` it came from.
+async fn first_build(e: &Env) -> String {
+    let cloud = &e.clouds["fake-provider"];
+    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
+    ready_builds(e, "ubuntu").await.remove(0)
+}
+
 /// Ready builds of `image`, oldest first.
 async fn ready_builds(e: &Env, image: &str) -> Vec<String> {
     e.builds(image)
@@ -561,8 +569,7 @@ async fn removed_images_and_providers_are_cleaned_and_cloud_errors_retried() {
     let e = Env::new().await;
     let cloud = e.clouds["fake-provider"].clone();
     let builder = e.start(&e.config("")).await;
-    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
-    let build = ready_builds(&e, "ubuntu").await.remove(0);
+    let build = first_build(&e).await;
 
     // The provider drops the image; its cloud refuses the first two
     // deletes: the upload stays `deleting` and is retried.
@@ -608,8 +615,7 @@ async fn deleted_failed_and_abandoned_records_are_removed() {
     let e = Env::new().await;
     let cloud = e.clouds["fake-provider"].clone();
     let builder = e.start_slow_cleanup(&e.config("")).await;
-    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
-    let build = ready_builds(&e, "ubuntu").await.remove(0);
+    let build = first_build(&e).await;
     builder.stop().await;
     // Leftovers of crashed processes: an `uploading` record nobody holds,
     // a failed build with files, a `building` build whose builder died.
@@ -661,7 +667,6 @@ async fn deleted_failed_and_abandoned_records_are_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_after_upload_keeps_only_what_is_still_needed() {
     let e = Env::new().await;
-    let cloud = e.clouds["fake-provider"].clone();
     let other = e.clouds["paused-provider"].clone();
     // The other provider refuses uploads until told otherwise.
     other.fail_next_uploads(u32::MAX);
@@ -672,8 +677,7 @@ async fn delete_after_upload_keeps_only_what_is_still_needed() {
         }
     }
     let builder = e.start(&config).await;
-    assert!(eventually(Duration::from_secs(20), || async { cloud.images().len() == 1 }).await);
-    let build = ready_builds(&e, "ubuntu").await.remove(0);
+    let build = first_build(&e).await;
     let qcow2 = format!("ubuntu-{build}.qcow2");
     // The other provider's upload still needs the qcow2 file: it stays over
     // several cleanup passes (one a second here).

@@ -6,49 +6,22 @@
 #[path = "../../../np-driver-openstack/tests/support/fake_openstack.rs"]
 mod fake_openstack;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fake_openstack::FakeOpenStack;
-use np_builder::Builder;
 use np_testing::{eventually, TestZk};
+
+use crate::common;
 
 const PROVIDER: &str = "devstack";
 
 fn yaml(dir: &std::path::Path) -> String {
-    let fake_dib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
-    format!(
-        r#"
-images-dir: {images}
-build-log-dir: {logs}
-labels:
-  - name: built
-diskimages:
-  - name: built-image
-    dib-cmd: {fake_dib}
-    elements: [vm]
-    rebuild-age: 2
-providers:
-  - name: {PROVIDER}
-    driver: openstack
-    cloud: devstack
-    rate: 0.001
-    diskimages:
-      - name: built-image
-        meta:
-          team: ci
-    pools:
-      - name: main
-        labels:
-          - name: built
-            diskimage: built-image
-            flavor-name: np-small
-"#,
-        images = dir.join("images").display(),
-        logs = dir.join("logs").display(),
-        fake_dib = fake_dib.display(),
+    common::built_image_yaml(
+        dir,
+        "rebuild-age: 2",
+        &format!("name: {PROVIDER}\ndriver: openstack\ncloud: devstack\nrate: 0.001"),
+        "meta:\n  team: ci",
+        "flavor-name: np-small",
     )
 }
 
@@ -56,21 +29,16 @@ providers:
 async fn builds_go_to_glance_and_old_images_are_deleted() {
     let os = FakeOpenStack::start().await;
     let t = TestZk::new().await;
-    let dir = std::env::temp_dir().join(format!("np-builder-os-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-builder-os");
     let text = yaml(&dir);
     let config = np_config::load_str(&text, "nodepool.yaml").unwrap();
     let np_config::ProviderDriver::OpenStack(o) = &config.providers[0].driver else { panic!() };
     let clouds = os.clouds_yaml(&dir, "devstack");
     let cloud = np_driver_openstack::clouds::load_file(&clouds, "devstack").unwrap();
     let provider = np_driver_openstack::OpenStackProvider::with_cloud(PROVIDER, o, cloud).await.unwrap();
-    let providers: np_provider::ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
-    let builder =
-        Builder::start(&config, t.zk.clone(), providers, crate::common::quick_settings()).await.unwrap();
+    let builder = common::start(&t, &config, PROVIDER, provider).await;
 
-    let ready_uploads = || crate::common::ready_uploads(&t, "built-image", PROVIDER);
-    assert!(eventually(Duration::from_secs(30), || async { !ready_uploads().await.is_empty() }).await);
-    let (build, upload_id, upload) = ready_uploads().await.remove(0);
+    let (build, upload_id, upload) = common::first_upload(&t, PROVIDER).await;
     let image_id = upload.external_id.clone().unwrap();
     assert_eq!(upload.format.as_deref(), Some("qcow2"));
     let image = os.images()[&image_id].clone();

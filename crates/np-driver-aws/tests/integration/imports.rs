@@ -26,37 +26,12 @@ fn yaml(object_storage: bool, import_timeout: &str) -> String {
     } else {
         String::new()
     };
-    format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: built
-diskimages:
-  - name: snap-image
-    elements: [vm]
-  - name: ami-image
-    elements: [vm]
-providers:
-  - name: {PROVIDER}
-    driver: aws
-    region-name: us-west-2
-    rate: 100
-{storage}{import_timeout}    diskimages:
-      - name: snap-image
-        volume-type: gp3
-        tags:
-          team: ci
-      - name: ami-image
-        import-method: image
-    pools:
-      - name: main
-        labels:
-          - name: built
-            diskimage: snap-image
-            instance-type: t3.medium
-            key-name: zuul
-"#
+    support::diskimage_yaml(
+        &["snap-image", "ami-image"],
+        &format!("{storage}{import_timeout}"),
+        "      - name: snap-image\n        volume-type: gp3\n        tags:\n          team: ci\n      - name: ami-image\n        import-method: image\n",
+        "",
+        "snap-image",
     )
 }
 

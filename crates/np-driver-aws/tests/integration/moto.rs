@@ -14,14 +14,7 @@ use np_provider::{Instance, LaunchRequest, Provider, ProviderError, Step};
 use serde_json::{json, Value};
 use support::TestEnv;
 
-use support::{aws_yaml as yaml, PROVIDER};
-
-const UBUNTU: &str = r#"
-          - name: ubuntu
-            cloud-image: ubuntu
-            instance-type: t3.medium
-            key-name: zuul
-"#;
+use support::{aws_yaml as yaml, PROVIDER, UBUNTU};
 
 fn simple() -> String {
     yaml(UBUNTU, "", "")
@@ -303,11 +296,8 @@ async fn leaked_instances_and_volumes_are_listed_and_deleted() {
 #[tokio::test]
 async fn quota_from_instance_types_and_service_quotas() {
     let env = TestEnv::new().await;
-    let labels = r#"
-          - name: ubuntu
-            cloud-image: ubuntu
-            instance-type: t3.medium
-            key-name: zuul
+    let labels = format!(
+        r#"{UBUNTU}
           - name: spot
             cloud-image: ubuntu
             instance-type: t3.large
@@ -319,13 +309,14 @@ async fn quota_from_instance_types_and_service_quotas() {
             key-name: zuul
             volume-type: gp3
             volume-size: 100
-"#;
+"#
+    );
     env.quotas
         .set("ec2", &[("L-1216C47A", 4.0), ("L-34B43A08", 8.0), ("L-DB2E81BA", 16.0), ("L-UNUSED", 1.0)]);
     env.quotas.set("ebs", &[("L-7A658B76", 1.5)]);
     let p = env
         .provider(
-            &yaml(labels, "        max-cores: 10\n        max-resources:\n          L-1216C47A: 6\n", ""),
+            &yaml(&labels, "        max-cores: 10\n        max-resources:\n          L-1216C47A: 6\n", ""),
             PROVIDER,
         )
         .await;
@@ -372,17 +363,15 @@ async fn quota_from_instance_types_and_service_quotas() {
 #[tokio::test]
 async fn invalid_instance_type_disables_the_label() {
     let env = TestEnv::new().await;
-    let labels = r#"
-          - name: ubuntu
-            cloud-image: ubuntu
-            instance-type: t3.medium
-            key-name: zuul
+    let labels = format!(
+        r#"{UBUNTU}
           - name: bogus
             cloud-image: ubuntu
             instance-type: bogus.large
             key-name: zuul
-"#;
-    let p = env.provider(&yaml(labels, "", ""), PROVIDER).await;
+"#
+    );
+    let p = env.provider(&yaml(&labels, "", ""), PROVIDER).await;
     let why = p.label_disabled("bogus").expect("disabled");
     assert!(why.contains("InvalidInstanceType"), "{why}");
     assert!(p.label_disabled("ubuntu").is_none());
@@ -738,33 +727,12 @@ async fn instance_usage_covers_every_instance_with_its_type_and_volumes() {
 /// `built_extra` continues that provider diskimage entry (more keys, more
 /// entries).
 fn diskimage_yaml(built_extra: &str) -> String {
-    format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: built
-diskimages:
-  - name: built-image
-    elements: [vm]
-  - name: other-image
-    elements: [vm]
-providers:
-  - name: {PROVIDER}
-    driver: aws
-    region-name: us-west-2
-    rate: 100
-    diskimages:
-      - name: built-image
-{built_extra}    pools:
-      - name: main
-        host-key-checking: false
-        labels:
-          - name: built
-            diskimage: built-image
-            instance-type: t3.medium
-            key-name: zuul
-"#
+    support::diskimage_yaml(
+        &["built-image", "other-image"],
+        "",
+        &format!("      - name: built-image\n{built_extra}"),
+        "        host-key-checking: false\n",
+        "built-image",
     )
 }
 

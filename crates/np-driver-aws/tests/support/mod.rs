@@ -115,6 +115,47 @@ pub const PROVIDER: &str = "ec2-us-west-2";
 /// A `nodepool.yaml` with one AWS provider on moto's Ubuntu cloud image;
 /// `labels` is the pool's label list (indented for the pool), `pool_extra`
 /// and `provider_extra` more pool and provider keys.
+/// The label `ubuntu` of [`aws_yaml`]'s pool: a t3.medium instance of the
+/// cloud image `ubuntu` with the key pair `zuul`.
+pub const UBUNTU: &str = "          - name: ubuntu\n            cloud-image: ubuntu\n            instance-type: t3.medium\n            key-name: zuul\n";
+
+/// A configuration with `diskimages` (each built with the element `vm`)
+/// and the provider whose label `built` boots `image` (a t3.medium with
+/// the key pair `zuul`). YAML lines indented for their place: more keys of
+/// the provider, its `diskimages:` entries, more keys of its pool.
+pub fn diskimage_yaml(
+    diskimages: &[&str],
+    provider_extra: &str,
+    uploads: &str,
+    pool_extra: &str,
+    image: &str,
+) -> String {
+    let diskimages: String =
+        diskimages.iter().map(|d| format!("  - name: {d}\n    elements: [vm]\n")).collect();
+    format!(
+        r#"
+zookeeper-servers:
+  - host: 127.0.0.1
+labels:
+  - name: built
+diskimages:
+{diskimages}providers:
+  - name: {PROVIDER}
+    driver: aws
+    region-name: us-west-2
+    rate: 100
+{provider_extra}    diskimages:
+{uploads}    pools:
+      - name: main
+{pool_extra}        labels:
+          - name: built
+            diskimage: {image}
+            instance-type: t3.medium
+            key-name: zuul
+"#
+    )
+}
+
 pub fn aws_yaml(labels: &str, pool_extra: &str, provider_extra: &str) -> String {
     format!(
         r#"

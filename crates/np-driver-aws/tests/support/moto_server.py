@@ -104,58 +104,66 @@ def _fail(task, detail, message):
         d.pop("Progress", None)
 
 
-def import_snapshot(self):
+def _disk_detail(self):
+    """The detail of a new import of the request's staged disk."""
     self.error_on_dryrun()
     container = _disk_container(self, "DiskContainer")
     user_bucket, obj = _staged_object(self, container)
-    task_id = "import-snap-" + uuid.uuid4().hex[:17]
-    fmt = (container.get("Format") or "raw").upper()
-    detail = {"Format": fmt, "Status": "active", "StatusMessage": "pending",
-              "UserBucket": user_bucket,
-              "DiskImageSize": float(len(obj.value)) if obj else 0.0}
-    task = {"ImportTaskId": task_id, "SnapshotTaskDetail": detail,
-            "Description": self._get_param("Description") or "",
-            "Tags": _tags(self, "import-snapshot-task"),
-            "_describes": 0}
+    return {"Format": (container.get("Format") or "raw").upper(), "Status": "active",
+            "UserBucket": user_bucket,
+            "DiskImageSize": float(len(obj.value)) if obj else 0.0}
+
+
+def _start_task(self, prefix, kind, task):
+    """Records the new import task (its id `prefix` and a random part,
+    tagged as `kind`) and answers with it."""
+    task.update({"ImportTaskId": prefix + uuid.uuid4().hex[:17], "Tags": _tags(self, kind),
+                 "_describes": 0})
     with _LOCK:
-        _tasks(self)[task_id] = task
+        _tasks(self)[task["ImportTaskId"]] = task
     return ActionResult(_public(task))
+
+
+def import_snapshot(self):
+    detail = _disk_detail(self)
+    detail["StatusMessage"] = "pending"
+    return _start_task(self, "import-snap-", "import-snapshot-task",
+                       {"SnapshotTaskDetail": detail,
+                        "Description": self._get_param("Description") or ""})
 
 
 def import_image(self):
-    self.error_on_dryrun()
-    container = _disk_container(self, "DiskContainer")
-    user_bucket, obj = _staged_object(self, container)
-    task_id = "import-ami-" + uuid.uuid4().hex[:17]
-    fmt = (container.get("Format") or "raw").upper()
-    detail = {"Format": fmt, "Status": "active", "UserBucket": user_bucket,
-              "DiskImageSize": float(len(obj.value)) if obj else 0.0}
-    task = {"ImportTaskId": task_id, "Status": "active", "StatusMessage": "pending",
-            "Progress": "2", "Architecture": self._get_param("Architecture") or "x86_64",
-            "SnapshotDetails": [detail],
-            "Tags": _tags(self, "import-image-task"),
-            "_describes": 0}
-    with _LOCK:
-        _tasks(self)[task_id] = task
-    return ActionResult(_public(task))
+    detail = _disk_detail(self)
+    return _start_task(self, "import-ami-", "import-image-task",
+                       {"Status": "active", "StatusMessage": "pending", "Progress": "2",
+                        "Architecture": self._get_param("Architecture") or "x86_64",
+                        "SnapshotDetails": [detail]})
 
 
 def _public(task):
     return {k: v for k, v in task.items() if not k.startswith("_")}
 
 
-def _advance_snapshot(resp, task):
-    detail = task["SnapshotTaskDetail"]
-    if detail["Status"] != "active":
-        return
+def _completes(resp, task, status, detail):
+    """One describe of `task` (`status`: the part with its Status): whether
+    it completes now (its second describe, with a disk it can read)."""
+    if status["Status"] != "active":
+        return False
     task["_describes"] += 1
     if task["_describes"] < 2:
-        detail["StatusMessage"] = "converting"
-        detail["Progress"] = "50"
-        return
+        status["StatusMessage"] = "converting"
+        status["Progress"] = "50"
+        return False
     failure = _failure(resp, detail["UserBucket"])
     if failure:
         _fail(task, detail, failure)
+        return False
+    return True
+
+
+def _advance_snapshot(resp, task):
+    detail = task["SnapshotTaskDetail"]
+    if not _completes(resp, task, detail, detail):
         return
     backend = resp.ec2_backend
     size = max(1, math.ceil(detail["DiskImageSize"] / GIB))
@@ -170,17 +178,8 @@ def _advance_snapshot(resp, task):
 
 
 def _advance_image(resp, task):
-    if task["Status"] != "active":
-        return
     detail = task["SnapshotDetails"][0]
-    task["_describes"] += 1
-    if task["_describes"] < 2:
-        task["StatusMessage"] = "converting"
-        task["Progress"] = "50"
-        return
-    failure = _failure(resp, detail["UserBucket"])
-    if failure:
-        _fail(task, detail, failure)
+    if not _completes(resp, task, task, detail):
         return
     backend = resp.ec2_backend
     ami_id = "ami-" + uuid.uuid4().hex[:17]

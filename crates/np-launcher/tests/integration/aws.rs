@@ -6,13 +6,11 @@
 #[path = "../../../np-driver-aws/tests/support/mod.rs"]
 mod support;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common;
-use np_core::{NodeRequest, RequestState};
-use np_launcher::{Launcher, ProviderSet};
+use np_core::RequestState;
+use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
 
 use support::PROVIDER;
@@ -20,7 +18,7 @@ use support::PROVIDER;
 /// One pool of at most 3 t3.medium Ubuntu instances tagged `team: ci`.
 fn yaml() -> String {
     support::aws_yaml(
-        "          - name: ubuntu\n            cloud-image: ubuntu\n            instance-type: t3.medium\n            key-name: zuul\n            tags:\n              team: ci\n",
+        &format!("{}            tags:\n              team: ci\n", support::UBUNTU),
         "        max-servers: 3",
         "",
     )
@@ -41,15 +39,13 @@ async fn requests_are_fulfilled_by_ec2_instances_and_cleaned_up() {
     let t = TestZk::new().await;
     let config = np_config::load_str(&yaml(), "aws.yaml").unwrap();
     let provider = env.provider(&yaml(), PROVIDER).await;
-    let providers: ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
-    let launcher = Launcher::start(&config, t.zk.clone(), providers).await.unwrap();
+    let launcher = common::start_provider(&t, &config, PROVIDER, provider, None).await;
 
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let mut r = NodeRequest::new(vec!["ubuntu".into(), "ubuntu".into()]);
-        r.tenant_name = Some("tenant".into());
-        t.zk.create_request(&mut r, 200, false).await.unwrap();
-        ids.push(r.id);
+        ids.push(
+            common::submit_with(&t, &["ubuntu", "ubuntu"], |r| r.tenant_name = Some("tenant".into())).await,
+        );
     }
     // max-servers 3: the first request gets two instances, the second waits
     // for quota until the first's nodes come back.
@@ -157,11 +153,8 @@ async fn staged_objects_and_untagged_imports_of_gone_uploads_are_cleaned_up() {
     const BUCKET: &str = "nodepool-images";
     let env = support::TestEnv::new().await;
     let t = TestZk::new().await;
-    let yaml = support::aws_yaml(
-        "          - name: ubuntu\n            cloud-image: ubuntu\n            instance-type: t3.medium\n            key-name: zuul\n",
-        "",
-        &format!("    object-storage:\n      bucket-name: {BUCKET}"),
-    );
+    let yaml =
+        support::aws_yaml(support::UBUNTU, "", &format!("    object-storage:\n      bucket-name: {BUCKET}"));
     env.bucket(BUCKET).await;
     // A live upload, and what a builder stopped mid-import left for one
     // whose record is gone: its staged object, and the untagged AMI of
@@ -228,10 +221,8 @@ async fn staged_objects_and_untagged_imports_of_gone_uploads_are_cleaned_up() {
 
     let config = np_config::load_str(&yaml, "aws.yaml").unwrap();
     let provider = env.provider(&yaml, PROVIDER).await;
-    let providers: ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
-    let launcher = Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_millis(300)))
-        .await
-        .unwrap();
+    let launcher =
+        common::start_provider(&t, &config, PROVIDER, provider, Some(Duration::from_millis(300))).await;
     let cleaned = eventually(Duration::from_secs(30), || async {
         env.keys(BUCKET).await == ["live.raw"] && !ami_exists(ami.clone()).await
     })

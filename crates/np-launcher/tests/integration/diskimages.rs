@@ -3,14 +3,13 @@
 //! boots the newest ready upload, recording its znode path as `image_id`.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use np_core::{BuildState, ImageBuild, ImageUpload, NodeRequest, RequestState, UploadState};
+use np_core::{BuildState, ImageBuild, ImageUpload, RequestState, UploadState};
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
-use np_launcher::Launcher;
-use np_testing::{eventually, TestZk};
+use np_testing::TestZk;
+
+use crate::common;
 
 const CONFIG: &str = r#"
 zookeeper-servers:
@@ -37,16 +36,11 @@ providers:
 "#;
 
 async fn request(t: &TestZk) -> String {
-    let mut r = NodeRequest::new(vec!["built".into()]);
-    t.zk.create_request(&mut r, 100, false).await.unwrap();
-    r.id
+    common::submit(t, &["built"]).await
 }
 
 async fn wait_state(t: &TestZk, id: &str, want: RequestState) -> bool {
-    eventually(Duration::from_secs(10), || async {
-        t.zk.get_request(id).await.unwrap().is_some_and(|(r, _)| r.state == want)
-    })
-    .await
+    common::reaches(t, id, want, Duration::from_secs(10)).await
 }
 
 async fn upload(t: &TestZk, build: &str, external_id: &str, state: UploadState) -> String {
@@ -60,9 +54,7 @@ async fn diskimage_labels_wait_for_an_upload_and_boot_the_newest() {
     let t = TestZk::new().await;
     let config = np_config::load_str(CONFIG, "test.yaml").unwrap();
     let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
-    let launcher =
-        Launcher::start(&config, t.zk.clone(), build_providers(&config, &clouds).unwrap()).await.unwrap();
+    let launcher = common::start_fake(&t, &config, &cloud, None).await;
 
     // No upload yet: the only pool declines, so the request fails.
     let first = request(&t).await;

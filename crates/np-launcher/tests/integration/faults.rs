@@ -4,52 +4,24 @@
 //! waiting for the maintenance pass (issue 11).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use np_core::{NodeRequest, RequestState};
+use np_core::RequestState;
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
 use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
 
-use crate::common::state_of;
-
-const CONFIG: &str = r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: small
-providers:
-  - name: fake-provider
-    driver: fake
-    rate: 0.0001
-    cloud: fake
-    cloud-images:
-      - name: img
-    pools:
-      - name: main
-        max-servers: 10
-        labels:
-          - name: small
-            cloud-image: img
-            flavor-name: Fake Flavor
-"#;
+use crate::common::{self, state_of, FakeConfig};
 
 /// The launcher with an hour-long maintenance interval: whatever these
 /// tests see served is served by the event-driven path.
 async fn start(t: &TestZk, cloud: &FakeCloud) -> Launcher {
-    let config = np_config::load_str(CONFIG, "test.yaml").unwrap();
-    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
-    let providers = build_providers(&config, &clouds).unwrap();
-    Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_secs(3600))).await.unwrap()
+    let config = FakeConfig::new(&["small"]).pool("max-servers: 10").load();
+    common::start_fake(t, &config, cloud, Some(Duration::from_secs(3600))).await
 }
 
 async fn submit(t: &TestZk) -> String {
-    let mut request = NodeRequest::new(vec!["small".into()]);
-    request.requestor = Some("zuul-like".into());
-    t.zk.create_request(&mut request, 100, false).await.unwrap();
-    request.id
+    common::submit_with(t, &["small"], |r| r.requestor = Some("zuul-like".into())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,8 +48,7 @@ async fn a_request_locked_by_a_process_that_dies_is_served_when_its_lock_goes() 
     );
     let freed = Instant::now();
     assert!(
-        eventually(Duration::from_secs(10), || async { state_of(&t, &id).await == RequestState::Fulfilled })
-            .await,
+        common::reaches(&t, &id, RequestState::Fulfilled, Duration::from_secs(10)).await,
         "the request must be served once its lock is gone"
     );
     assert!(freed.elapsed() < Duration::from_secs(3), "served {:?} after the lock went", freed.elapsed());
@@ -98,8 +69,7 @@ async fn a_pending_request_nobody_holds_is_reset_and_served_at_once() {
     let started = Instant::now();
     let launcher = start(&t, &cloud).await;
     assert!(
-        eventually(Duration::from_secs(10), || async { state_of(&t, &id).await == RequestState::Fulfilled })
-            .await,
+        common::reaches(&t, &id, RequestState::Fulfilled, Duration::from_secs(10)).await,
         "a lost pending request must be reset and served without the maintenance pass"
     );
     assert!(started.elapsed() < Duration::from_secs(8), "served after {:?}", started.elapsed());

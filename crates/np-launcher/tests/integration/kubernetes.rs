@@ -8,14 +8,11 @@
 #[path = "../../../np-driver-kubernetes/tests/support/fake_kube.rs"]
 mod fake_kube;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{self, state_of};
+use crate::common::{self, reaches};
 use fake_kube::FakeKube;
-use np_core::{NodeRequest, NodeState, RequestState};
-use np_launcher::{Launcher, ProviderSet};
+use np_core::{NodeState, RequestState};
 use np_testing::{eventually, TestZk};
 use serde_json::json;
 
@@ -47,8 +44,7 @@ providers:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
     let kube = FakeKube::start().await;
-    let dir = std::env::temp_dir().join(format!("np-k8s-e2e-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-k8s-e2e");
     let kubeconfig = kube.kubeconfig(&dir, "admin-cluster.local");
     // A namespace a crashed launcher left: our provider's, no such node.
     kube.plant_namespace(
@@ -65,25 +61,18 @@ async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
     let np_config::ProviderDriver::Kubernetes(k) = &config.providers[0].driver else { panic!() };
     let provider =
         np_driver_kubernetes::KubernetesProvider::new(PROVIDER, k, Some(&kubeconfig)).await.unwrap();
-    let providers: ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
-    let launcher = Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_millis(300)))
-        .await
-        .unwrap();
+    let launcher =
+        common::start_provider(&t, &config, PROVIDER, provider, Some(Duration::from_millis(300))).await;
 
-    let mut first = NodeRequest::new(vec!["pod-fedora".into(), "kubernetes-namespace".into()]);
-    first.tenant_name = Some("tenant".into());
-    t.zk.create_request(&mut first, 100, false).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            state_of(&t, &first.id).await == RequestState::Fulfilled
-        })
-        .await
-    );
+    let first = common::submit_with(&t, &["pod-fedora", "kubernetes-namespace"], |r| {
+        r.tenant_name = Some("tenant".into())
+    })
+    .await;
+    assert!(reaches(&t, &first, RequestState::Fulfilled, Duration::from_secs(30)).await);
     // max-servers 2: the second request waits for the first's nodes.
-    let mut second = NodeRequest::new(vec!["pod-fedora".into()]);
-    t.zk.create_request(&mut second, 100, false).await.unwrap();
+    let second = common::submit(&t, &["pod-fedora"]).await;
 
-    let (done, _) = t.zk.get_request(&first.id).await.unwrap().unwrap();
+    let (done, _) = t.zk.get_request(&first).await.unwrap().unwrap();
     let (pod, _) = t.zk.get_node(&done.nodes[0]).await.unwrap().unwrap();
     let (ns, _) = t.zk.get_node(&done.nodes[1]).await.unwrap().unwrap();
     assert_eq!(pod.state, NodeState::Ready);
@@ -110,7 +99,7 @@ async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
     assert_eq!(py["external_id"], format!("main-{}", pod.id), "{py}");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (held, _) = t.zk.get_request(&second.id).await.unwrap().unwrap();
+    let (held, _) = t.zk.get_request(&second).await.unwrap().unwrap();
     assert!(
         held.state != RequestState::Fulfilled && held.nodes.is_empty(),
         "held back by max-servers: {held:?}"
@@ -124,14 +113,9 @@ async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
     assert!(kube.namespaces().iter().any(|(n, _)| n == "main-0000009998"));
 
     // Zuul returns the nodes: their namespaces go, the second request runs.
-    common::return_request(&t, &first.id).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            state_of(&t, &second.id).await == RequestState::Fulfilled
-        })
-        .await
-    );
-    common::return_request(&t, &second.id).await;
+    common::return_request(&t, &first).await;
+    assert!(reaches(&t, &second, RequestState::Fulfilled, Duration::from_secs(30)).await);
+    common::return_request(&t, &second).await;
     let clean = eventually(Duration::from_secs(30), || async {
         t.zk.node_ids().await.unwrap().is_empty()
             && kube.namespaces().iter().all(|(n, _)| n == "main-0000009998")
@@ -149,8 +133,7 @@ async fn requests_are_fulfilled_by_namespaces_and_pods_and_cleaned_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_rust_launchers_share_one_cluster() {
     let kube = FakeKube::start().await;
-    let dir = std::env::temp_dir().join(format!("np-k8s-py-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-k8s-py");
     let kubeconfig = kube.kubeconfig(&dir, "admin-cluster.local");
     let t = TestZk::new_tls().await;
     let provider_yaml = |provider: &str, pool: &str, prefix: &str| {
@@ -172,9 +155,8 @@ async fn python_and_rust_launchers_share_one_cluster() {
     let np_config::ProviderDriver::Kubernetes(k) = &ours.providers[0].driver else { panic!() };
     let provider =
         np_driver_kubernetes::KubernetesProvider::new("rs-k8s", k, Some(&kubeconfig)).await.unwrap();
-    let providers: ProviderSet = HashMap::from([("rs-k8s".to_owned(), Arc::new(provider) as _)]);
     let launcher =
-        Launcher::start_with(&ours, t.zk.clone(), providers, Some(Duration::from_millis(300))).await.unwrap();
+        common::start_provider(&t, &ours, "rs-k8s", provider, Some(Duration::from_millis(300))).await;
 
     // Both pools registered first (Python's takes a few seconds to start): a
     // label no registered pool serves would be failed, as upstream does.

@@ -2,50 +2,19 @@
 //! ZooKeeper, and a Python client that behaves like Zuul 14.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use np_core::{NodeRequest, NodeState, RequestState};
-use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
-use np_launcher::Launcher;
+use np_driver_fake::FakeSettings;
 use np_testing::{env, eventually, repo_root, TestZk};
 
-fn config(max_servers: u32, min_ready: u32) -> np_config::Config {
-    let text = format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: small
-    min-ready: {min_ready}
-  - name: large
-providers:
-  - name: fake-provider
-    driver: fake
-    rate: 0.0001
-    cloud: fake
-    cloud-images:
-      - name: img
-    pools:
-      - name: main
-        max-servers: {max_servers}
-        labels:
-          - name: small
-            cloud-image: img
-            flavor-name: Fake Flavor
-          - name: large
-            cloud-image: img
-            flavor-name: Fake Flavor
-"#
-    );
-    np_config::load_str(&text, "test.yaml").unwrap()
-}
+use crate::common::{self, reaches, state_of, submit, FakeConfig};
 
-async fn start(t: &TestZk, config: &np_config::Config, cloud: &FakeCloud) -> Launcher {
-    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
-    let providers = build_providers(config, &clouds).unwrap();
-    Launcher::start(config, t.zk.clone(), providers).await.unwrap()
+fn config(max_servers: u32, min_ready: u32) -> np_config::Config {
+    FakeConfig::new(&["small", "large"])
+        .label("small", &format!("min-ready: {min_ready}"))
+        .pool(&format!("max-servers: {max_servers}"))
+        .load()
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -68,11 +37,9 @@ fn zuul_client(t: &TestZk, labels: &str, count: u32, outstanding: u32) -> std::p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zuul_like_client_gets_every_node_and_they_come_back() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
     let mut cfg = config(10, 0);
     cfg.webapp = np_config::WebApp { port: 0, listen_address: "127.0.0.1".into() };
-    let mut launcher = start(&t, &cfg, &cloud).await;
+    let (t, cloud, mut launcher) = common::fake_launcher(&cfg, FakeSettings::default()).await;
     let web = launcher.start_webapp().await.unwrap();
 
     let t2 = TestZk::with(false, Some(&t.chroot)).await;
@@ -111,9 +78,7 @@ async fn zuul_like_client_gets_every_node_and_they_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_nodepool_lists_our_nodes() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config(10, 2), &cloud).await;
+    let (t, cloud, launcher) = common::fake_launcher(&config(10, 2), FakeSettings::default()).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
             launcher.shared().nodes.values().iter().filter(|n| n.state == NodeState::Ready).count() == 2
@@ -138,18 +103,10 @@ async fn python_nodepool_lists_our_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_for_unknown_label_fails_when_every_pool_declined() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config(10, 0), &cloud).await;
-    let mut req = NodeRequest::new(vec!["no-such-label".into()]);
-    t.zk.create_request(&mut req, 200, false).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Failed)
-        })
-        .await
-    );
-    let (r, _) = t.zk.get_request(&req.id).await.unwrap().unwrap();
+    let (t, _cloud, launcher) = common::fake_launcher(&config(10, 0), FakeSettings::default()).await;
+    let id = submit(&t, &["no-such-label"]).await;
+    assert!(reaches(&t, &id, RequestState::Failed, Duration::from_secs(10)).await);
+    let (r, _) = t.zk.get_request(&id).await.unwrap().unwrap();
     assert_eq!(r.declined_by.len(), 1);
     assert!(r.declined_by[0].contains("PoolWorker.fake-provider-main-"), "{:?}", r.declined_by);
     launcher.stop().await;
@@ -157,67 +114,30 @@ async fn request_for_unknown_label_fails_when_every_pool_declined() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_pauses_at_quota_and_resumes_when_nodes_are_returned() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config(1, 0), &cloud).await;
-    let mut first = NodeRequest::new(vec!["small".into()]);
-    t.zk.create_request(&mut first, 200, false).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            matches!(t.zk.get_request(&first.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
-        })
-        .await
-    );
-    let mut second = NodeRequest::new(vec!["large".into()]);
-    t.zk.create_request(&mut second, 200, false).await.unwrap();
+    let (t, _cloud, launcher) = common::fake_launcher(&config(1, 0), FakeSettings::default()).await;
+    let first = submit(&t, &["small"]).await;
+    assert!(reaches(&t, &first, RequestState::Fulfilled, Duration::from_secs(10)).await);
+    let second = submit(&t, &["large"]).await;
     // At quota: accepted (pending) but not fulfilled; the pool shows as paused.
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
-        })
-        .await
-    );
-    let (r, _) = t.zk.get_request(&second.id).await.unwrap().unwrap();
+    assert!(common::pool_paused(&launcher, Duration::from_secs(10)).await);
+    let (r, _) = t.zk.get_request(&second).await.unwrap().unwrap();
     assert_eq!(r.state, RequestState::Pending);
     // Zuul returns the first node: used -> deleted -> quota frees -> second fulfilled.
-    let (fulfilled, _) = t.zk.get_request(&first.id).await.unwrap().unwrap();
-    let (mut node, _) = t.zk.get_node(&fulfilled.nodes[0]).await.unwrap().unwrap();
-    node.set_state(NodeState::Used);
-    t.zk.update_node(&node).await.unwrap();
-    t.zk.delete_request(&first.id).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            matches!(t.zk.get_request(&second.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
-        })
-        .await
-    );
+    common::return_request(&t, &first).await;
+    assert!(reaches(&t, &second, RequestState::Fulfilled, Duration::from_secs(15)).await);
     launcher.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_launches_are_retried_then_the_request_fails_and_nothing_leaks() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config(10, 0), &cloud).await;
+    let (t, cloud, launcher) = common::fake_launcher(&config(10, 0), FakeSettings::default()).await;
     // Upstream's default launch-retries is 3: two failures are absorbed.
     cloud.fail_next_launches(2);
-    let mut ok = NodeRequest::new(vec!["small".into()]);
-    t.zk.create_request(&mut ok, 200, false).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            matches!(t.zk.get_request(&ok.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
-        })
-        .await
-    );
+    let ok = submit(&t, &["small"]).await;
+    assert!(reaches(&t, &ok, RequestState::Fulfilled, Duration::from_secs(10)).await);
     cloud.fail_next_launches(3);
-    let mut bad = NodeRequest::new(vec!["large".into()]);
-    t.zk.create_request(&mut bad, 200, false).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            matches!(t.zk.get_request(&bad.id).await, Ok(Some((r, _))) if r.state == RequestState::Failed)
-        })
-        .await
-    );
+    let bad = submit(&t, &["large"]).await;
+    assert!(reaches(&t, &bad, RequestState::Failed, Duration::from_secs(10)).await);
     // The failed node is deleted; only the fulfilled request's node remains.
     assert!(
         eventually(Duration::from_secs(10), || async { t.zk.node_ids().await.unwrap().len() == 1 }).await
@@ -228,9 +148,7 @@ async fn failed_launches_are_retried_then_the_request_fails_and_nothing_leaks() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_releases_locks_and_unregisters() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config(10, 1), &cloud).await;
+    let (t, _cloud, launcher) = common::fake_launcher(&config(10, 1), FakeSettings::default()).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             t.zk.components(np_core::ComponentKind::Pool).await.unwrap().len() == 1
@@ -244,63 +162,34 @@ async fn stopping_releases_locks_and_unregisters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_limits_defer_requests_without_declining() {
-    let t = TestZk::new().await;
-    let text = r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-tenant-resource-limits:
-  - tenant-name: tenant-one
-    max-servers: 1
-labels:
-  - name: small
-providers:
-  - name: fake-provider
-    driver: fake
-    rate: 0.0001
-    cloud: fake
-    cloud-images:
-      - name: img
-    pools:
-      - name: main
-        max-servers: 10
-        labels:
-          - name: small
-            cloud-image: img
-            flavor-name: Fake Flavor
-"#;
-    let config = np_config::load_str(text, "test.yaml").unwrap();
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config, &cloud).await;
+    let config = FakeConfig::new(&["small"])
+        .top("tenant-resource-limits:\n  - tenant-name: tenant-one\n    max-servers: 1")
+        .pool("max-servers: 10")
+        .load();
+    let (t, _cloud, launcher) = common::fake_launcher(&config, FakeSettings::default()).await;
     let mut reqs = Vec::new();
     for tenant in ["tenant-one", "tenant-one", "tenant-two"] {
-        let mut r = NodeRequest::new(vec!["small".into()]);
-        r.tenant_name = Some(tenant.into());
-        t.zk.create_request(&mut r, 200, false).await.unwrap();
-        reqs.push(r);
+        reqs.push(common::submit_with(&t, &["small"], |r| r.tenant_name = Some(tenant.into())).await);
     }
-    let state = |id: String| {
-        let zk = t.zk.clone();
-        async move { zk.get_request(&id).await.unwrap().unwrap().0.state }
-    };
     assert!(
         eventually(Duration::from_secs(10), || async {
-            state(reqs[0].id.clone()).await == RequestState::Fulfilled
-                && state(reqs[2].id.clone()).await == RequestState::Fulfilled
+            state_of(&t, &reqs[0]).await == RequestState::Fulfilled
+                && state_of(&t, &reqs[2]).await == RequestState::Fulfilled
         })
         .await
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (second, _) = t.zk.get_request(&reqs[1].id).await.unwrap().unwrap();
+    let (second, _) = t.zk.get_request(&reqs[1]).await.unwrap().unwrap();
     assert_eq!(second.state, RequestState::Requested, "deferred, not declined");
     assert!(second.declined_by.is_empty());
     // The tenant's node is returned and deleted: the deferred request goes through.
-    let (first, _) = t.zk.get_request(&reqs[0].id).await.unwrap().unwrap();
+    let (first, _) = t.zk.get_request(&reqs[0]).await.unwrap().unwrap();
     let (mut node, _) = t.zk.get_node(&first.nodes[0]).await.unwrap().unwrap();
     node.set_state(NodeState::Used);
     t.zk.update_node(&node).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            state(reqs[1].id.clone()).await == RequestState::Fulfilled
+            state_of(&t, &reqs[1]).await == RequestState::Fulfilled
         })
         .await
     );
@@ -309,21 +198,14 @@ providers:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_restarts_only_changed_pools_and_keeps_work_in_flight() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new(
-        "fake-provider",
+    let (t, cloud, mut launcher) = common::fake_launcher(
+        &config(10, 0),
         FakeSettings { launch_delay: Duration::from_millis(1500), ..FakeSettings::default() },
-    );
-    let mut launcher = start(&t, &config(10, 0), &cloud).await;
+    )
+    .await;
     assert!(eventually(Duration::from_secs(10), || async { launcher.shared().pools.len() == 1 }).await);
-    let mut req = NodeRequest::new(vec!["small".into()]);
-    t.zk.create_request(&mut req, 200, false).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Pending)
-        })
-        .await
-    );
+    let id = submit(&t, &["small"]).await;
+    assert!(reaches(&t, &id, RequestState::Pending, Duration::from_secs(5)).await);
     // Same config: nothing restarts.
     let before: Vec<String> =
         launcher.shared().pools.values().iter().map(|c| c.pool.as_ref().unwrap().id.clone()).collect();
@@ -331,10 +213,7 @@ async fn reload_restarts_only_changed_pools_and_keeps_work_in_flight() {
     // A changed pool (max-servers) drains: the in-flight launch still completes.
     launcher.reload(&config(8, 0)).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
-        })
-        .await,
+        reaches(&t, &id, RequestState::Fulfilled, Duration::from_secs(10)).await,
         "work in flight survives the reload"
     );
     assert!(
@@ -361,9 +240,7 @@ async fn reload_restarts_only_changed_pools_and_keeps_work_in_flight() {
 /// retry the request would wait for some unrelated event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_locked_elsewhere_is_taken_once_the_lock_is_released() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config(10, 0), &cloud).await;
+    let (t, _cloud, launcher) = common::fake_launcher(&config(10, 0), FakeSettings::default()).await;
     assert!(eventually(Duration::from_secs(10), || async { launcher.shared().pools.len() == 1 }).await);
     // Another launcher deciding on the request: its lock is taken before
     // the request appears, so the pool finds it locked on its first look.
@@ -374,12 +251,9 @@ async fn a_request_locked_elsewhere_is_taken_once_the_lock_is_released() {
     t.zk.create_request(&mut req, 200, false).await.unwrap();
     assert_eq!(req.id, "200-0000000000");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(t.zk.get_request(&req.id).await.unwrap().unwrap().0.state, RequestState::Requested);
+    assert_eq!(state_of(&t, &req.id).await, RequestState::Requested);
     lock.release().await.unwrap();
-    let fulfilled = eventually(Duration::from_secs(5), || async {
-        t.zk.get_request(&req.id).await.unwrap().unwrap().0.state == RequestState::Fulfilled
-    })
-    .await;
+    let fulfilled = reaches(&t, &req.id, RequestState::Fulfilled, Duration::from_secs(5)).await;
     assert!(fulfilled, "the pool looked again after the lock was released");
     launcher.stop().await;
 }

@@ -1,48 +1,24 @@
 //! Time-based upkeep against a real ZooKeeper with the fake cloud.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use np_core::{Node, NodeRequest, NodeState, RequestState};
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
 use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
 
-const CONFIG: &str = r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-max-hold-age: 3600
-labels:
-  - name: small
-    min-ready: 1
-    max-ready-age: 1
-  - name: large
-providers:
-  - name: fake-provider
-    driver: fake
-    rate: 0.0001
-    cloud: fake
-    cloud-images:
-      - name: img
-    pools:
-      - name: main
-        max-servers: 10
-        labels:
-          - name: small
-            cloud-image: img
-            flavor-name: Fake Flavor
-          - name: large
-            cloud-image: img
-            flavor-name: Fake Flavor
-"#;
+use crate::common::{self, FakeConfig};
 
+/// The launcher with its maintenance pass every 300 ms.
 async fn start(t: &TestZk, cloud: &FakeCloud) -> Launcher {
-    let config = np_config::load_str(CONFIG, "test.yaml").unwrap();
-    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
-    let providers = build_providers(&config, &clouds).unwrap();
-    Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_millis(300))).await.unwrap()
+    let config = FakeConfig::new(&["small", "large"])
+        .top("max-hold-age: 3600")
+        .label("small", "min-ready: 1\nmax-ready-age: 1")
+        .pool("max-servers: 10")
+        .load();
+    common::start_fake(t, &config, cloud, Some(Duration::from_millis(300))).await
 }
 
 fn ready_small(launcher: &Launcher) -> Vec<String> {
@@ -118,12 +94,7 @@ async fn lost_requests_are_reset_and_then_fulfilled() {
 
     let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
     let launcher = start(&t, &cloud).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
-        })
-        .await
-    );
+    assert!(common::reaches(&t, &req.id, RequestState::Fulfilled, Duration::from_secs(10)).await);
     assert!(
         eventually(Duration::from_secs(10), || async { t.zk.get_node(&orphan.id).await.unwrap().is_none() })
             .await,

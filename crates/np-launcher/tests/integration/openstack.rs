@@ -9,14 +9,11 @@
 #[path = "../../../np-driver-openstack/tests/support/fake_openstack.rs"]
 mod fake_openstack;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{self, state_of};
+use crate::common::{self, reaches};
 use fake_openstack::{FakeOpenStack, Knobs};
-use np_core::{NodeRequest, NodeState, RequestState};
-use np_launcher::{Launcher, ProviderSet};
+use np_core::{NodeState, RequestState};
 use np_testing::{eventually, TestZk};
 use serde_json::json;
 
@@ -54,8 +51,7 @@ async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
     let os = FakeOpenStack::start().await;
     // Room for two servers (a stranger's among them).
     os.set_knobs(Knobs { max_instances: 3, ..Knobs::default() });
-    let dir = std::env::temp_dir().join(format!("np-os-e2e-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-os-e2e");
     let clouds = os.clouds_yaml_public(&dir, "devstack");
     // A server a crashed launcher left: ours, no such node. And a stranger's.
     let leak = os.plant_server(json!({"nodepool_provider_name": PROVIDER, "nodepool_pool_name": "main",
@@ -67,26 +63,17 @@ async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
     let np_config::ProviderDriver::OpenStack(o) = &config.providers[0].driver else { panic!() };
     let cloud = np_driver_openstack::clouds::load_file(&clouds, "devstack").unwrap();
     let provider = np_driver_openstack::OpenStackProvider::with_cloud(PROVIDER, o, cloud).await.unwrap();
-    let providers: ProviderSet = HashMap::from([(PROVIDER.to_owned(), Arc::new(provider) as _)]);
-    let launcher = Launcher::start_with(&config, t.zk.clone(), providers, Some(Duration::from_millis(300)))
-        .await
-        .unwrap();
+    let launcher =
+        common::start_provider(&t, &config, PROVIDER, provider, Some(Duration::from_millis(300))).await;
 
     // The leak goes; the stranger's server stays.
     let leak_gone = eventually(Duration::from_secs(30), || async { !os.server_ids().contains(&leak) }).await;
     assert!(leak_gone, "{:?}", os.server_ids());
     assert!(os.server_ids().contains(&stranger));
 
-    let mut first = NodeRequest::new(vec!["small".into(), "large".into()]);
-    first.tenant_name = Some("tenant".into());
-    t.zk.create_request(&mut first, 100, false).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            state_of(&t, &first.id).await == RequestState::Fulfilled
-        })
-        .await
-    );
-    let (done, _) = t.zk.get_request(&first.id).await.unwrap().unwrap();
+    let first = common::submit_with(&t, &["small", "large"], |r| r.tenant_name = Some("tenant".into())).await;
+    assert!(reaches(&t, &first, RequestState::Fulfilled, Duration::from_secs(30)).await);
+    let (done, _) = t.zk.get_request(&first).await.unwrap().unwrap();
     let (small, _) = t.zk.get_node(&done.nodes[0]).await.unwrap().unwrap();
     let (large, _) = t.zk.get_node(&done.nodes[1]).await.unwrap().unwrap();
     assert_eq!(small.state, NodeState::Ready);
@@ -117,23 +104,17 @@ async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
 
     // The cloud is full (3 instances with the stranger's): the next request
     // waits, and is served once a server is gone.
-    let mut second = NodeRequest::new(vec!["small".into()]);
-    t.zk.create_request(&mut second, 100, false).await.unwrap();
+    let second = common::submit(&t, &["small"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (held, _) = t.zk.get_request(&second.id).await.unwrap().unwrap();
+    let (held, _) = t.zk.get_request(&second).await.unwrap().unwrap();
     assert!(
         held.state != RequestState::Fulfilled && held.nodes.is_empty(),
         "held back by the cloud's limit: {held:?}"
     );
 
-    common::return_request(&t, &first.id).await;
-    assert!(
-        eventually(Duration::from_secs(40), || async {
-            state_of(&t, &second.id).await == RequestState::Fulfilled
-        })
-        .await
-    );
-    common::return_request(&t, &second.id).await;
+    common::return_request(&t, &first).await;
+    assert!(reaches(&t, &second, RequestState::Fulfilled, Duration::from_secs(40)).await);
+    common::return_request(&t, &second).await;
     let clean = eventually(Duration::from_secs(30), || async {
         t.zk.node_ids().await.unwrap().is_empty()
             && os.server_ids() == vec![stranger.clone()]
@@ -156,8 +137,7 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
         "NP_OS_CLOUDS is not set: start the real OpenStack with tools/openstack-env.sh start and source .openstack-env/env.sh (tools/test.sh does both)",
     );
     let cloud_name = std::env::var("NP_OS_CLOUD").unwrap_or_else(|_| "devstack".into());
-    let dir = std::env::temp_dir().join(format!("np-os-py-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-os-py");
     let t = TestZk::new_tls().await;
     let provider_yaml = |provider: &str, pool: &str, label: &str| {
         format!(
@@ -181,9 +161,8 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
     )
     .await
     .unwrap();
-    let providers: ProviderSet = HashMap::from([("rs-os".to_owned(), Arc::new(provider) as _)]);
     let launcher =
-        Launcher::start_with(&ours, t.zk.clone(), providers, Some(Duration::from_millis(300))).await.unwrap();
+        common::start_provider(&t, &ours, "rs-os", provider, Some(Duration::from_millis(300))).await;
 
     let both = eventually(Duration::from_secs(60), || async { launcher.shared().pools.len() == 2 }).await;
     assert!(both, "python launcher did not register:\n{}", python_log());

@@ -8,20 +8,14 @@ use std::time::Duration;
 use np_core::ComponentKind;
 use np_testing::{env, eventually, TestZk};
 
+use crate::common::{self, FakeConfig};
+
 fn config(chroot: &str, labels: &[&str]) -> String {
     let port = env("NP_ZK_HOSTS").rsplit(':').next().unwrap().to_owned();
-    let top: String = labels.iter().map(|l| format!("  - name: {l}\n")).collect();
-    let pool: String = labels
-        .iter()
-        .map(|l| {
-            format!(
-                "          - name: {l}\n            cloud-image: img\n            flavor-name: Fake Flavor\n"
-            )
-        })
-        .collect();
-    format!(
-        "zookeeper-servers:\n  - host: 127.0.0.1\n    port: {port}\n    chroot: {chroot}\nlabels:\n{top}providers:\n  - name: fake-provider\n    driver: fake\n    cloud: fake\n    rate: 0.0001\n    cloud-images:\n      - name: img\n    pools:\n      - name: main\n        max-servers: 5\n        labels:\n{pool}"
-    )
+    FakeConfig::new(labels)
+        .zookeeper(&format!("- host: 127.0.0.1\n  port: {port}\n  chroot: {chroot}"))
+        .pool("max-servers: 5")
+        .yaml()
 }
 
 struct Launcher(Child);
@@ -45,8 +39,7 @@ async fn pool_labels(t: &TestZk) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_config_on_file_change_and_stops_cleanly_on_sigterm() {
     let t = TestZk::new().await;
-    let dir = std::env::temp_dir().join(format!("np-launcher-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-launcher");
     let path = dir.join("nodepool.yaml");
     std::fs::write(&path, config(&t.chroot, &["small"])).unwrap();
     let pidfile = dir.join("launcher.pid");

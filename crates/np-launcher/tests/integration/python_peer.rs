@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use np_core::{NodeRequest, RequestState};
+use np_core::RequestState;
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
-use np_launcher::Launcher;
 use np_testing::{env, eventually, zk_yaml_tls, ChildGuard, TestZk};
+
+use crate::common::{self, submit};
 
 fn fake_provider(name: &str, label: &str) -> String {
     format!(
@@ -47,17 +47,13 @@ fn start_python(chroot: &str, dir: &std::path::Path) -> ChildGuard {
 }
 
 async fn wait_state(t: &TestZk, id: &str, state: RequestState, secs: u64) -> bool {
-    eventually(Duration::from_secs(secs), || async {
-        t.zk.get_request(id).await.unwrap().is_some_and(|(r, _)| r.state == state)
-    })
-    .await
+    common::reaches(t, id, state, Duration::from_secs(secs)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_and_python_launchers_share_one_zookeeper() {
     let t = TestZk::new_tls().await;
-    let dir = std::env::temp_dir().join(format!("np-py-peer-{}", uuid_like()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-py-peer");
     let _python = start_python(&t.chroot, &dir);
 
     let ours = np_config::load_str(
@@ -67,8 +63,7 @@ async fn rust_and_python_launchers_share_one_zookeeper() {
     .unwrap();
     let clouds =
         HashMap::from([("rs-provider".to_owned(), FakeCloud::new("rs-provider", FakeSettings::default()))]);
-    let launcher =
-        Launcher::start(&ours, t.zk.clone(), build_providers(&ours, &clouds).unwrap()).await.unwrap();
+    let launcher = common::start_launcher(&t, &ours, &clouds, None).await;
 
     // Both pools registered (Python's takes a few seconds to start).
     assert!(
@@ -77,18 +72,9 @@ async fn rust_and_python_launchers_share_one_zookeeper() {
         dir.join("python-launcher.log").display()
     );
 
-    let submit = |labels: &[&str]| {
-        let labels: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
-        let zk = t.zk.clone();
-        async move {
-            let mut r = NodeRequest::new(labels);
-            zk.create_request(&mut r, 200, false).await.unwrap();
-            r.id
-        }
-    };
-    let py_req = submit(&["py-label"]).await;
-    let rs_req = submit(&["rs-label"]).await;
-    let nobody = submit(&["no-such-label"]).await;
+    let py_req = submit(&t, &["py-label"]).await;
+    let rs_req = submit(&t, &["rs-label"]).await;
+    let nobody = submit(&t, &["no-such-label"]).await;
 
     assert!(wait_state(&t, &rs_req, RequestState::Fulfilled, 20).await);
     assert!(wait_state(&t, &py_req, RequestState::Fulfilled, 60).await, "python fulfils its label");
@@ -105,8 +91,4 @@ async fn rust_and_python_launchers_share_one_zookeeper() {
     assert!(r.declined_by.iter().any(|d| d.contains("PoolWorker.rs-provider-main-")));
     launcher.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn uuid_like() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
 }

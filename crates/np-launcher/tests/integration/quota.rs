@@ -4,86 +4,44 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use np_core::{NodeRequest, NodeState, RequestState};
+use np_core::{NodeState, RequestState};
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
 use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
 use np_zk::LockOptions;
 
+use crate::common::{self, state_of, submit, FakeConfig};
+
+/// `pool_limits`: more settings of the pool (e.g. `max-cores: 8`).
 fn config(pool_limits: &str, ignore_provider_quota: bool) -> np_config::Config {
-    let text = format!(
-        r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: small
-  - name: other
-providers:
-  - name: fake-provider
-    driver: fake
-    rate: 0.0001
-    cloud: fake
-    cloud-images:
-      - name: img
-    pools:
-      - name: main
-        ignore-provider-quota: {ignore_provider_quota}
-{pool_limits}
-        labels:
-          - name: small
-            cloud-image: img
-            flavor-name: Fake Flavor
-          - name: other
-            cloud-image: img
-            flavor-name: Fake Flavor
-"#
-    );
-    np_config::load_str(&text, "test.yaml").unwrap()
-}
-
-async fn start(t: &TestZk, config: &np_config::Config, cloud: &FakeCloud) -> Launcher {
-    let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
-    Launcher::start(config, t.zk.clone(), build_providers(config, &clouds).unwrap()).await.unwrap()
-}
-
-async fn state(t: &TestZk, id: &str) -> RequestState {
-    t.zk.get_request(id).await.unwrap().unwrap().0.state
+    FakeConfig::new(&["small", "other"])
+        .pool(&format!("ignore-provider-quota: {ignore_provider_quota}"))
+        .pool(pool_limits)
+        .load()
 }
 
 async fn wait_state(t: &TestZk, id: &str, want: RequestState) -> bool {
-    eventually(Duration::from_secs(10), || async { state(t, id).await == want }).await
-}
-
-async fn request(t: &TestZk, labels: &[&str]) -> String {
-    let mut r = NodeRequest::new(labels.iter().map(|s| s.to_string()).collect());
-    t.zk.create_request(&mut r, 200, false).await.unwrap();
-    r.id
+    common::reaches(t, id, want, Duration::from_secs(10)).await
 }
 
 /// Waits until the pool component says `paused: true`.
 async fn pool_paused(launcher: &Launcher) -> bool {
-    eventually(Duration::from_secs(5), || async {
-        launcher.shared().pools.values().iter().any(|c| c.pool.as_ref().unwrap().paused)
-    })
-    .await
+    common::pool_paused(launcher, Duration::from_secs(5)).await
 }
 
 /// Upstream's `_test_node_assignment_at_quota`: a 2-node request fills the
 /// quota; a second 2-node request pauses PENDING with exactly 2 servers; as
 /// the first request's nodes are returned one by one, it completes.
 async fn at_quota(config: np_config::Config, settings: FakeSettings) {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", settings);
-    let launcher = start(&t, &config, &cloud).await;
-    let first = request(&t, &["small", "small"]).await;
+    let (t, cloud, launcher) = common::fake_launcher(&config, settings).await;
+    let first = submit(&t, &["small", "small"]).await;
     assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
-    let second = request(&t, &["small", "small"]).await;
+    let second = submit(&t, &["small", "small"]).await;
     assert!(wait_state(&t, &second, RequestState::Pending).await);
     assert!(pool_paused(&launcher).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cloud.server_ids().len(), 2, "exactly the quota is used");
-    assert_eq!(state(&t, &second).await, RequestState::Pending);
+    assert_eq!(state_of(&t, &second).await, RequestState::Pending);
     // As Zuul does: lock the nodes, delete the request, and after the job
     // mark the nodes used and unlock them, one by one.
     let nodes = t.zk.get_request(&first).await.unwrap().unwrap().0.nodes;
@@ -106,17 +64,17 @@ async fn at_quota(config: np_config::Config, settings: FakeSettings) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_pool_quota_cores() {
-    at_quota(config("        max-cores: 8", false), FakeSettings::default()).await;
+    at_quota(config("max-cores: 8", false), FakeSettings::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_pool_quota_instances() {
-    at_quota(config("        max-servers: 2", false), FakeSettings::default()).await;
+    at_quota(config("max-servers: 2", false), FakeSettings::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_pool_quota_ram() {
-    at_quota(config("        max-ram: 16384", false), FakeSettings::default()).await;
+    at_quota(config("max-ram: 16384", false), FakeSettings::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,51 +94,48 @@ async fn at_cloud_ram_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_larger_than_the_cloud_is_declined_unless_quota_ignored() {
-    let t = TestZk::new().await;
-    let cloud =
-        FakeCloud::new("fake-provider", FakeSettings { max_cores: Some(0), ..FakeSettings::default() });
-    let launcher = start(&t, &config("", false), &cloud).await;
-    let id = request(&t, &["small"]).await;
+    let (t, _cloud, launcher) = common::fake_launcher(
+        &config("", false),
+        FakeSettings { max_cores: Some(0), ..FakeSettings::default() },
+    )
+    .await;
+    let id = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &id, RequestState::Failed).await, "would exceed quota: declined and failed");
     launcher.stop().await;
 
     // ignore-provider-quota: the cloud limit is ignored, pool max-servers 1 still applies;
     // a 2-node request can never fit and fails.
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new(
-        "fake-provider",
+    let (t, _cloud, launcher) = common::fake_launcher(
+        &config("max-servers: 1", true),
         FakeSettings { max_cores: Some(0), report_only: true, ..FakeSettings::default() },
-    );
-    let launcher = start(&t, &config("        max-servers: 1", true), &cloud).await;
-    let ok = request(&t, &["small"]).await;
+    )
+    .await;
+    let ok = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &ok, RequestState::Fulfilled).await);
-    let too_big = request(&t, &["small", "small"]).await;
+    let too_big = submit(&t, &["small", "small"]).await;
     assert!(wait_state(&t, &too_big, RequestState::Failed).await);
     launcher.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_pool_still_declines_unknown_labels() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config("        max-servers: 1", false), &cloud).await;
-    let first = request(&t, &["small"]).await;
+    let (t, _cloud, launcher) =
+        common::fake_launcher(&config("max-servers: 1", false), FakeSettings::default()).await;
+    let first = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
-    let paused = request(&t, &["small"]).await;
+    let paused = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &paused, RequestState::Pending).await);
-    let unknown = request(&t, &["no-such-label"]).await;
+    let unknown = submit(&t, &["no-such-label"]).await;
     assert!(wait_state(&t, &unknown, RequestState::Failed).await);
-    assert_eq!(state(&t, &paused).await, RequestState::Pending);
+    assert_eq!(state_of(&t, &paused).await, RequestState::Pending);
     launcher.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_quota_error_aborts_and_relaunches_when_quota_returns() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config("", true), &cloud).await;
+    let (t, cloud, launcher) = common::fake_launcher(&config("", true), FakeSettings::default()).await;
     cloud.quota_error_next_launches(2);
-    let id = request(&t, &["small"]).await;
+    let id = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &id, RequestState::Fulfilled).await, "fulfilled after the quota errors");
     // The aborted nodes were deleted; only the fulfilled node remains.
     assert!(
@@ -192,14 +147,13 @@ async fn cloud_quota_error_aborts_and_relaunches_when_quota_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_ready_node_of_another_label_is_deleted_at_quota() {
     // Upstream's test_provider_wont_wedge.
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config("        max-servers: 1", false), &cloud).await;
-    let first = request(&t, &["other"]).await;
+    let (t, _cloud, launcher) =
+        common::fake_launcher(&config("max-servers: 1", false), FakeSettings::default()).await;
+    let first = submit(&t, &["other"]).await;
     assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
     // Zuul gave the node back unused (request deleted): it is idle and ready.
     t.zk.delete_request(&first).await.unwrap();
-    let second = request(&t, &["small"]).await;
+    let second = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &second, RequestState::Fulfilled).await);
     launcher.stop().await;
 }
@@ -215,15 +169,15 @@ async fn unmanaged_instances_count_against_cloud_quota() {
         FakeCloud::new("fake-provider", FakeSettings { max_instances: Some(2), ..FakeSettings::default() });
     let foreign =
         cloud.plant_instance(std::collections::BTreeMap::from([("owner".into(), "someone".into())]));
-    let launcher = start(&t, &config("", false), &cloud).await;
-    let first = request(&t, &["small"]).await;
+    let launcher = common::start_fake(&t, &config("", false), &cloud, None).await;
+    let first = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &first, RequestState::Fulfilled).await);
-    let second = request(&t, &["small"]).await;
+    let second = submit(&t, &["small"]).await;
     assert!(wait_state(&t, &second, RequestState::Pending).await);
     assert!(pool_paused(&launcher).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cloud.quota_rejections(), 0, "the launcher knew the cloud was full");
-    assert_eq!(state(&t, &second).await, RequestState::Pending);
+    assert_eq!(state_of(&t, &second).await, RequestState::Pending);
     // The foreign instance goes away: no ZooKeeper change, yet the pool
     // notices within its re-check interval.
     assert!(cloud.remove_instance(&foreign));
@@ -237,15 +191,13 @@ async fn unmanaged_instances_count_against_cloud_quota() {
 /// counts as at quota for a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_cloud_quota_errors_back_off() {
-    let t = TestZk::new().await;
-    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let launcher = start(&t, &config("", false), &cloud).await;
+    let (t, cloud, launcher) = common::fake_launcher(&config("", false), FakeSettings::default()).await;
     cloud.quota_error_next_launches(1000);
-    let id = request(&t, &["small"]).await;
+    let id = submit(&t, &["small"]).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let attempts = 1000 - cloud.quota_errors_left();
     assert!((2..=4).contains(&attempts), "{attempts} launches in 2.5 s");
-    assert_eq!(state(&t, &id).await, RequestState::Pending);
+    assert_eq!(state_of(&t, &id).await, RequestState::Pending);
     cloud.quota_error_next_launches(0);
     assert!(wait_state(&t, &id, RequestState::Fulfilled).await);
     launcher.stop().await;
@@ -260,14 +212,13 @@ async fn repeated_cloud_quota_errors_back_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_launchers_on_one_pool_never_exceed_max_servers() {
     let t = TestZk::new().await;
-    let config = config("        max-servers: 3", false);
+    let config = config("max-servers: 3", false);
     let settings = FakeSettings { launch_delay: Duration::from_millis(30), ..FakeSettings::default() };
     let cloud = FakeCloud::new("fake-provider", settings);
     let peer = t.second().await;
     let clouds = HashMap::from([("fake-provider".to_owned(), cloud.clone())]);
-    let a = Launcher::start(&config, t.zk.clone(), build_providers(&config, &clouds).unwrap()).await.unwrap();
-    let b =
-        Launcher::start(&config, peer.zk.clone(), build_providers(&config, &clouds).unwrap()).await.unwrap();
+    let a = common::start_launcher(&t, &config, &clouds, None).await;
+    let b = common::start_launcher(&peer, &config, &clouds, None).await;
     let observer = t.second().await;
     let seen = np_zk::NodeCache::start(&observer.zk);
     assert!(seen.wait_ready(Duration::from_secs(10)).await);
@@ -286,7 +237,7 @@ async fn two_launchers_on_one_pool_never_exceed_max_servers() {
     });
     let mut ids = Vec::new();
     for _ in 0..40 {
-        ids.push(request(&t, &["small"]).await);
+        ids.push(submit(&t, &["small"]).await);
     }
     // Each fulfilled request's node is used and returned, freeing room.
     let mut done = std::collections::HashSet::new();

@@ -6,22 +6,17 @@ use std::time::Duration;
 
 use np_core::{NodeRequest, RequestState};
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
 use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
 
+use crate::common::{self, FakeConfig};
+
 fn provider(name: &str, priority: i64, max_servers: u32, labels: &[&str]) -> String {
-    let labels: String = labels
-        .iter()
-        .map(|l| {
-            format!(
-                "          - name: {l}\n            cloud-image: img\n            flavor-name: Fake Flavor\n"
-            )
-        })
-        .collect();
-    format!(
-        "  - name: {name}\n    driver: fake\n    cloud: fake\n    rate: 0.0001\n    priority: {priority}\n    cloud-images:\n      - name: img\n    pools:\n      - name: main\n        max-servers: {max_servers}\n        labels:\n{labels}"
-    )
+    FakeConfig::new(labels)
+        .name(name)
+        .provider(&format!("priority: {priority}"))
+        .pool(&format!("max-servers: {max_servers}"))
+        .provider_entry()
 }
 
 fn config(labels: &[&str], providers: &[String]) -> np_config::Config {
@@ -37,8 +32,7 @@ async fn start(t: &TestZk, config: &np_config::Config) -> (Launcher, HashMap<Str
         .iter()
         .map(|p| (p.name.clone(), FakeCloud::new(&p.name, FakeSettings::default())))
         .collect();
-    let launcher =
-        Launcher::start(config, t.zk.clone(), build_providers(config, &clouds).unwrap()).await.unwrap();
+    let launcher = common::start_launcher(t, config, &clouds, None).await;
     // Every provider of this launcher has registered its pool (the cache
     // also holds other launchers' pools in the same chroot).
     let registered = || {
@@ -52,10 +46,7 @@ async fn start(t: &TestZk, config: &np_config::Config) -> (Launcher, HashMap<Str
 }
 
 async fn submit(t: &TestZk, labels: &[&str], f: impl FnOnce(&mut NodeRequest)) -> String {
-    let mut r = NodeRequest::new(labels.iter().map(|s| s.to_string()).collect());
-    f(&mut r);
-    t.zk.create_request(&mut r, 200, false).await.unwrap();
-    r.id
+    common::submit_with(t, labels, f).await
 }
 
 async fn fulfilled_by(t: &TestZk, id: &str) -> Vec<String> {

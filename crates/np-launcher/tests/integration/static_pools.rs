@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use np_core::{NodeRequest, NodeState, RequestState};
-use np_launcher::launcher::build_providers;
-use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
+
+use crate::common;
 
 const CONFIG: &str = r#"
 zookeeper-servers:
@@ -47,16 +47,13 @@ async fn ready_count(t: &TestZk) -> usize {
 async fn static_nodes_are_handed_out_returned_and_reregistered() {
     let t = TestZk::new().await;
     let config = np_config::load_str(CONFIG, "static.yaml").unwrap();
-    let providers = build_providers(&config, &HashMap::new()).unwrap();
-    let launcher = Launcher::start(&config, t.zk.clone(), providers).await.unwrap();
+    let launcher = common::start_launcher(&t, &config, &HashMap::new(), None).await;
     assert!(eventually(Duration::from_secs(10), || async { ready_count(&t).await == 2 }).await);
 
     // Three requests for two hosts: two fulfilled, the third waits (requested, not declined).
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let mut r = NodeRequest::new(vec!["static-label".into()]);
-        t.zk.create_request(&mut r, 200, false).await.unwrap();
-        ids.push(r.id);
+        ids.push(common::submit(&t, &["static-label"]).await);
     }
     let states = || async {
         let mut out = Vec::new();
@@ -86,12 +83,7 @@ async fn static_nodes_are_handed_out_returned_and_reregistered() {
     node.set_state(NodeState::Used);
     t.zk.update_node(&node).await.unwrap();
     t.zk.delete_request(&fulfilled.id).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            t.zk.get_request(&waiting[0].id).await.unwrap().unwrap().0.state == RequestState::Fulfilled
-        })
-        .await
-    );
+    assert!(common::reaches(&t, &waiting[0].id, RequestState::Fulfilled, Duration::from_secs(10)).await);
     let served = t.zk.get_request(&waiting[0].id).await.unwrap().unwrap().0;
     let (again, _) = t.zk.get_node(&served.nodes[0]).await.unwrap().unwrap();
     assert_eq!(again.hostname, host, "the returned host was re-registered and handed out again");

@@ -4,13 +4,11 @@
 //! `/ready` and `/metrics`.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use np_core::{BuildState, ImageBuild, ImageUpload, NodeRequest, RequestState, UploadState};
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::launcher::build_providers;
 use np_launcher::metrics::{LaunchResult, Metrics};
 use np_launcher::webapp::{Sources, WebServer};
 use np_launcher::Launcher;
@@ -20,32 +18,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::common::{self, FakeConfig};
+
 fn config() -> np_config::Config {
-    let text = r#"
-zookeeper-servers:
-  - host: 127.0.0.1
-labels:
-  - name: small
-  - name: large
-providers:
-  - name: fake-provider
-    driver: fake
-    rate: 0.0001
-    cloud: fake
-    cloud-images:
-      - name: img
-    pools:
-      - name: main
-        max-servers: 10
-        labels:
-          - name: small
-            cloud-image: img
-            flavor-name: Fake Flavor
-          - name: large
-            cloud-image: img
-            flavor-name: Fake Flavor
-"#;
-    let mut config = np_config::load_str(text, "test.yaml").unwrap();
+    let mut config = FakeConfig::new(&["small", "large"]).pool("max-servers: 10").load();
     // Port 0 (any free port) is not valid in a file, only here.
     config.webapp = np_config::WebApp { port: 0, listen_address: "127.0.0.1".into() };
     config
@@ -54,9 +30,7 @@ providers:
 async fn start(t: &TestZk) -> (Launcher, SocketAddr) {
     let config = config();
     let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
-    let clouds = HashMap::from([("fake-provider".to_owned(), cloud)]);
-    let providers = build_providers(&config, &clouds).unwrap();
-    let mut launcher = Launcher::start(&config, t.zk.clone(), providers).await.unwrap();
+    let mut launcher = common::start_fake(t, &config, &cloud, None).await;
     let addr = launcher.start_webapp().await.unwrap();
     assert!(addr.ip().is_loopback());
     assert_ne!(addr.port(), 0);
@@ -65,17 +39,12 @@ async fn start(t: &TestZk) -> (Launcher, SocketAddr) {
 }
 
 async fn fulfilled_request(t: &TestZk, labels: &[&str]) -> NodeRequest {
-    let mut req = NodeRequest::new(labels.iter().map(|l| (*l).to_owned()).collect());
-    t.zk.create_request(&mut req, 100, false).await.unwrap();
+    let id = common::submit(t, labels).await;
     assert!(
-        eventually(Duration::from_secs(15), || async {
-            matches!(t.zk.get_request(&req.id).await, Ok(Some((r, _))) if r.state == RequestState::Fulfilled)
-        })
-        .await,
-        "request {} not fulfilled",
-        req.id
+        common::reaches(t, &id, RequestState::Fulfilled, Duration::from_secs(15)).await,
+        "request {id} not fulfilled"
     );
-    t.zk.get_request(&req.id).await.unwrap().unwrap().0
+    t.zk.get_request(&id).await.unwrap().unwrap().0
 }
 
 #[derive(Debug)]
@@ -633,8 +602,7 @@ async fn text_tables_match_the_python_cli() {
     t.zk.store_upload("fake-image", &b, "fake-provider", None, &up).await.unwrap();
 
     // Python Nodepool 11's `nodepool` prints the same tables as its web app.
-    let dir = std::env::temp_dir().join(format!("np-webapp-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("np-webapp");
     // Python needs TLS: the same server's TLS port, the same chroot.
     let hosts = np_testing::env("NP_ZK_TLS_HOSTS");
     let (host, port) = hosts.rsplit_once(':').unwrap();
