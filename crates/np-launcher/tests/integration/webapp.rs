@@ -644,3 +644,41 @@ async fn text_tables_match_the_python_cli() {
     let _ = std::fs::remove_dir_all(&dir);
     launcher.stop().await;
 }
+
+/// A client that connects and sends nothing, or dribbles an incomplete
+/// request head, is disconnected after the header-read timeout, and the web
+/// app keeps answering meanwhile (the chaos suite's slowloris connections
+/// stayed open forever, issue 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_disconnected() {
+    let t = TestZk::new().await;
+    let (launcher, addr) = start(&t).await;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /node-list HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = std::time::Instant::now();
+    let dribble = async {
+        // One more byte every second: never a whole head.
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if slow.write_all(b"a").await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    };
+    let mut buf = [0u8; 64];
+    let (silent_closed, ()) =
+        tokio::join!(tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)), async {
+            let _ = tokio::time::timeout(Duration::from_secs(20), dribble).await;
+        });
+    assert!(matches!(silent_closed, Ok(Ok(0)) | Ok(Err(_))), "the silent client was not disconnected");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    launcher.stop().await;
+}
