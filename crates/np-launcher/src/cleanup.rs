@@ -43,7 +43,8 @@ pub async fn run(
         // lagging or resynced stream) looks at everything.
         let mut dirty: HashSet<String> = HashSet::new();
         let mut full = false;
-        let mut requests_gone = false;
+        // Requests that went away: their nodes may need deallocating.
+        let mut requests_gone: Vec<String> = Vec::new();
         let mut requests_changed = false;
         let note_node =
             |ev: Result<CacheEvent, broadcast::error::RecvError>, dirty: &mut HashSet<String>| match ev {
@@ -58,7 +59,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             r = node_events.recv() => full |= note_node(r, &mut dirty),
             r = req_events.recv() => match r {
-                Ok(ev) if ev.kind == CacheEventKind::Removed => requests_gone = true,
+                Ok(ev) if ev.kind == CacheEventKind::Removed => requests_gone.push(ev.id),
                 Ok(ev) if ev.kind == CacheEventKind::Resynced => full = true,
                 Ok(_) => requests_changed = true,
                 Err(_) => full = true,
@@ -70,7 +71,7 @@ pub async fn run(
             None => full = true,
         });
         let requests_open = drain_events(&mut req_events, |ev| match ev {
-            Some(ev) if ev.kind == CacheEventKind::Removed => requests_gone = true,
+            Some(ev) if ev.kind == CacheEventKind::Removed => requests_gone.push(ev.id),
             Some(_) => requests_changed = true,
             None => full = true,
         });
@@ -83,9 +84,20 @@ pub async fn run(
         }
         let scope = if full { None } else { Some(&dirty) };
         delete_nodes(&shared, &providers, &deleting, scope).await;
-        if full || requests_gone || !dirty.is_empty() {
-            deallocate_orphans(&shared, if full || requests_gone { None } else { Some(&dirty) }).await;
+        if full {
+            deallocate_orphans(&shared, None).await;
+        } else if !requests_gone.is_empty() || !dirty.is_empty() {
+            // The nodes an event named, and those allocated to a request that
+            // went away (the node cache's index: no scan).
+            let mut ids = dirty.clone();
+            shared.nodes.index(|ix| {
+                for request in &requests_gone {
+                    ids.extend(ix.allocated_to(request).into_iter().flatten().cloned());
+                }
+            });
+            deallocate_orphans(&shared, Some(&ids)).await;
         }
+        let requests_gone = !requests_gone.is_empty();
         if !min_ready.is_empty() && (full || requests_changed || requests_gone || !dirty.is_empty()) {
             min_ready_pass(&shared, &min_ready).await;
         }
@@ -323,18 +335,11 @@ async fn min_ready_pass(shared: &SharedState, min_ready: &BTreeMap<String, u32>)
             }
         }
     }
-    let mut ready: BTreeMap<&str, u32> = BTreeMap::new();
-    let nodes = shared.nodes.values();
-    for node in &nodes {
-        if node.state == NodeState::Ready && node.allocated_to.is_none() {
-            for label in &node.node_type {
-                *ready.entry(label.as_str()).or_default() += 1;
-            }
-        }
-    }
     for (label, want) in min_ready {
-        let have =
-            ready.get(label.as_str()).copied().unwrap_or(0) + outstanding.get(label).copied().unwrap_or(0);
+        let ready = shared.nodes.index(|ix| ix.ready_unallocated(label));
+        let have = u32::try_from(ready)
+            .unwrap_or(u32::MAX)
+            .saturating_add(outstanding.get(label).copied().unwrap_or(0));
         for _ in have..*want {
             let mut req = NodeRequest::new(vec![label.clone()]);
             req.requestor = Some(MIN_READY_REQUESTOR.into());

@@ -506,16 +506,15 @@ impl PoolWorker {
         }
     }
 
-    /// A node this pool could hand out now: ready, unallocated, unlocked, of
-    /// this provider and pool, and not already picked for another request.
-    fn is_free_here(&self, e: &np_zk::cache::Entry<Node>, claimed: &HashSet<String>) -> bool {
-        let n = &e.value;
-        n.state == NodeState::Ready
-            && n.allocated_to.is_none()
-            && n.provider.as_deref() == Some(&self.spec.provider)
-            && n.pool.as_deref() == Some(&self.spec.pool)
-            && !e.is_locked()
-            && !claimed.contains(&n.id)
+    /// The nodes this pool could hand out now for `label`: ready,
+    /// unallocated, unlocked, of this provider and pool (the node cache's
+    /// index), and not already picked for another request.
+    fn free_nodes(&self, label: &str, claimed: &HashSet<String>) -> Vec<String> {
+        self.shared.nodes.index(|ix| {
+            ix.free(&self.spec.provider, &self.spec.pool, label)
+                .map(|ids| ids.iter().filter(|id| !claimed.contains(*id)).cloned().collect())
+                .unwrap_or_default()
+        })
     }
 
     /// Whether this pool has enough free (ready, unallocated, unlocked) nodes
@@ -526,16 +525,7 @@ impl PoolWorker {
         for l in labels {
             *wanted.entry(l.as_str()).or_default() += 1;
         }
-        let free: HashMap<String, usize> = self.shared.nodes.scan(|entries| {
-            let mut free = HashMap::new();
-            for e in entries.filter(|e| self.is_free_here(e, &claimed)) {
-                for l in &e.value.node_type {
-                    *free.entry(l.clone()).or_default() += 1;
-                }
-            }
-            free
-        });
-        wanted.iter().all(|(l, n)| free.get(*l).copied().unwrap_or(0) >= *n)
+        wanted.iter().all(|(l, n)| self.free_nodes(l, &claimed).len() >= *n)
     }
 
     /// Upstream's tenant check: the tenant's usage over all nodes plus this
@@ -544,12 +534,8 @@ impl PoolWorker {
         let Some(tenant) = req.tenant_name.as_deref() else { return true };
         let Some(limits) = self.spec.tenant_limits.get(tenant) else { return true };
         let mut left = limits.clone();
-        for node in self.shared.nodes.values() {
-            if node.tenant_name.as_deref() == Some(tenant) {
-                if let Some(r) = &node.resources {
-                    left.subtract(&Quota::from_resources(r));
-                }
-            }
+        if let Some(used) = self.shared.nodes.index(|ix| ix.tenant(tenant).cloned()) {
+            left.subtract(&used);
         }
         for label in req.node_types.iter().filter(|l| self.spec.labels.contains(*l)) {
             left.subtract(&self.provider.quota_for_label(&self.spec.pool, label));
@@ -705,12 +691,7 @@ impl PoolWorker {
         let label = handler.slots[i].label.clone();
         let mut claimed = self.claimed();
         claimed.extend(handler.slots.iter().filter_map(|s| s.node.clone()));
-        let candidates: Vec<String> = self.shared.nodes.scan(|entries| {
-            entries
-                .filter(|e| e.value.has_label(&label) && self.is_free_here(e, &claimed))
-                .map(|e| e.value.id.clone())
-                .collect::<Vec<_>>()
-        });
+        let candidates = self.free_nodes(&label, &claimed);
         // Node locks are taken in the request lock's session: if that one is
         // gone, so is the right to allocate for the request.
         let zk = handler.lock.fenced();
@@ -747,26 +728,18 @@ impl PoolWorker {
         false
     }
 
-    fn usage(&self, pool_only: bool) -> (u64, Quota) {
-        let mut count = 0;
-        let mut used = Quota::zero();
-        for n in self.shared.nodes.values() {
-            if n.provider.as_deref() != Some(&self.spec.provider) {
-                continue;
-            }
-            if pool_only && n.pool.as_deref() != Some(&self.spec.pool) {
-                continue;
-            }
-            count += 1;
-            match &n.resources {
-                Some(r) => used.add(&Quota::from_resources(r)),
-                None => used.add(&self.provider.quota_for_label(
-                    n.pool.as_deref().unwrap_or(&self.spec.pool),
-                    n.node_type.first().map_or("", |s| s),
-                )),
+    /// What this pool's nodes (`pool_only`) or all the provider's nodes use,
+    /// from the node cache's index (no scan).
+    fn usage(&self, pool_only: bool) -> Quota {
+        let price = |pool: &str, label: &str| self.provider.quota_for_label(pool, label);
+        self.shared.nodes.index(|ix| {
+            let usage = if pool_only {
+                ix.pool(&self.spec.provider, &self.spec.pool).map(|p| &p.usage)
+            } else {
+                ix.provider(&self.spec.provider)
             };
-        }
-        (count, used)
+            usage.map_or_else(Quota::zero, |u| u.total(price))
+        })
     }
 
     /// Room for one more node of `label` (upstream's `hasRemainingQuota`):
@@ -777,7 +750,7 @@ impl PoolWorker {
             return false;
         }
         let needed = self.provider.quota_for_label(&self.spec.pool, label);
-        let (_, pool_used) = self.usage(true);
+        let pool_used = self.usage(true);
         let mut pool_left = self.spec.limits.clone();
         pool_left.subtract(&pool_used).subtract(&needed);
         if !pool_left.non_negative() {
@@ -807,7 +780,7 @@ impl PoolWorker {
         if limits.is_unlimited() {
             return true;
         }
-        let (_, used) = self.usage(false);
+        let used = self.usage(false);
         let mut left = limits;
         left.subtract(&used).subtract(&self.unmanaged_usage().await).subtract(&needed);
         left.non_negative()
@@ -903,8 +876,13 @@ impl PoolWorker {
     /// that another label can be launched.
     async fn free_oldest_unused_node(&self) {
         let claimed = self.claimed();
-        let mut idle: Vec<Arc<Node>> = self.shared.nodes.scan(|entries| {
-            entries.filter(|e| self.is_free_here(e, &claimed)).map(|e| e.value.clone()).collect()
+        let mut idle: Vec<Arc<Node>> = self.shared.nodes.with_index(|ix, lookup| {
+            // A node of several labels is in several of the index's sets.
+            let ids: BTreeSet<&String> = ix
+                .free_in_pool(&self.spec.provider, &self.spec.pool)
+                .filter(|id| !claimed.contains(*id))
+                .collect();
+            ids.into_iter().filter_map(|id| lookup(id).map(|e| e.value)).collect()
         });
         idle.sort_by(|a, b| a.state_time.total_cmp(&b.state_time));
         let Some(oldest) = idle.first() else { return };
@@ -940,25 +918,15 @@ impl PoolWorker {
         let label = node.node_type.first().map_or("", |s| s.as_str());
         let mut left = self.spec.limits.clone();
         left.subtract(&self.provider.quota_for_label(&self.spec.pool, label));
-        let used = self.shared.nodes.scan(|entries| {
-            let mut used = Quota::zero();
-            for e in entries {
-                let n = &e.value;
-                if n.provider.as_deref() != Some(&self.spec.provider)
-                    || n.pool.as_deref() != Some(&self.spec.pool)
-                {
-                    continue;
-                }
-                if np_zk::cache::record_sequence(&n.id).is_none_or(|s| s >= seq) {
-                    continue;
-                }
-                match &n.resources {
-                    Some(r) => used.add(&Quota::from_resources(r)),
-                    None => used.add(
-                        &self
-                            .provider
-                            .quota_for_label(&self.spec.pool, n.node_type.first().map_or("", |s| s)),
-                    ),
+        let price = |pool: &str, label: &str| self.provider.quota_for_label(pool, label);
+        // The pool's usage less what its nodes created at or after ours use.
+        let used = self.shared.nodes.index(|ix| {
+            let Some(pool) = ix.pool(&self.spec.provider, &self.spec.pool) else { return Quota::zero() };
+            let mut used = pool.usage.total(price);
+            for cost in pool.created_since(seq) {
+                match cost {
+                    np_zk::node_index::Cost::Sized(q) => used.subtract(q),
+                    np_zk::node_index::Cost::ByLabel(pool, label) => used.subtract(&price(pool, label)),
                 };
             }
             used

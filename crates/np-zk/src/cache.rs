@@ -35,6 +35,7 @@ use zookeeper_client::{AddWatchMode, EventType, SessionState};
 use crate::client::Zk;
 use crate::error::ZkError;
 use crate::lock::contender_sequence;
+use crate::node_index::NodeIndex;
 use crate::paths;
 
 /// A record kind that can be cached.
@@ -45,6 +46,10 @@ pub trait Cached: Clone + Send + Sync + 'static {
     const TRACK_LOCKS: bool;
     /// Parses a record.
     fn parse(id: &str, data: &[u8]) -> Result<Self, ModelError>;
+    /// Secondary indexes kept with the records ([`TreeCache::index`]).
+    type Index: Default + Send + Sync + 'static;
+    /// Adds (`sign` 1) or removes (`sign` -1) one record in the index.
+    fn index(index: &mut Self::Index, id: &str, entry: &Entry<Self>, sign: i64);
 }
 
 impl Cached for Node {
@@ -53,6 +58,10 @@ impl Cached for Node {
     fn parse(id: &str, data: &[u8]) -> Result<Self, ModelError> {
         Node::from_json(id, data)
     }
+    type Index = NodeIndex;
+    fn index(index: &mut NodeIndex, id: &str, entry: &Entry<Self>, sign: i64) {
+        index.apply(id, entry, sign);
+    }
 }
 
 impl Cached for NodeRequest {
@@ -60,6 +69,50 @@ impl Cached for NodeRequest {
     const TRACK_LOCKS: bool = false;
     fn parse(id: &str, data: &[u8]) -> Result<Self, ModelError> {
         NodeRequest::from_json(id, data)
+    }
+    type Index = ();
+    fn index(_: &mut (), _: &str, _: &Entry<Self>, _: i64) {}
+}
+
+/// The records and their indexes, changed together under one lock.
+pub(crate) struct Table<T: Cached> {
+    map: HashMap<String, Entry<T>>,
+    index: T::Index,
+}
+
+impl<T: Cached> Default for Table<T> {
+    fn default() -> Self {
+        Table { map: HashMap::new(), index: T::Index::default() }
+    }
+}
+
+impl<T: Cached> Table<T> {
+    fn get(&self, id: &str) -> Option<&Entry<T>> {
+        self.map.get(id)
+    }
+
+    /// Inserts or replaces a record.
+    fn put(&mut self, id: &str, entry: Entry<T>) {
+        if let Some(old) = self.map.get(id) {
+            T::index(&mut self.index, id, old, -1);
+        }
+        T::index(&mut self.index, id, &entry, 1);
+        self.map.insert(id.to_owned(), entry);
+    }
+
+    /// Changes a record in place; false if there is none.
+    fn change(&mut self, id: &str, f: impl FnOnce(&mut Entry<T>)) -> bool {
+        let Some(entry) = self.map.get_mut(id) else { return false };
+        T::index(&mut self.index, id, entry, -1);
+        f(entry);
+        T::index(&mut self.index, id, entry, 1);
+        true
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Entry<T>> {
+        let old = self.map.remove(id)?;
+        T::index(&mut self.index, id, &old, -1);
+        Some(old)
     }
 }
 
@@ -108,8 +161,8 @@ pub struct CacheEvent {
     pub kind: CacheEventKind,
 }
 
-struct Shared<T> {
-    entries: RwLock<HashMap<String, Entry<T>>>,
+struct Shared<T: Cached> {
+    entries: RwLock<Table<T>>,
     /// Writes this process announced (see [`TreeCache::expect_write`]): the
     /// watch event of each is not followed by a read.
     own_writes: std::sync::Mutex<HashMap<String, u32>>,
@@ -164,7 +217,7 @@ impl<T: Cached> TreeCache<T> {
         let (created, _) = watch::channel(0);
         let (refresh, refresh_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Table::default()),
             own_writes: std::sync::Mutex::new(HashMap::new()),
             refresh,
             events,
@@ -216,40 +269,53 @@ impl<T: Cached> TreeCache<T> {
         self.shared.events.subscribe()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry<T>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table<T>> {
         self.shared.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` over the indexes (see [`crate::node_index`]) under the read
+    /// lock: consistent with the records at that moment.
+    pub fn index<R>(&self, f: impl FnOnce(&T::Index) -> R) -> R {
+        f(&self.read().index)
+    }
+
+    /// Runs `f` with the indexes and a lookup of records, under one read lock.
+    pub fn with_index<R>(&self, f: impl FnOnce(&T::Index, &dyn Fn(&str) -> Option<Entry<T>>) -> R) -> R {
+        let table = self.read();
+        let lookup = |id: &str| table.get(id).cloned();
+        f(&table.index, &lookup)
     }
 
     /// One entry.
     pub fn get(&self, id: &str) -> Option<Entry<T>> {
-        self.read().get(id).cloned()
+        self.read().map.get(id).cloned()
     }
 
     /// The ids of all cached records.
     pub fn ids(&self) -> Vec<String> {
-        self.read().keys().cloned().collect()
+        self.read().map.keys().cloned().collect()
     }
 
     /// Runs `f` over every entry under the read lock, without cloning.
     pub fn scan<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Entry<T>>) -> R) -> R {
-        let map = self.read();
-        let mut iter = map.values();
+        let table = self.read();
+        let mut iter = table.map.values();
         f(&mut iter)
     }
 
     /// All records (unordered).
     pub fn values(&self) -> Vec<Arc<T>> {
-        self.read().values().map(|e| e.value.clone()).collect()
+        self.read().map.values().map(|e| e.value.clone()).collect()
     }
 
     /// All entries (unordered).
     pub fn entries(&self) -> Vec<Entry<T>> {
-        self.read().values().cloned().collect()
+        self.read().map.values().cloned().collect()
     }
 
     /// Number of cached records.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().map.len()
     }
 
     /// Whether the cache is empty.
@@ -295,23 +361,25 @@ impl<T: Cached> TreeCache<T> {
 }
 
 fn apply_value<T: Cached>(
-    map: &mut HashMap<String, Entry<T>>,
+    map: &mut Table<T>,
     events: &broadcast::Sender<CacheEvent>,
     id: &str,
     value: T,
     stat: &zookeeper_client::Stat,
 ) {
-    match map.get_mut(id) {
+    match map.get(id) {
         Some(entry) if entry.mzxid >= stat.mzxid => {}
-        Some(entry) => {
-            entry.value = Arc::new(value);
-            entry.mzxid = stat.mzxid;
-            entry.version = stat.version;
+        Some(_) => {
+            map.change(id, |entry| {
+                entry.value = Arc::new(value);
+                entry.mzxid = stat.mzxid;
+                entry.version = stat.version;
+            });
             let _ = events.send(CacheEvent { id: id.to_owned(), kind: CacheEventKind::Upserted });
         }
         None => {
-            map.insert(
-                id.to_owned(),
+            map.put(
+                id,
                 Entry {
                     value: Arc::new(value),
                     mzxid: stat.mzxid,
@@ -366,25 +434,36 @@ fn resync<T: Cached>(
 ) {
     let mut map = shared.entries.write().unwrap_or_else(|p| p.into_inner());
     let seen: HashSet<&str> = walked.iter().map(|(id, ..)| id.as_str()).collect();
-    map.retain(|id, _| seen.contains(id.as_str()));
+    let gone: Vec<String> = map.map.keys().filter(|id| !seen.contains(id.as_str())).cloned().collect();
+    for id in gone {
+        map.remove(&id);
+    }
     for (id, bytes, stat, contenders) in &walked {
         if bytes.is_empty() {
             continue;
         }
         match T::parse(id, bytes) {
             Ok(value) => {
-                let entry = map.entry(id.clone()).or_insert_with(|| Entry {
-                    value: Arc::new(value.clone()),
-                    mzxid: stat.mzxid,
-                    version: stat.version,
-                    lock_contenders: BTreeSet::new(),
-                });
-                if entry.mzxid < stat.mzxid {
-                    entry.value = Arc::new(value);
-                    entry.mzxid = stat.mzxid;
-                    entry.version = stat.version;
+                if map.get(id).is_none() {
+                    map.put(
+                        id,
+                        Entry {
+                            value: Arc::new(value),
+                            mzxid: stat.mzxid,
+                            version: stat.version,
+                            lock_contenders: contenders.clone(),
+                        },
+                    );
+                    continue;
                 }
-                entry.lock_contenders = contenders.clone();
+                map.change(id, |entry| {
+                    if entry.mzxid < stat.mzxid {
+                        entry.value = Arc::new(value);
+                        entry.mzxid = stat.mzxid;
+                        entry.version = stat.version;
+                    }
+                    entry.lock_contenders = contenders.clone();
+                });
             }
             Err(e) => {
                 warn!(root = T::ROOT, id, error = %e, "skipping malformed record");
@@ -575,7 +654,7 @@ pub fn drain_events(rx: &mut broadcast::Receiver<CacheEvent>, mut f: impl FnMut(
 }
 
 /// Consumes one announced own write of `id`, if any.
-fn take_own_write<T>(shared: &Shared<T>, id: &str) -> bool {
+fn take_own_write<T: Cached>(shared: &Shared<T>, id: &str) -> bool {
     let mut own = shared.own_writes.lock().unwrap_or_else(|p| p.into_inner());
     match own.get_mut(id) {
         Some(n) => {
@@ -621,15 +700,16 @@ fn apply<T: Cached>(shared: &Shared<T>, update: Update<T>) {
             Err(e) => debug!(root = T::ROOT, id, error = %e, "cache fetch failed; a resync will follow"),
         },
         Update::Contender { id, name, present } => {
-            if let Some(entry) = map.get_mut(&id) {
-                let changed = if present {
+            let mut changed = false;
+            map.change(&id, |entry| {
+                changed = if present {
                     entry.lock_contenders.insert(name)
                 } else {
                     entry.lock_contenders.remove(&name)
                 };
-                if changed {
-                    let _ = shared.events.send(CacheEvent { id, kind: CacheEventKind::LockChanged });
-                }
+            });
+            if changed {
+                let _ = shared.events.send(CacheEvent { id, kind: CacheEventKind::LockChanged });
             }
         }
         Update::Created(seq) => {

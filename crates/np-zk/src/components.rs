@@ -28,6 +28,8 @@ impl Cached for ComponentRecord {
     fn parse(_id: &str, data: &[u8]) -> Result<Self, ModelError> {
         ComponentRecord::from_json(data)
     }
+    type Index = ();
+    fn index(_: &mut (), _: &str, _: &crate::cache::Entry<Self>, _: i64) {}
 }
 
 struct State {

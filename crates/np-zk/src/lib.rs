@@ -20,6 +20,7 @@ pub mod components;
 pub mod error;
 pub mod lock;
 pub mod locks;
+pub mod node_index;
 pub mod paths;
 pub mod store;
 
@@ -29,4 +30,5 @@ pub use components::{ComponentRegistration, PoolComponentCache};
 pub use error::ZkError;
 pub use lock::{LockGuard, LockOptions};
 pub use locks::{LockDirCache, RequestLockCache};
+pub use node_index::NodeIndex;
 pub use zookeeper_client::Stat;

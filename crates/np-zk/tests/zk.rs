@@ -766,3 +766,139 @@ async fn a_lock_whose_contender_reply_was_lost_is_still_taken_once() {
     assert!(t.zk.lock_node(&node.id, LockOptions::try_once()).await.unwrap().is_none());
     guard.release().await.unwrap();
 }
+
+/// The node cache's indexes agree with a scan of its records after creates,
+/// changes, lock contenders coming and going, and deletes (issue 13: the
+/// launcher asks the indexes instead of scanning every node).
+#[tokio::test]
+async fn the_node_index_agrees_with_a_scan_of_the_records() {
+    use np_core::Quota;
+    let t = TestZk::new().await;
+    let nodes = NodeCache::start(&t.zk);
+    assert!(nodes.wait_ready(Duration::from_secs(10)).await);
+    let mut ids = Vec::new();
+    for i in 0..24u32 {
+        let mut node = sample_node();
+        node.provider = Some(["p1", "p2"][(i % 2) as usize].into());
+        node.pool = Some(["a", "b", "c"][(i % 3) as usize].into());
+        node.node_type = vec![["small", "large"][(i % 4 / 2) as usize].into()];
+        node.state =
+            [NodeState::Ready, NodeState::InUse, NodeState::Hold, NodeState::Ready][(i % 4) as usize];
+        node.allocated_to = (i % 5 == 0).then(|| format!("200-00000000{:02}", i % 3));
+        node.tenant_name = (i % 3 == 0).then(|| "tenant-a".into());
+        node.resources = (i % 7 != 0).then(|| json!({"cores": 2 + i % 3, "ram": 1024, "instances": 1}));
+        t.zk.create_node(&mut node).await.unwrap();
+        ids.push(node.id);
+    }
+    let locked = t.zk.lock_node(&ids[0], LockOptions::try_once()).await.unwrap().unwrap();
+    let locked2 = t.zk.lock_node(&ids[3], LockOptions::try_once()).await.unwrap().unwrap();
+    for id in &ids[5..9] {
+        let (mut n, _) = t.zk.get_node(id).await.unwrap().unwrap();
+        n.state = NodeState::Ready;
+        n.allocated_to = None;
+        t.zk.update_node(&n).await.unwrap();
+    }
+    for id in &ids[20..] {
+        let (mut n, _) = t.zk.get_node(id).await.unwrap().unwrap();
+        t.zk.delete_node(&mut n).await.unwrap();
+    }
+    locked2.release().await.unwrap();
+
+    let check = || {
+        let entries = nodes.entries();
+        nodes.index(|ix| {
+            let cost = |n: &Node| n.resources.as_ref().map(Quota::from_resources);
+            for provider in ["p1", "p2"] {
+                for pool in ["a", "b", "c"] {
+                    let mine: Vec<&np_zk::cache::Entry<Node>> = entries
+                        .iter()
+                        .filter(|e| e.value.provider.as_deref() == Some(provider))
+                        .filter(|e| e.value.pool.as_deref() == Some(pool))
+                        .collect();
+                    let mut sized = Quota::zero();
+                    for e in &mine {
+                        if let Some(q) = cost(&e.value) {
+                            sized.add(&q);
+                        }
+                    }
+                    let got = ix.pool(provider, pool).map(|p| (p.usage.count, p.usage.sized.clone()));
+                    let want = (!mine.is_empty()).then_some((mine.len() as u64, sized));
+                    if got != want {
+                        return Err(format!("{provider}/{pool}: {got:?} != {want:?}"));
+                    }
+                    for label in ["small", "large"] {
+                        let free: std::collections::BTreeSet<String> = mine
+                            .iter()
+                            .filter(|e| e.value.state == NodeState::Ready && e.value.allocated_to.is_none())
+                            .filter(|e| !e.is_locked() && e.value.has_label(label))
+                            .map(|e| e.value.id.clone())
+                            .collect();
+                        let got = ix.free(provider, pool, label).cloned().unwrap_or_default();
+                        if got != free {
+                            return Err(format!("free {provider}/{pool}/{label}: {got:?} != {free:?}"));
+                        }
+                    }
+                }
+            }
+            for label in ["small", "large"] {
+                let ready = entries
+                    .iter()
+                    .filter(|e| e.value.state == NodeState::Ready && e.value.allocated_to.is_none())
+                    .filter(|e| e.value.has_label(label))
+                    .count() as u64;
+                if ix.ready_unallocated(label) != ready {
+                    return Err(format!("ready {label}: {} != {ready}", ix.ready_unallocated(label)));
+                }
+            }
+            for r in 0..3 {
+                let request = format!("200-00000000{r:02}");
+                let want: std::collections::BTreeSet<String> = entries
+                    .iter()
+                    .filter(|e| e.value.allocated_to.as_deref() == Some(request.as_str()))
+                    .map(|e| e.value.id.clone())
+                    .collect();
+                if ix.allocated_to(&request).cloned().unwrap_or_default() != want {
+                    return Err(format!("allocated to {request}"));
+                }
+            }
+            let mut tenant = Quota::zero();
+            for e in entries.iter().filter(|e| e.value.tenant_name.as_deref() == Some("tenant-a")) {
+                if let Some(q) = cost(&e.value) {
+                    tenant.add(&q);
+                }
+            }
+            if ix.tenant("tenant-a") != Some(&tenant) {
+                return Err(format!("tenant: {:?} != {tenant:?}", ix.tenant("tenant-a")));
+            }
+            Ok(())
+        })
+    };
+    let mut last = Err(String::new());
+    for _ in 0..100 {
+        last = check();
+        if last.is_ok() && nodes.len() == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, Ok(()));
+    assert_eq!(nodes.len(), 20);
+    // A pool's nodes by sequence.
+    let seq: u64 = ids[1].parse().unwrap();
+    let (p, q) = (
+        nodes.get(&ids[1]).unwrap().value.provider.clone().unwrap(),
+        nodes.get(&ids[1]).unwrap().value.pool.clone().unwrap(),
+    );
+    let after = nodes.index(|ix| ix.pool(&p, &q).map_or(0, |u| u.created_since(seq).count()));
+    let want = nodes
+        .entries()
+        .iter()
+        .filter(|e| {
+            e.value.provider.as_deref() == Some(p.as_str())
+                && e.value.pool.as_deref() == Some(q.as_str())
+                && e.value.id.parse::<u64>().unwrap() >= seq
+        })
+        .count();
+    assert_eq!(after, want);
+    locked.release().await.unwrap();
+}
