@@ -180,12 +180,9 @@ pub fn free_ready_nodes_by_label(
     pool: Option<&str>,
 ) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for entry in nodes.entries() {
+    for entry in provider_entries(nodes, provider) {
         let n = &entry.value;
-        if n.provider.as_deref() != Some(provider)
-            || pool.is_some_and(|p| n.pool.as_deref() != Some(p))
-            || !is_free(&entry)
-        {
+        if pool.is_some_and(|p| n.pool.as_deref() != Some(p)) || !is_free(&entry) {
             continue;
         }
         for label in &n.node_type {
@@ -193,6 +190,16 @@ pub fn free_ready_nodes_by_label(
         }
     }
     out
+}
+
+/// The cached nodes of `provider` (the node cache's index: no scan of the
+/// other providers' nodes).
+fn provider_entries(nodes: &NodeCache, provider: &str) -> Vec<Entry<Node>> {
+    nodes.with_index(|ix, lookup| {
+        ix.provider_nodes(provider)
+            .map(|ids| ids.iter().filter_map(|id| lookup(id)).collect())
+            .unwrap_or_default()
+    })
 }
 
 fn is_free(entry: &Entry<Node>) -> bool {
@@ -524,13 +531,7 @@ impl StaticSync {
                 (t.clone(), Slots { slots: vec![None; len], excess: Vec::new() })
             })
             .collect();
-        let mut entries: Vec<Entry<Node>> = self
-            .inner
-            .nodes
-            .entries()
-            .into_iter()
-            .filter(|e| e.value.provider.as_deref() == Some(self.inner.provider.as_str()))
-            .collect();
+        let mut entries = provider_entries(&self.inner.nodes, &self.inner.provider);
         entries.sort_by(|a, b| a.value.id.cmp(&b.value.id));
         let mut unslotted = Vec::new();
         let mut removed = Vec::new();

@@ -205,11 +205,9 @@ pub async fn reset_lost_request(shared: &SharedState, id: &str) -> bool {
         }
     };
     info!(request = %fresh.id, "resetting lost request");
-    for entry in shared.nodes.entries() {
-        if entry.value.allocated_to.as_deref() != Some(fresh.id.as_str()) {
-            continue;
-        }
-        let node_id = entry.value.id.clone();
+    let allocated: Vec<String> =
+        shared.nodes.index(|ix| ix.allocated_to(&fresh.id).into_iter().flatten().cloned().collect());
+    for node_id in allocated {
         let Ok(Some(node_lock)) =
             zk.lock_node(&node_id, LockOptions::blocking(Some(Duration::from_secs(10)))).await
         else {

@@ -119,6 +119,8 @@ pub struct NodeIndex {
     ready: HashMap<String, u64>,
     /// Nodes by the request they are allocated to.
     allocated: HashMap<String, BTreeSet<String>>,
+    /// Nodes by provider.
+    by_provider: HashMap<String, BTreeSet<String>>,
     /// Σ of the `resources` of each tenant's nodes (nodes with resources).
     tenants: HashMap<String, Quota>,
 }
@@ -129,6 +131,7 @@ impl NodeIndex {
         let node = &entry.value;
         let cost = Cost::of(node);
         if let Some(provider) = &node.provider {
+            set_member(&mut self.by_provider, provider.clone(), id, sign);
             self.providers.entry(provider.clone()).or_default().apply(&cost, sign);
             let key = (provider.clone(), node.pool.clone().unwrap_or_default());
             let pool = self.pools.entry(key.clone()).or_default();
@@ -214,6 +217,11 @@ impl NodeIndex {
     /// The nodes allocated to `request`.
     pub fn allocated_to(&self, request: &str) -> Option<&BTreeSet<String>> {
         self.allocated.get(request)
+    }
+
+    /// The ids of the provider's nodes.
+    pub fn provider_nodes(&self, provider: &str) -> Option<&BTreeSet<String>> {
+        self.by_provider.get(provider)
     }
 
     /// What the tenant's nodes with `resources` use.
