@@ -23,6 +23,7 @@ tools/setup.sh
 # shellcheck disable=SC2317 # invoked by the trap
 cleanup() {
     tools/test-env.sh stop >/dev/null 2>&1 || true
+    NP_ZK_ENV_DIR="$REPO/.test-env/ensemble" tools/test-env.sh stop >/dev/null 2>&1 || true
     tools/openstack-env.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -31,6 +32,12 @@ trap "exit 143" TERM
 tools/test-env.sh start
 # shellcheck source=/dev/null
 source .test-env/env.sh
+# A three-server ensemble beside it (the launcher's ensemble test), started
+# while the tests compile; its hosts go to NP_ZK_ENSEMBLE_HOSTS.
+ensemble_dir="$REPO/.test-env/ensemble"
+ensemble_log="$(mktemp)"
+NP_ZK_ENV_DIR="$ensemble_dir" NP_ZK_SERVERS=3 tools/test-env.sh start >"$ensemble_log" 2>&1 &
+ensemble_pid=$!
 
 # The real OpenStack (Keystone, Nova, Placement, Glance from Debian's
 # packages; tools/openstack-env.sh) for the OpenStack driver's real-cloud
@@ -65,6 +72,18 @@ if [ -n "$os_pid" ]; then
     source .openstack-env/env.sh
 fi
 rm -f "$os_log"
+if ! wait "$ensemble_pid"; then
+    cat "$ensemble_log" >&2
+    echo "tools/test.sh: the ZooKeeper ensemble did not start (see above)" >&2
+    exit 1
+fi
+rm -f "$ensemble_log"
+NP_ZK_ENSEMBLE_HOSTS="$(
+    # shellcheck source=/dev/null
+    source "$ensemble_dir/env.sh"
+    echo "$NP_ZK_HOSTS"
+)"
+export NP_ZK_ENSEMBLE_HOSTS
 
 status=0
 if cargo nextest --version >/dev/null 2>&1; then

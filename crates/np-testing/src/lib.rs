@@ -95,6 +95,24 @@ impl TestZk {
         config
     }
 
+    /// A plain connection in a new chroot of the three-server ensemble that
+    /// `tools/test.sh` starts beside the single server (its hosts in
+    /// `NP_ZK_ENSEMBLE_HOSTS`).
+    pub async fn ensemble() -> TestZk {
+        Self::ensemble_join(&format!("/np-test-{}", uuid::Uuid::new_v4().simple())).await
+    }
+
+    /// Another session on the ensemble, in `chroot`.
+    pub async fn ensemble_join(chroot: &str) -> TestZk {
+        init_tracing();
+        let chroot = chroot.to_owned();
+        let mut config = ZkConfig::new(format!("{}{chroot}", env("NP_ZK_ENSEMBLE_HOSTS")));
+        config.session_timeout = Duration::from_secs(10);
+        config.connect_timeout = Duration::from_secs(20);
+        let zk = Zk::connect(config).await.expect("connect to the test ensemble");
+        TestZk { zk, chroot, tls: false }
+    }
+
     /// Another independent session in the same chroot.
     pub async fn second(&self) -> TestZk {
         Self::with(self.tls, Some(&self.chroot)).await

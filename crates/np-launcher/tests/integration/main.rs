@@ -8,6 +8,7 @@
 mod aws;
 mod common;
 mod diskimages;
+mod ensemble;
 mod faults;
 mod hostkeys;
 mod kubernetes;
