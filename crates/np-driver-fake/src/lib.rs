@@ -54,6 +54,8 @@ pub struct FakeSettings {
     pub without_host_keys: bool,
     /// Time an image upload takes.
     pub upload_delay: Duration,
+    /// The limits call never answers (a cloud API that hangs).
+    pub hang_quota: bool,
 }
 
 impl Default for FakeSettings {
@@ -67,6 +69,7 @@ impl Default for FakeSettings {
             address: None,
             without_host_keys: false,
             upload_delay: Duration::ZERO,
+            hang_quota: false,
         }
     }
 }
@@ -506,6 +509,9 @@ impl Provider for FakeProvider {
 
     async fn quota_limits(&self) -> Result<Quota, ProviderError> {
         let s = self.cloud.settings();
+        if s.hang_quota {
+            std::future::pending::<()>().await;
+        }
         let f = |v: Option<u64>| v.map(|v| v as f64);
         Ok(Quota::new(f(s.max_cores), f(s.max_instances), f(s.max_ram), f64::INFINITY))
     }

@@ -24,6 +24,13 @@ use tracing::debug;
 
 use crate::clouds::{AuthType, CloudConfig};
 
+/// How often a throttled or gateway-failed call is tried again.
+pub const CALL_RETRIES: u32 = 3;
+/// The first back-off of such a retry (doubling).
+const RETRY_BASE: Duration = Duration::from_millis(500);
+/// The longest wait for a retry, whatever `Retry-After` says.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// The service types the driver uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -384,6 +391,10 @@ impl Session {
     /// One JSON call: `path` is relative to the service's endpoint (or a
     /// full URL, as pagination links are). Returns the status and the parsed
     /// body (`Null` for an empty one); error statuses become [`ApiError`].
+    /// A 401 renews the token once; a 429 (after its `Retry-After`, at most [`RETRY_MAX`])
+    /// and a 502/503/504 to a GET or DELETE are tried again up to
+    /// [`CALL_RETRIES`] times with back-off; other errors are returned for
+    /// the caller to classify.
     pub async fn call(
         &self,
         service: Service,
@@ -398,6 +409,7 @@ impl Session {
             format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
         };
         let mut renewed = false;
+        let mut retries = 0u32;
         loop {
             let token = self.token().await?;
             self.limiter.acquire().await;
@@ -416,7 +428,31 @@ impl Session {
                 Err(e) => return Err(ApiError::new(0, format!("{method} {url}: {e}"))),
             };
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0);
             let text = resp.text().await.unwrap_or_default();
+            // Throttled (the cloud did nothing: any method may go again,
+            // after the time it asks for), or a gateway error on a call that
+            // is safe to repeat: a few more tries before the error counts.
+            let idempotent = matches!(method, Method::GET | Method::HEAD | Method::DELETE);
+            let gateway = matches!(status.as_u16(), 502..=504);
+            if retries < CALL_RETRIES && (status == StatusCode::TOO_MANY_REQUESTS || (gateway && idempotent))
+            {
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    self.limiter.throttled();
+                }
+                let wait = retry_after
+                    .map_or(RETRY_BASE * 2u32.pow(retries), Duration::from_secs_f64)
+                    .min(RETRY_MAX);
+                tracing::debug!(%method, %url, status = status.as_u16(), ?wait, "cloud call refused for now; retrying");
+                retries += 1;
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             if status == StatusCode::UNAUTHORIZED && !renewed {
                 // The token was revoked or expired early: once more with a
                 // new one. Only this token is dropped: another task may

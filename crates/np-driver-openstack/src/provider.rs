@@ -80,6 +80,8 @@ pub struct Inner {
     fip_listing: Mutex<Option<(Instant, Arc<Vec<FloatingIp>>)>>,
     external_network: StdMutex<Option<Option<String>>>,
     ports: StdMutex<PortSweep>,
+    /// Nova's absolute limits and when they were read ([`LIMITS_TTL`]).
+    limits: StdMutex<Option<(Instant, Quota)>>,
     /// Connected: microversion chosen and flavors read.
     ready: Mutex<bool>,
 }
@@ -90,6 +92,9 @@ struct PortSweep {
     last: Option<Instant>,
     down: HashSet<String>,
 }
+
+/// How long Nova's limits are used before they are read again.
+pub const LIMITS_TTL: Duration = Duration::from_secs(60);
 
 /// One OpenStack provider.
 pub struct OpenStackProvider {
@@ -152,6 +157,7 @@ impl OpenStackProvider {
             fip_listing: Mutex::new(None),
             external_network: StdMutex::new(None),
             ports: StdMutex::new(PortSweep::default()),
+            limits: StdMutex::new(None),
             ready: Mutex::new(false),
         });
         if let Err(e) = inner.ensure_ready().await {
@@ -1069,22 +1075,47 @@ impl Provider for OpenStackProvider {
             .collect())
     }
 
+    /// Nova's absolute limits, read at most every [`LIMITS_TTL`] (the pool
+    /// asks at every pass; limits change only when an operator changes the
+    /// project's quota). When Nova cannot answer, the last limits read are
+    /// used, as upstream does with its cached quota.
     async fn quota_limits(&self) -> Result<Quota, ProviderError> {
-        self.inner.ensure_ready().await?;
-        let (_, v) = self
-            .inner
-            .session
-            .call(Service::Compute, Method::GET, "limits", None)
-            .await
-            .map_err(api("limits"))?;
-        let abs = &v["limits"]["absolute"];
-        let limit = |k: &str| abs[k].as_f64().map(|n| if n < 0.0 { f64::INFINITY } else { n });
-        Ok(Quota::new(
-            limit("maxTotalCores"),
-            limit("maxTotalInstances"),
-            limit("maxTotalRAMSize"),
-            f64::INFINITY,
-        ))
+        let cached = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((at, q)) = &cached {
+            if at.elapsed() < LIMITS_TTL {
+                return Ok(q.clone());
+            }
+        }
+        let fresh = async {
+            self.inner.ensure_ready().await?;
+            let (_, v) = self
+                .inner
+                .session
+                .call(Service::Compute, Method::GET, "limits", None)
+                .await
+                .map_err(api("limits"))?;
+            let abs = &v["limits"]["absolute"];
+            let limit = |k: &str| abs[k].as_f64().map(|n| if n < 0.0 { f64::INFINITY } else { n });
+            Ok::<_, ProviderError>(Quota::new(
+                limit("maxTotalCores"),
+                limit("maxTotalInstances"),
+                limit("maxTotalRAMSize"),
+                f64::INFINITY,
+            ))
+        }
+        .await;
+        match (fresh, cached) {
+            (Ok(q), _) => {
+                *self.inner.limits.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), q.clone()));
+                Ok(q)
+            }
+            (Err(e), Some((_, q))) => {
+                warn!(provider = %self.inner.name, error = %e, "cannot read Nova's limits; using the last ones read");
+                Ok(q)
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
     fn quota_for_label(&self, pool: &str, label: &str) -> Quota {

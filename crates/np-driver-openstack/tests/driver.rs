@@ -548,3 +548,37 @@ async fn images_upload_to_glance_and_failed_uploads_leave_nothing() {
     assert!(err.to_string().contains("storage media is full"), "{err}");
     assert_eq!(env.os.images().len(), before);
 }
+
+/// A throttled call (429) is tried again, whatever its method, and a
+/// gateway error (502-504) on a GET or DELETE too, a few times with
+/// back-off, before the error reaches the launcher (issue 11's cloud-fault
+/// scenario failed requests on three quick 429/5xx answers in a row).
+#[tokio::test]
+async fn throttled_and_gateway_failed_calls_are_retried() {
+    let env = Env::new().await;
+    let throttled = json!({"overLimit": {"code": 429, "message": "slow down"}});
+    env.os.fail_next("POST", "/servers", 429, throttled.clone());
+    env.os.fail_next("POST", "/servers", 429, throttled.clone());
+    let (r, id) = run_create(&env.provider, env.request("0000000021", "main", "small")).await;
+    assert!(r.is_ok(), "created after two 429s: {r:?}");
+    assert!(id.is_some());
+    assert_eq!(env.os.server_ids().len(), 1, "one server, not three");
+
+    env.os.fail_next("GET", "/limits", 503, json!({"computeFault": {"code": 503, "message": "busy"}}));
+    env.os.fail_next("GET", "/limits", 502, json!({}));
+    assert!(env.provider.quota_limits().await.is_ok(), "limits read after two gateway errors");
+
+    // A POST answered 503 is not repeated: it may have been carried out.
+    env.os.fail_next("POST", "/servers", 503, json!({"computeFault": {"code": 503, "message": "busy"}}));
+    let (r, _) = run_create(&env.provider, env.request("0000000022", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Transient(_))), "{r:?}");
+
+    // Throttled more often than the retries allow: transient.
+    for _ in 0..4 {
+        env.os.fail_next("POST", "/servers", 429, throttled.clone());
+    }
+    let started = std::time::Instant::now();
+    let (r, _) = run_create(&env.provider, env.request("0000000023", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Transient(_))), "{r:?}");
+    assert!(started.elapsed() >= Duration::from_millis(3000), "backed off: {:?}", started.elapsed());
+}

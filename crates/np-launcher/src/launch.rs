@@ -230,7 +230,19 @@ pub async fn run_launch(
                         node.external_id = Some(id);
                     }
                 }
-                debug!(node = %node.id, "retrying launch");
+                // A cloud that is busy or short of capacity gets a moment
+                // before the next attempt (1 s, doubling, at most 16 s):
+                // attempts in a row within milliseconds all meet the same
+                // throttling or outage.
+                if attempt < policy.retries.max(1)
+                    && matches!(e, ProviderError::Transient(_) | ProviderError::Capacity(_))
+                {
+                    let pause = Duration::from_secs(1 << (attempt - 1).min(4));
+                    debug!(node = %node.id, ?pause, "retrying launch after a pause");
+                    tokio::time::sleep(pause).await;
+                } else {
+                    debug!(node = %node.id, "retrying launch");
+                }
             }
         }
     }

@@ -137,6 +137,9 @@ pub struct PoolWorker {
     done_tx: mpsc::UnboundedSender<LaunchDone>,
     /// When the cloud's quota could last not be read was logged.
     quota_warned: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The cloud's limits as last read, and until when they stand without
+    /// asking again (after a failed read).
+    last_limits: std::sync::Mutex<(Option<Quota>, Option<tokio::time::Instant>)>,
 }
 
 /// How often a locked request's write is tried over fresher copies.
@@ -149,6 +152,16 @@ pub const SAFETY_PASS: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a pool counts as at quota after the cloud refused a launch for
 /// quota (upstream's pool loop looks again after about a second).
 pub const QUOTA_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a pool waits for the cloud's limits before it goes on with the
+/// last ones read: the read happens in the pool's pass, and a cloud that
+/// hangs must not hold the pool's other requests (issue 11's cloud-fault
+/// scenario: a hung `/limits` stalled an OpenStack pool for two minutes).
+pub const QUOTA_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// After a failed limits read, how long the last limits stand before the
+/// cloud is asked again.
+pub const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a stopping pool worker may spend finishing in-flight requests.
 pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -205,6 +218,7 @@ impl PoolWorker {
             draining: false,
             done_tx,
             quota_warned: std::sync::Mutex::new(None),
+            last_limits: std::sync::Mutex::new((None, None)),
         };
         async move {
             let mut req_events = worker.shared.requests.subscribe();
@@ -759,13 +773,7 @@ impl PoolWorker {
         if self.spec.ignore_provider_quota {
             return true;
         }
-        let limits = match np_provider::with_deadline(
-            "quota limits",
-            np_provider::CLOUD_CALL_TIMEOUT,
-            self.provider.quota_limits(),
-        )
-        .await
-        {
+        let limits = match self.cloud_limits().await {
             Ok(l) => l,
             Err(e) => {
                 // Once a minute: the pool asks again at every pass.
@@ -786,6 +794,37 @@ impl PoolWorker {
         left.non_negative()
     }
 
+    /// The cloud's limits, read with a short deadline ([`QUOTA_READ_TIMEOUT`]).
+    /// When the cloud cannot answer (an error, a hung call), the last limits
+    /// read stand, as upstream keeps its cached quota, and the cloud is not
+    /// asked again for [`QUOTA_RETRY_AFTER`]: a hung limits call costs a pool
+    /// one short wait a minute, not one per pass.
+    async fn cloud_limits(&self) -> Result<Quota, np_provider::ProviderError> {
+        let now = tokio::time::Instant::now();
+        let (last, skip_until) = self.last_limits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let (Some(l), Some(until)) = (&last, skip_until) {
+            if now < until {
+                return Ok(l.clone());
+            }
+        }
+        let read =
+            np_provider::with_deadline("quota limits", QUOTA_READ_TIMEOUT, self.provider.quota_limits())
+                .await;
+        let mut state = self.last_limits.lock().unwrap_or_else(|p| p.into_inner());
+        match (read, last) {
+            (Ok(l), _) => {
+                *state = (Some(l.clone()), None);
+                Ok(l)
+            }
+            (Err(e), Some(l)) => {
+                warn!(error = %e, "cannot read provider quota; using the last limits read for a minute");
+                *state = (Some(l.clone()), Some(now + QUOTA_RETRY_AFTER));
+                Ok(l)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
     /// What the cloud's instances that are not nodes of this provider use
     /// (upstream's `unmanagedQuotaUsed`): instances without this provider's
     /// tag, and leaked ones whose node is gone. Unknown (an error): none.
@@ -793,7 +832,7 @@ impl PoolWorker {
         let mut used = Quota::zero();
         let instances = match np_provider::with_deadline(
             "instance usage",
-            np_provider::CLOUD_CALL_TIMEOUT,
+            QUOTA_READ_TIMEOUT,
             self.provider.instance_usage(),
         )
         .await
@@ -860,13 +899,7 @@ impl PoolWorker {
         if self.spec.ignore_provider_quota {
             return true;
         }
-        match np_provider::with_deadline(
-            "quota limits",
-            np_provider::CLOUD_CALL_TIMEOUT,
-            self.provider.quota_limits(),
-        )
-        .await
-        {
+        match self.cloud_limits().await {
             Ok(mut limits) => limits.subtract(&needed).non_negative(),
             Err(_) => true,
         }

@@ -273,3 +273,25 @@ async fn two_launchers_on_one_pool_never_exceed_max_servers() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A cloud whose limits call hangs holds a pool for at most the quota-read
+/// timeout; the pool then goes on with the limits it read last (issue 11's
+/// cloud-fault scenario: a hung Nova `/limits` stalled a pool, ready nodes
+/// included, for two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_limits_call_does_not_stall_the_pool() {
+    let settings = FakeSettings { max_instances: Some(10), ..FakeSettings::default() };
+    let (t, cloud, launcher) = common::fake_launcher(&config("", false), settings.clone()).await;
+    let first = common::submit(&t, &["small"]).await;
+    assert!(wait_state(&t, &first, RequestState::Fulfilled).await, "served while the cloud answers");
+    cloud.set_settings(FakeSettings { hang_quota: true, ..settings });
+    let started = std::time::Instant::now();
+    let second = common::submit(&t, &["small"]).await;
+    assert!(
+        common::reaches(&t, &second, RequestState::Fulfilled, Duration::from_secs(60)).await,
+        "not served while the limits call hangs"
+    );
+    let took = started.elapsed();
+    assert!(took < np_launcher::pool::QUOTA_READ_TIMEOUT + Duration::from_secs(10), "{took:?}");
+    launcher.stop().await;
+}
