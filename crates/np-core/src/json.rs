@@ -199,16 +199,43 @@ fn type_name(value: &Value) -> String {
 
 /// Typed, tolerant extraction of keys from a JSON object. Every `take_*`
 /// removes the key, so [`Fields::into_extra`] returns only unknown keys.
+///
+/// The entries are kept in their original order, and a key is looked up
+/// from where the previous one was found: records are read in about the
+/// order Python writes their keys, so a lookup costs one comparison or
+/// two, and taking a key moves nothing (an `IndexMap`'s ordered removal
+/// shifts every later entry: quadratic in the number of keys).
 #[derive(Debug)]
 pub struct Fields {
     record: &'static str,
-    map: Map<String, Value>,
+    entries: Vec<Option<(String, Value)>>,
+    cursor: usize,
 }
 
 impl Fields {
     /// Wraps a parsed object; `record` names the record kind in errors.
     pub fn new(record: &'static str, map: Map<String, Value>) -> Self {
-        Self { record, map }
+        Self { record, entries: map.into_iter().map(Some).collect(), cursor: 0 }
+    }
+
+    /// The position of `key`, searching from the cursor and wrapping.
+    fn find(&self, key: &str) -> Option<usize> {
+        let n = self.entries.len();
+        (0..n)
+            .map(|i| (self.cursor + i) % n)
+            .find(|&i| self.entries[i].as_ref().is_some_and(|(k, _)| k == key))
+    }
+
+    /// Removes `key`, returning its value.
+    fn remove(&mut self, key: &str) -> Option<Value> {
+        let i = self.find(key)?;
+        self.cursor = i + 1;
+        self.entries[i].take().map(|(_, v)| v)
+    }
+
+    /// The value of `key`, left in place.
+    fn peek(&self, key: &str) -> Option<&Value> {
+        self.find(key).and_then(|i| self.entries[i].as_ref().map(|(_, v)| v))
     }
 
     fn wrong(&self, key: &'static str, expected: &'static str, found: &Value) -> ModelError {
@@ -217,12 +244,12 @@ impl Fields {
 
     /// Whether the key is present (even as `null`).
     pub fn contains(&self, key: &str) -> bool {
-        self.map.contains_key(key)
+        self.find(key).is_some()
     }
 
     /// Removes and returns any JSON value; absent and `null` both give `None`.
     pub fn take_value(&mut self, key: &'static str) -> Option<Value> {
-        match self.map.shift_remove(key) {
+        match self.remove(key) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v),
         }
@@ -230,7 +257,7 @@ impl Fields {
 
     /// A string or `null`.
     pub fn take_str(&mut self, key: &'static str) -> Result<Option<String>, ModelError> {
-        match self.map.shift_remove(key) {
+        match self.remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(self.wrong(key, "a string or null", &other)),
@@ -239,7 +266,7 @@ impl Fields {
 
     /// A number (integer or float) or `null`.
     pub fn take_f64(&mut self, key: &'static str) -> Result<Option<f64>, ModelError> {
-        match self.map.shift_remove(key) {
+        match self.remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => match n.as_f64() {
                 Some(f) => Ok(Some(f)),
@@ -251,7 +278,7 @@ impl Fields {
 
     /// An integer or `null`. Integral floats (`3.0`) are accepted.
     pub fn take_i64(&mut self, key: &'static str) -> Result<Option<i64>, ModelError> {
-        match self.map.shift_remove(key) {
+        match self.remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => {
                 if let Some(i) = n.as_i64() {
@@ -268,7 +295,7 @@ impl Fields {
 
     /// A boolean or `null`.
     pub fn take_bool(&mut self, key: &'static str) -> Result<Option<bool>, ModelError> {
-        match self.map.shift_remove(key) {
+        match self.remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(b)),
             Some(other) => Err(self.wrong(key, "a boolean or null", &other)),
@@ -277,7 +304,7 @@ impl Fields {
 
     /// An array of strings; `null` or absent gives an empty list.
     pub fn take_str_list(&mut self, key: &'static str) -> Result<Vec<String>, ModelError> {
-        match self.map.shift_remove(key) {
+        match self.remove(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -296,17 +323,19 @@ impl Fields {
     /// Like [`Fields::take_str_list`], but a bare string is wrapped in a list
     /// (Python Nodepool's node `type` accepts both).
     pub fn take_str_or_list(&mut self, key: &'static str) -> Result<Vec<String>, ModelError> {
-        if let Some(Value::String(_)) = self.map.get(key) {
-            if let Some(Value::String(s)) = self.map.shift_remove(key) {
+        if let Some(Value::String(_)) = self.peek(key) {
+            if let Some(Value::String(s)) = self.remove(key) {
                 return Ok(vec![s]);
             }
         }
         self.take_str_list(key)
     }
 
-    /// The keys nobody took, in their original order.
+    /// The keys nobody took, in their original order, in a map of their own
+    /// size (the parsed one had room for every key: several KiB per record,
+    /// kept for as long as the record lives in a cache).
     pub fn into_extra(self) -> Map<String, Value> {
-        self.map
+        self.entries.into_iter().flatten().collect()
     }
 }
 

@@ -128,8 +128,16 @@ impl Launcher {
         let registration = np_zk::ComponentRegistration::register(&zk, record)
             .await
             .context("registering launcher component")?;
-        let shared =
-            SharedState { zk, nodes, requests, request_locks, pools, hostname, metrics: metrics.clone() };
+        let shared = SharedState {
+            zk,
+            nodes,
+            requests,
+            request_locks,
+            pools,
+            hostname,
+            metrics: metrics.clone(),
+            attempts: Default::default(),
+        };
         let mut launcher = Launcher {
             config: config.clone(),
             providers,

@@ -82,6 +82,11 @@ pub struct SharedState {
     pub pools: PoolComponentCache,
     pub hostname: String,
     pub metrics: crate::metrics::Metrics,
+    /// Requests a pool of this launcher is trying to lock right now: the
+    /// launcher's other pools leave them alone meanwhile, instead of every
+    /// pool that offers the label racing for the same lock (one failed
+    /// lock attempt, three ZooKeeper writes, per pool and request).
+    pub attempts: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -460,6 +465,9 @@ impl PoolWorker {
                 r.state == RequestState::Requested
                     && !r.declined_by.contains(&self.id)
                     && !self.handlers.contains_key(&r.id)
+                    // Held by someone (one of our pools, or another
+                    // launcher): its release is a lock event that wakes us.
+                    && !self.shared.request_locks.is_locked(&r.id)
             })
             .collect();
         if candidates.is_empty() {
@@ -560,7 +568,14 @@ impl PoolWorker {
     /// Locks and re-reads a request, then declines or accepts it.
     async fn try_accept(&mut self, id: &str, lacks: bool, registered: &[np_core::PoolInfo]) -> bool {
         let zk = self.shared.zk.clone();
-        let lock = match zk.lock_request(id, LockOptions::try_once()).await {
+        if !self.shared.attempts.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned()) {
+            // Another of our pools is taking it; if it lets go, the lock
+            // event wakes us.
+            return false;
+        }
+        let attempt = zk.lock_request(id, LockOptions::try_once()).await;
+        self.shared.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let lock = match attempt {
             Ok(Some(lock)) => lock,
             // Busy: its release is a request-lock event that wakes us.
             Ok(None) => return false,
