@@ -9,7 +9,11 @@
 # so nothing else is disturbed): start-up to first fulfilment, churn (CPU
 # per request, p50/p99, peak RSS, ZooKeeper packets per request), a burst
 # of 2,000 requests and the listings (`nodepool list`, `/node-list`) at the
-# largest size. Writes the tables into doc/benchmarks.md (the "Scale"
+# largest size; then 1, 2 and 4 of our launchers on a three-server ensemble
+# (requests/s, p50, and the chaos checker's lost and double counts), and the
+# ceiling: static churn's ZooKeeper writes per request against the server's
+# write limit (measured first, as tools/bench-zk.sh does). Writes the
+# tables into doc/benchmarks.md (the "Scale"
 # section) and raw JSON and logs into .test-env/bench/scale-<time>/.
 # --quick: sizes 100 and 1000 only, ours only, report in the run directory.
 # Other options go to tools/bench/bench_scale.py (e.g. --impls rust,
@@ -29,6 +33,7 @@ for a in "$@"; do
 done
 
 zk_dir="$REPO/.test-env/bench-scale-zk"
+ensemble_dir="$REPO/.test-env/bench-scale-ensemble"
 bench_pid=""
 # shellcheck disable=SC2317 # invoked by bench_stop, on exit
 bench_on_exit() {
@@ -38,26 +43,39 @@ bench_on_exit() {
         kill -KILL -- "-$bench_pid" 2>/dev/null || true
     fi
     NP_ZK_ENV_DIR="$zk_dir" tools/test-env.sh stop >/dev/null 2>&1 || true
+    NP_ZK_ENV_DIR="$ensemble_dir" tools/test-env.sh stop >/dev/null 2>&1 || true
 }
 trap 'exit 130' INT TERM
 
 tools/setup.sh >/dev/null
 bench_build -p np-launcher -p np-cli
+bench_build -p np-zk --example zk_bench
+NP_ZK_ENV_DIR="$ensemble_dir" NP_ZK_SERVERS=3 tools/test-env.sh start >/dev/null
+ensemble="$(
+    # shellcheck source=/dev/null
+    source "$ensemble_dir/env.sh"
+    echo "$NP_ZK_HOSTS $NP_ZK_TLS_HOSTS"
+)"
 NP_ZK_ENV_DIR="$zk_dir" tools/test-env.sh start >/dev/null
 # shellcheck source=/dev/null
 source "$zk_dir/env.sh"
+# The server's write limit (the ceiling's yardstick), as tools/bench-zk.sh measures it.
+limit="$(target/release/examples/zk_bench "$NP_ZK_HOSTS" 200 | sed -n 's/^write throughput.* \([0-9]*\) writes\/s$/\1/p')"
+echo "bench-scale: ZooKeeper write limit ${limit:-?} writes/s"
 
 out=".test-env/bench/scale-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 doc="doc/benchmarks.md"
 if [ "$quick" = 1 ]; then
     doc="$out/benchmarks.md"
-    args=(--sizes 100,1000 --impls rust --burst 200 "${args[@]}")
+    args=(--sizes 100,1000 --impls rust --burst 200 --scaleout 1,2 --scaleout-count 200 --ceiling-count 500 "${args[@]}")
 fi
 
 setsid timeout -k 20 "${NP_BENCH_TIMEOUT:-7200}" "$NP_PYTHON" tools/bench/bench_scale.py \
     --zk-hosts "$NP_ZK_HOSTS" --zk-tls-hosts "$NP_ZK_TLS_HOSTS" \
     --tls "$NP_ZK_TLS_CA,$NP_ZK_TLS_CERT,$NP_ZK_TLS_KEY" \
+    --ensemble-hosts "${ensemble% *}" --ensemble-tls-hosts "${ensemble#* }" \
+    ${limit:+--zk-write-limit "$limit"} \
     --out "$out" --doc "$doc" "${args[@]}" &
 bench_pid=$!
 rc=0

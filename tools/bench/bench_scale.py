@@ -338,6 +338,194 @@ def one(opts, zk, impl, size, run_id):
 
 
 # ---------------------------------------------------------------------------
+# Scale-out on an ensemble, and the ceiling
+
+
+CHAOS = os.path.join(REPO, "tools", "chaos")
+
+
+def zk_zxid(host_port):
+    """The server's last zxid (`srvr`): one per write transaction."""
+    host, port = host_port.rsplit(":", 1)
+    import socket
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"srvr")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    for line in data.decode().splitlines():
+        if line.startswith("Zxid:"):
+            return int(line.split(":", 1)[1].strip(), 16)
+    return None
+
+
+def zk_config(hosts, chroot, tls=None):
+    out = "zookeeper-servers:\n"
+    for hp in hosts.split(","):
+        host, port = hp.rsplit(":", 1)
+        out += "  - host: %s\n    port: %s\n    chroot: %s\n" % (host, port, chroot)
+    if tls:
+        out += "zookeeper-tls:\n  ca: %s\n  cert: %s\n  key: %s\n" % tls
+    return out
+
+
+def scaleout(opts, launchers, run_id):
+    """`launchers` of ours on the ensemble, each serving its own five fake
+    providers of one label; the chaos suite's Zuul-like client (which logs
+    a history) drives them; the chaos checker reads the history and every
+    record at the end."""
+    sys.path.insert(0, CHAOS)
+    import history  # noqa: E402 - the chaos suite's checker
+    name = "scaleout-%d" % launchers
+    rdir = os.path.join(opts.out, name)
+    os.makedirs(rdir, exist_ok=True)
+    chroot = "/scale-%s-%s" % (run_id, name)
+    procs = []
+    result = {"launchers": launchers, "status": "ok"}
+    env = dict(os.environ, NODEPOOL_FAKE_LAUNCH_DELAY_MS=str(opts.fake_delay_ms), NO_COLOR="1")
+    env.setdefault("RUST_LOG", "info")
+    try:
+        providers = []
+        for i in range(launchers):
+            # The ensemble's plain ports (it has TLS ones too, with its own CA).
+            text = zk_config(opts.ensemble_hosts, chroot)
+            text += "labels:\n  - name: %s\n    min-ready: 0\nproviders:\n" % LABEL
+            for j in range(5):
+                pname = "so-%d-%d" % (i, j)
+                providers.append(pname)
+                text += """\
+  - name: %s
+    driver: fake
+    cloud: fake
+    region-name: fake-region
+    rate: 0.0001
+    cloud-images:
+      - name: fake-image
+        image-name: Fake Precise
+    pools:
+      - name: main
+        max-servers: 1000
+        ignore-provider-quota: true
+        host-key-checking: false
+        labels:
+          - name: %s
+            cloud-image: fake-image
+            flavor-name: Fake Flavor
+""" % (pname, LABEL)
+            cfg = os.path.join(rdir, "launcher-%d.yaml" % i)
+            with open(cfg, "w") as f:
+                f.write(text)
+            procs.append(Launcher("rust", launcher_cmd("rust", cfg, os.path.join(rdir, "l%d.pid" % i), False),
+                                  env, os.path.join(rdir, "launcher-%d.log" % i), rdir))
+        time.sleep(3)
+        hist = os.path.join(rdir, "history.jsonl")
+        cmd = [sys.executable, os.path.join(CHAOS, "client.py"), "--hosts", opts.ensemble_hosts + chroot,
+               "--labels", LABEL, "--count", str(opts.scaleout_count), "--outstanding", str(opts.scaleout_outstanding),
+               "--job-time", "0.01,0.05", "--timeout", str(opts.client_timeout), "--history", hist]
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=opts.client_timeout + 120)
+        lines = [ln for ln in out.stdout.decode().splitlines() if ln.startswith("{")]
+        summary = json.loads(lines[-1]) if lines else {}
+        result["client"] = summary
+        if summary.get("elapsed"):
+            result["requests_per_s"] = round(summary.get("fulfilled", 0) / summary["elapsed"], 1)
+        result["p50_ms"] = summary.get("p50") and round(summary["p50"] * 1000)
+        time.sleep(5)  # cleanup of the last used nodes
+        state = read_state(opts.ensemble_hosts, chroot)
+        fig = history.check(history.read_history(hist), state, [], providers=providers)
+        result["figures"] = {k: fig[k] for k in ("requests", "fulfilled", "failed", "lost", "double", "stuck")}
+        result["double_details"] = fig["double_details"][:5]
+        if fig["double"] or fig["lost"]:
+            result["status"] = "CHECK FAILED"
+    finally:
+        for p in procs:
+            p.stop(grace=20)
+    return result
+
+
+def read_state(hosts, chroot):
+    """Every request and node record under `chroot`, with node lock contenders."""
+    zk = KazooClient(hosts=hosts + chroot, timeout=30)
+    zk.start(timeout=60)
+    state = {"requests": {}, "nodes": {}, "node_locks": {}, "uploads": set()}
+    try:
+        for kind in ("requests", "nodes"):
+            for i in zk.get_children("/nodepool/" + kind) if zk.exists("/nodepool/" + kind) else []:
+                try:
+                    data, _ = zk.get("/nodepool/%s/%s" % (kind, i))
+                    state[kind][i] = json.loads(data) if data else None
+                except Exception:  # noqa: BLE001 - gone meanwhile, or foreign
+                    continue
+                if kind == "nodes":
+                    try:
+                        state["node_locks"][i] = [c for c in zk.get_children("/nodepool/nodes/%s/lock" % i)
+                                                  if "__lock__" in c]
+                    except Exception:  # noqa: BLE001
+                        state["node_locks"][i] = []
+    finally:
+        zk.stop()
+        zk.close()
+    return state
+
+
+def ceiling(opts, run_id):
+    """Static churn as fast as the lean client drives it: requests per
+    second, ZooKeeper write transactions per fulfilled request (the zxid's
+    advance), and that against the server's measured write limit."""
+    name = "ceiling"
+    rdir = os.path.join(opts.out, name)
+    os.makedirs(rdir, exist_ok=True)
+    chroot = "/scale-%s-%s" % (run_id, name)
+    hosts = "".join("          - name: 127.0.0.%d\n            labels: static\n            username: zuul\n"
+                    "            host-key-checking: false\n" % i for i in range(1, opts.ceiling_hosts + 1))
+    text = zk_config(opts.zk_tls_hosts, chroot, opts.tls) + """\
+labels:
+  - name: static
+    min-ready: 0
+providers:
+  - name: static
+    driver: static
+    pools:
+      - name: main
+        nodes:
+""" + hosts
+    cfg = os.path.join(rdir, "nodepool.yaml")
+    with open(cfg, "w") as f:
+        f.write(text)
+    env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+    launcher = Launcher("rust", launcher_cmd("rust", cfg, os.path.join(rdir, "launcher.pid"), False), env,
+                        os.path.join(rdir, "launcher.log"), rdir)
+    result = {"status": "ok", "hosts": opts.ceiling_hosts}
+    try:
+        time.sleep(5)  # the hosts register as ready nodes
+        hp = opts.zk_hosts.split(",")[0]
+        z0, cpu0 = zk_zxid(hp), proc_cpu(launcher.pid)
+        summary, _ = run_client("fast", opts.zk_hosts + chroot, "static", opts.ceiling_count,
+                                opts.ceiling_outstanding, opts.client_timeout)
+        z1, cpu1 = zk_zxid(hp), proc_cpu(launcher.pid)
+        result["client"] = summary
+        done = summary.get("done") or 0
+        if done and summary.get("elapsed"):
+            result["requests_per_s"] = round(done / summary["elapsed"], 1)
+        if done and z0 is not None and z1 is not None:
+            result["writes_per_request"] = round((z1 - z0) / done, 2)
+            # The lean client writes six times per one-node request: its
+            # request, the node lock's contender, the request's delete,
+            # in-use, used, the contender's delete.
+            result["launcher_writes_per_request"] = round((z1 - z0) / done - 6, 2)
+        if done and cpu0 is not None and cpu1 is not None:
+            result["cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / done, 2)
+    finally:
+        launcher.stop(grace=20)
+    return result
+
+
+# ---------------------------------------------------------------------------
 # Report
 
 
@@ -347,7 +535,8 @@ def fmt(v, unit="", digits=2):
     return ("%." + str(digits) + "f%s") % (v, unit)
 
 
-def report(results, opts, started):
+def report(results, opts, started, results_extra=None):
+    results_extra = results_extra or {}
     lines = []
     lines.append("<!-- scale:begin -->")
     lines.append("## Scale: cost as the pool grows\n")
@@ -415,6 +604,36 @@ def report(results, opts, started):
         lines.append("|---|---:|---:|---|")
         for what, got, goal, ok in checks:
             lines.append("| %s | %s | %s | %s |" % (what, got, goal, "yes" if ok else "**no**"))
+    out = results_extra.get("scaleout") or []
+    if out:
+        lines.append("\nScale-out on a three-server ZooKeeper ensemble (ours; each launcher serves its own five fake "
+                     "providers of one label; the chaos suite's Zuul-like client, %d requests, %d outstanding, "
+                     "checked with `tools/chaos/history.py` against every record at the end):\n" % (
+                         opts.scaleout_count, opts.scaleout_outstanding))
+        lines.append("| launchers | requests/s | p50 | fulfilled | lost | double |")
+        lines.append("|---:|---:|---:|---:|---:|---:|")
+        for r in out:
+            f = r.get("figures") or {}
+            lines.append("| %d | %s | %s | %s | %s | %s |%s" % (
+                r["launchers"], fmt(r.get("requests_per_s"), "", 1), fmt(r.get("p50_ms"), " ms", 0),
+                f.get("fulfilled", "-"), f.get("lost", "-"), f.get("double", "-"),
+                "" if r["status"] == "ok" else " " + r["status"]))
+    ceil = results_extra.get("ceiling")
+    if ceil:
+        limit = results_extra.get("zk_write_limit")
+        lines.append("\nThe ceiling: static churn (%d hosts, `zuul_client_fast.py`, %d outstanding) against this "
+                     "machine's ZooKeeper write limit (`tools/bench-zk.sh`: 64 writers in parallel):\n" % (
+                         ceil.get("hosts", 0), opts.ceiling_outstanding))
+        lines.append("| requests/s | ZooKeeper writes per request (all) | of which the launcher's | launcher CPU per "
+                     "request | ZooKeeper write limit | share of the limit used |")
+        lines.append("|---:|---:|---:|---:|---:|---:|")
+        used = None
+        if limit and ceil.get("requests_per_s") and ceil.get("writes_per_request"):
+            used = ceil["requests_per_s"] * ceil["writes_per_request"] / limit
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            fmt(ceil.get("requests_per_s"), "", 1), fmt(ceil.get("writes_per_request"), "", 1),
+            fmt(ceil.get("launcher_writes_per_request"), "", 1), fmt(ceil.get("cpu_ms_per_request"), " ms"),
+            fmt(limit, " writes/s", 0), fmt(used and used * 100, " %", 0)))
     lines.append("<!-- scale:end -->")
     return "\n".join(lines) + "\n"
 
@@ -450,6 +669,16 @@ def main():
     ap.add_argument("--settle", type=float, default=2.0)
     ap.add_argument("--start-timeout", type=int, default=300)
     ap.add_argument("--client-timeout", type=int, default=1200)
+    ap.add_argument("--ensemble-hosts", help="a three-server ensemble (plain) for the scale-out runs")
+    ap.add_argument("--ensemble-tls-hosts")
+    ap.add_argument("--scaleout", default="1,2,4", help="launcher counts for the scale-out runs ('' to skip)")
+    ap.add_argument("--scaleout-count", type=int, default=1000)
+    ap.add_argument("--scaleout-outstanding", type=int, default=60)
+    ap.add_argument("--ceiling-hosts", type=int, default=100)
+    ap.add_argument("--ceiling-count", type=int, default=3000)
+    ap.add_argument("--ceiling-outstanding", type=int, default=60)
+    ap.add_argument("--zk-write-limit", type=float, help="writes/s measured by tools/bench-zk.sh")
+    ap.add_argument("--no-ceiling", action="store_true")
     opts = ap.parse_args()
     opts.sizes = [int(s) for s in opts.sizes.split(",")]
     opts.out = os.path.abspath(opts.out)
@@ -462,6 +691,7 @@ def main():
                      timeout=60)
     zk.start(timeout=60)
     results = []
+    extra = {}
     try:
         for size in opts.sizes:
             for impl in opts.impls.split(","):
@@ -472,10 +702,25 @@ def main():
                 results.append(r)
                 with open(os.path.join(opts.out, "results.json"), "w") as f:
                     json.dump(results, f, indent=1)
+        if opts.scaleout and opts.ensemble_hosts:
+            extra["scaleout"] = []
+            for n in [int(x) for x in opts.scaleout.split(",")]:
+                print("bench-scale: scale-out with %d launchers" % n, flush=True)
+                r = scaleout(opts, n, run_id)
+                print("bench-scale:   %s" % json.dumps({k: v for k, v in r.items() if k != "client"}), flush=True)
+                extra["scaleout"].append(r)
+        if not opts.no_ceiling:
+            print("bench-scale: ceiling", flush=True)
+            extra["ceiling"] = ceiling(opts, run_id)
+            extra["zk_write_limit"] = opts.zk_write_limit
+            print("bench-scale:   %s" % json.dumps({k: v for k, v in extra["ceiling"].items() if k != "client"}),
+                  flush=True)
+        with open(os.path.join(opts.out, "results-extra.json"), "w") as f:
+            json.dump(extra, f, indent=1)
     finally:
         zk.stop()
         zk.close()
-    section = report(results, opts, started)
+    section = report(results, opts, started, extra)
     print(section)
     with open(os.path.join(opts.out, "scale.md"), "w") as f:
         f.write(section)

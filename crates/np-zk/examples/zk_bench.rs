@@ -3,6 +3,9 @@
 //! non-blocking lock acquire + release, and the same through kazoo for
 //! comparison is done by `tools/bench-zk.sh`.
 //!
+//! Last, the server's write throughput: 64 tasks writing in parallel for
+//! five seconds (the ceiling a launcher's writes can reach).
+//!
 //! Usage: `cargo run --release -p np-zk --example zk_bench -- HOSTS [ITERATIONS]`
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -60,6 +63,30 @@ async fn main() {
     report("node create", create);
     report("node write (set)", write);
     report("lock acquire+release", lock);
+
+    // Throughput: writers in parallel, each on its own node.
+    let writers = 64;
+    let window = Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let zk = zk.clone();
+        let mut mine = node.clone();
+        zk.create_node(&mut mine).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < window {
+                zk.update_node(&mine).await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    println!("write throughput ({writers} in parallel) {:.0} writes/s", total as f64 / window.as_secs_f64());
     zk.delete_recursive("/nodepool").await.unwrap();
 }
 
