@@ -316,11 +316,16 @@ class Client:
         for nid, _npath, lock, epoch in locks:
             if epoch != self.session_epoch:
                 continue
+            # The unlock is logged with the moment release was called: the
+            # lock was held at least until then, and perhaps a little longer
+            # (the reply's way back). Logged after the call returned, a peer
+            # that took the lock in between looked like an overlap.
+            called = time.time()
             try:
                 self.retry(lock.release)
             except (NoNodeError,) + RETRYABLE:
                 pass
-            self.hist.log("unlock", req=rid, node=nid)
+            self.hist.log("unlock", at=called, req=rid, node=nid)
 
     # --- the run ----------------------------------------------------------
 

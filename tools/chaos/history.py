@@ -19,7 +19,10 @@ ZooKeeper and every instance in the cloud; :func:`check` computes:
 * **double**: a request answered twice with different nodes, a node handed
   to a request while allocated to another, or two requests whose use of one
   node overlaps in time (for static hosts: more concurrent users of a host
-  than it has slots);
+  than it has slots). A use runs from ``lock`` (logged once the lock is
+  held: no earlier than the real start) to ``unlock`` (logged with the
+  moment release was called: no later than the real end), so an overlap
+  found is certain, never an artefact of the client's own latency;
 * **leaked**: cloud resources that carry Nodepool's tags for one of the
   run's providers but whose node (or upload) has no record in ZooKeeper,
   and static host slots that are not registered exactly once;
@@ -48,8 +51,10 @@ class HistoryLog:
         self._f = open(path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
-    def log(self, ev, **fields):
-        rec = {"t": time.time(), "ev": ev}
+    def log(self, ev, at=None, **fields):
+        """`at`: the event's time when it is not now (e.g. an unlock is
+        logged with the moment release was called; see `check`)."""
+        rec = {"t": time.time() if at is None else at, "ev": ev}
         rec.update(fields)
         line = json.dumps(rec, sort_keys=True)
         with self._lock:
