@@ -5,6 +5,7 @@
 #   tools/chaos.sh --ci            the short deterministic subset (.ci/run)
 #   tools/chaos.sh --only NAME     one scenario (repeatable; --list names them)
 #   CHAOS_PROFILE=debug tools/chaos.sh   with the debug binaries (no release build)
+#   NP_CHAOS_NO_BUILD=1 tools/chaos.sh   with the binaries as they are
 #
 # Installs what is missing (tools/setup.sh), builds the release binaries
 # (the debug ones with --ci: the test run has just built them), then runs
@@ -32,7 +33,10 @@ done
 
 tools/setup.sh
 
-if [ "$ci" = 1 ] || [ "${CHAOS_PROFILE:-release}" = debug ]; then
+if [ "${NP_CHAOS_NO_BUILD:-0}" = 1 ]; then
+    # The binaries as they are (a tree being edited may not build).
+    bin_dir="$REPO/target/${CHAOS_PROFILE:-release}"
+elif [ "$ci" = 1 ] || [ "${CHAOS_PROFILE:-release}" = debug ]; then
     # --all-targets: the same feature set as the test build (`cargo test
     # --workspace --all-targets`), so after tools/test.sh this builds
     # nothing. `--bins` alone resolves features without the

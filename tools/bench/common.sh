@@ -5,7 +5,7 @@
 #
 #   bench_test_env        the venv and the private ZooKeeper, sourced
 #   bench_service NAME    tools/NAME.sh's service, sourced
-#   bench_build ARGS...   cargo build --release -q ARGS, retried
+#   bench_build ARGS...   cargo build --release -q ARGS, retried (NP_BENCH_NO_BUILD=1: skipped)
 #   bench_compare ...     Python's launcher vs ours, one after the other
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -57,8 +57,14 @@ bench_test_env() {
 
 # bench_build ARGS...: `cargo build --release -q ARGS`, tried up to five
 # times a minute apart (another build may hold the tree mid-edit).
+# NP_BENCH_NO_BUILD=1 uses the release binaries as they are (a tree others
+# are editing may not build; the binaries must exist).
 bench_build() {
     local attempt
+    if [ "${NP_BENCH_NO_BUILD:-0}" = 1 ]; then
+        echo "bench: NP_BENCH_NO_BUILD=1: not building ($*)" >&2
+        return 0
+    fi
     for attempt in 1 2 3 4 5; do
         if cargo build --release -q "$@"; then return 0; fi
         [ "$attempt" = 5 ] && break
