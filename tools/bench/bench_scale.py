@@ -21,7 +21,10 @@ fresh chroot of a private ZooKeeper, with one nodepool.yaml text for both:
 
 Writes results.json and a markdown report into --out, and with --doc
 replaces the section between `<!-- scale:begin -->` and `<!-- scale:end -->`
-of doc/benchmarks.md (appending it if missing).
+of doc/benchmarks.md (appending it if missing). --reuse DIR takes the rows
+(and the scale-out and ceiling results) this run did not measure from an
+earlier run's directory, marked as such: e.g. ours re-measured on a quiet
+machine beside Python's from a full run.
 """
 
 import argparse
@@ -255,6 +258,8 @@ def one(opts, zk, impl, size, run_id):
     result = {"impl": impl, "size": size, "status": "ok"}
     t0 = time.monotonic()
     plant(zk, chroot, size)
+    # How busy the machine was: timings taken beside other work say so.
+    result["load_1min"] = round(os.getloadavg()[0], 1)
     result["plant_s"] = round(time.monotonic() - t0, 1)
     env = dict(os.environ, OS_CLIENT_CONFIG_FILE=os.path.join(HERE, "clouds.yaml"),
                NODEPOOL_FAKE_LAUNCH_DELAY_MS=str(opts.fake_delay_ms), NO_COLOR="1")
@@ -550,15 +555,23 @@ def report(results, opts, started, results_extra=None):
                  "zuul_client_fast.py`). CPU is the launcher's own (utime+stime) per request; ZooKeeper packets "
                  "are the server's, sent and received, per request (client and launcher together).\n" % (
                      PROVIDERS, opts.fake_delay_ms, opts.churn))
-    lines.append("| launcher | nodes | start-up | CPU per request | p50 | p99 | peak RSS | ZK packets per request |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    reused = sorted({r["from_run"] for r in results if r.get("from_run")})
+    if reused:
+        lines.append("Rows marked * come from the earlier run in `%s`.\n" % "`, `".join(reused))
+    lines.append("The load column is the machine's 1-minute load average when the run began (2 cores: above 2, "
+                 "other work competed for the CPU and the timings are pessimistic).\n")
+    lines.append("| launcher | nodes | start-up | CPU per request | p50 | p99 | peak RSS | ZK packets per request | "
+                 "load |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         c = r.get("churn") or {}
-        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s |%s" % (
-            "Python 11.0.0" if r["impl"] == "python" else "nodepool-rs", r["size"], fmt(r.get("startup_s"), " s"),
+        lines.append("| %s%s | %d | %s | %s | %s | %s | %s | %s | %s |%s" % (
+            "Python 11.0.0" if r["impl"] == "python" else "nodepool-rs", " *" if r.get("from_run") else "",
+            r["size"], fmt(r.get("startup_s"), " s"),
             fmt(r.get("cpu_ms_per_request"), " ms"), fmt(c.get("p50") and c["p50"] * 1000, " ms", 0),
             fmt(c.get("p99") and c["p99"] * 1000, " ms", 0), fmt(r.get("peak_rss_mb"), " MiB", 0),
-            fmt(r.get("zk_packets_per_request"), "", 1), "" if r["status"] == "ok" else " " + r["status"]))
+            fmt(r.get("zk_packets_per_request"), "", 1), fmt(r.get("load_1min"), "", 1),
+            "" if r["status"] == "ok" else " " + r["status"]))
     big = max(opts.sizes)
     burst = [r for r in results if r.get("burst")]
     if burst:
@@ -638,6 +651,29 @@ def report(results, opts, started, results_extra=None):
     return "\n".join(lines) + "\n"
 
 
+def reuse(opts, results, extra):
+    """Adds what this run did not measure from the run in `opts.reuse`."""
+    src = os.path.relpath(os.path.abspath(opts.reuse), REPO)
+    with open(os.path.join(opts.reuse, "results.json")) as f:
+        old = json.load(f)
+    have = {(r["impl"], r["size"]) for r in results}
+    merged = list(results)
+    for r in old:
+        if (r["impl"], r["size"]) not in have:
+            merged.append(dict(r, from_run=src))
+    merged.sort(key=lambda r: (r["size"], r["impl"] != "rust"))
+    opts.sizes = sorted({r["size"] for r in merged})
+    try:
+        with open(os.path.join(opts.reuse, "results-extra.json")) as f:
+            old_extra = json.load(f)
+    except OSError:
+        old_extra = {}
+    for key in ("scaleout", "ceiling", "zk_write_limit"):
+        if extra.get(key) is None and old_extra.get(key) is not None:
+            extra[key] = old_extra[key]
+    return merged, extra
+
+
 def write_doc(path, section):
     try:
         with open(path) as f:
@@ -679,6 +715,7 @@ def main():
     ap.add_argument("--ceiling-outstanding", type=int, default=60)
     ap.add_argument("--zk-write-limit", type=float, help="writes/s measured by tools/bench-zk.sh")
     ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--reuse", help="an earlier run's directory: rows and results this run does not measure")
     opts = ap.parse_args()
     opts.sizes = [int(s) for s in opts.sizes.split(",")]
     opts.out = os.path.abspath(opts.out)
@@ -720,6 +757,8 @@ def main():
     finally:
         zk.stop()
         zk.close()
+    if opts.reuse:
+        results, extra = reuse(opts, results, extra)
     section = report(results, opts, started, extra)
     print(section)
     with open(os.path.join(opts.out, "scale.md"), "w") as f:
