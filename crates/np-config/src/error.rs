@@ -101,6 +101,15 @@ pub enum ErrorKind {
     /// One of several keys is required and none was given.
     #[error("one of {} is required", .0.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", "))]
     OneOfRequired(Vec<String>),
+    /// A key upstream accepts that nodepool-rs does not implement (refused rather
+    /// than accepted and ignored).
+    #[error("key '{key}' is not supported by nodepool-rs: {why}")]
+    Unsupported {
+        /// The key as written.
+        key: String,
+        /// Why, and what to do instead.
+        why: String,
+    },
     /// An upstream driver this version does not implement.
     #[error("driver {0} is not supported by this version")]
     UnsupportedDriver(String),

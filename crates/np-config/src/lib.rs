@@ -51,6 +51,19 @@ pub use model::{
     Config, Dict, DiskImage, DriverName, Label, LabelImage, Provider, ProviderDiskImage, ProviderDriver,
     TenantResourceLimit, WebApp, ZooKeeperConfig, ZooKeeperServer, ZooKeeperTls,
 };
+pub use read::KeyUse;
+
+/// Every key the schema takes, as `(section, key) -> use`, found by running the
+/// readers over `main` (and `secure`): a reader asks for all of its keys whether or
+/// not they are present, so one instance of each section yields the whole schema.
+/// Sections are key paths without list indices, providers qualified by their schema
+/// (`providers(aws).pools.labels`, `top`, `secure.zookeeper-tls`); `*` stands for
+/// free-form keys. The test `schema_audit` compares this with the audit table of
+/// `doc/config-differences.md`.
+#[doc(hidden)]
+pub fn schema_keys(main: &str, secure: Option<&str>) -> std::collections::BTreeMap<(String, String), KeyUse> {
+    load::record_schema(main, secure)
+}
 
 /// Loads a main configuration from text, with this process's `NODEPOOL_*` variables.
 /// `file_name` is only used in error messages.

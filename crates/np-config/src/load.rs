@@ -2,6 +2,7 @@
 //! every section (collecting all schema errors), diskimage inheritance, the secure
 //! file merge and the semantic checks.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::error::{ConfigError, ConfigErrors, ErrorKind, KeyPath, Location};
 use crate::model::{
     Config, Label, TenantResourceLimit, WebApp, ZooKeeperConfig, ZooKeeperServer, ZooKeeperTls,
 };
-use crate::read::{Ctx, MapReader};
+use crate::read::{Ctx, KeyUse, MapReader};
 use crate::yaml::{self, Node, Value};
 
 /// Replaces every `%(NAME)` whose `NAME` starts with `NODEPOOL_` and is in `env`.
@@ -210,6 +211,8 @@ pub(crate) fn parse_main(cx: &mut Ctx, text: &str, env: &[(String, String)]) -> 
             max_volume_gb: t.uint(cx, "max-volume-gb"),
             other: Default::default(),
         };
+        // Any other `<resource>: <int>` key is a limit (upstream's `str: int`).
+        t.declare(&["*"]);
         for (key, vnode, _) in t.take_unused() {
             match &vnode.value {
                 Value::Int(i) if *i >= 0 => {
@@ -328,6 +331,21 @@ fn finish_tls(cx: &mut Ctx, parsed: &mut Parsed) {
         }
         cx.file = file;
     }
+}
+
+/// Reads `main` (and `secure`) with every reader recording the keys it takes,
+/// whatever errors the files have: the schema as the code defines it.
+pub(crate) fn record_schema(main: &str, secure: Option<&str>) -> BTreeMap<(String, String), KeyUse> {
+    let mut cx = Ctx::new("main");
+    cx.record = Some(BTreeMap::new());
+    if let Some(mut parsed) = parse_main(&mut cx, main, &[]) {
+        checks::check(&mut cx, &mut parsed);
+        if let Some(secure) = secure {
+            cx.file_kind = Some("secure");
+            merge_secure(&mut cx, &mut parsed, secure, &[]);
+        }
+    }
+    cx.record.unwrap_or_default()
 }
 
 /// Runs the whole pipeline on already-read texts.

@@ -8,18 +8,67 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{ConfigError, ErrorKind, KeyPath, Location};
+use crate::error::{ConfigError, ErrorKind, KeyPath, Location, Segment};
 use crate::yaml::{Node, Value};
+
+/// How the schema treats a key (see [`crate::schema_keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyUse {
+    /// Read into the typed configuration.
+    Read,
+    /// Accepted by upstream's schema but refused here with a located error.
+    Refused,
+}
 
 /// Collects errors for one file.
 pub(crate) struct Ctx {
     pub(crate) file: String,
     pub(crate) errors: Vec<ConfigError>,
+    /// The schema of the provider being read (`openstack` for `fake` too), so that
+    /// the keys it asks for are recorded under `providers(<schema>)`.
+    pub(crate) schema: Option<&'static str>,
+    /// `secure` while reading the secure file.
+    pub(crate) file_kind: Option<&'static str>,
+    /// When set, every key a reader asks for, by section (see [`crate::schema_keys`]).
+    pub(crate) record: Option<BTreeMap<(String, String), KeyUse>>,
 }
 
 impl Ctx {
     pub(crate) fn new(file: &str) -> Self {
-        Ctx { file: file.to_string(), errors: Vec::new() }
+        Ctx { file: file.to_string(), errors: Vec::new(), schema: None, file_kind: None, record: None }
+    }
+
+    /// The section name of a mapping at `path`: its keys without list indices,
+    /// `providers` qualified by the provider's schema, e.g.
+    /// `providers(aws).pools.labels`; `top` for the document root.
+    pub(crate) fn section(&self, path: &KeyPath) -> String {
+        let mut parts: Vec<String> = self.file_kind.map(str::to_string).into_iter().collect();
+        for seg in &path.0 {
+            if let Segment::Key(k) = seg {
+                match (parts.len(), self.schema) {
+                    (0, Some(schema)) if k == "providers" => parts.push(format!("providers({schema})")),
+                    _ => parts.push(k.clone()),
+                }
+            }
+        }
+        if parts.is_empty() {
+            "top".to_string()
+        } else {
+            parts.join(".")
+        }
+    }
+
+    fn record_keys(&mut self, path: &KeyPath, asked: &[&'static str], refused: &[&'static str]) {
+        if self.record.is_none() {
+            return;
+        }
+        let section = self.section(path);
+        let Some(record) = self.record.as_mut() else { return };
+        for key in asked {
+            let use_ = if refused.contains(key) { KeyUse::Refused } else { KeyUse::Read };
+            let entry = record.entry((section.clone(), (*key).to_string())).or_insert(use_);
+            *entry = (*entry).max(use_);
+        }
     }
 
     pub(crate) fn error(&mut self, loc: Option<Location>, path: &KeyPath, kind: ErrorKind) {
@@ -38,6 +87,7 @@ pub(crate) struct MapReader<'n> {
     entries: Vec<(&'n str, &'n Node, Location)>,
     used: Vec<bool>,
     asked: Vec<&'static str>,
+    refused: Vec<&'static str>,
 }
 
 impl<'n> MapReader<'n> {
@@ -68,7 +118,7 @@ impl<'n> MapReader<'n> {
             }
         }
         let used = vec![false; entries.len()];
-        Some(MapReader { path, loc: node.loc, entries, used, asked: Vec::new() })
+        Some(MapReader { path, loc: node.loc, entries, used, asked: Vec::new(), refused: Vec::new() })
     }
 
     /// The raw node of `key`, marking it as consumed. A `null` value counts as present.
@@ -271,9 +321,25 @@ impl<'n> MapReader<'n> {
         MapReader::new(cx, node, self.path.key(key))
     }
 
-    /// Marks keys as known and ignored (accepted by the schema but not used).
-    pub(crate) fn ignore(&mut self, key: &'static str) {
-        let _ = self.node(key);
+    /// Declares keys this reader takes, for the schema record, without consuming
+    /// them (keys read only on some paths, e.g. either spelling of a key).
+    pub(crate) fn declare(&mut self, keys: &[&'static str]) {
+        self.asked.extend_from_slice(keys);
+    }
+
+    /// A key upstream's schema accepts that nodepool-rs does not implement: when
+    /// present it is an error at its location saying so and `why`, never a key
+    /// accepted and silently dropped.
+    pub(crate) fn refuse(&mut self, cx: &mut Ctx, key: &'static str, why: &str) {
+        self.refused.push(key);
+        if let Some(node) = self.node(key) {
+            let loc = self.key_loc(key).unwrap_or(node.loc);
+            cx.error(
+                Some(loc),
+                &self.path.key(key),
+                ErrorKind::Unsupported { key: key.to_string(), why: why.to_string() },
+            );
+        }
     }
 
     /// Returns the keys nobody asked for, without reporting them.
@@ -293,6 +359,7 @@ impl<'n> MapReader<'n> {
     /// Reports every key nobody asked for.
     pub(crate) fn finish(mut self, cx: &mut Ctx) {
         let asked = std::mem::take(&mut self.asked);
+        cx.record_keys(&self.path, &asked, &self.refused);
         for (key, _, loc) in self.take_unused() {
             let suggestion = suggest(key, &asked);
             cx.error(

@@ -34,7 +34,8 @@ pub struct LabelSettings {
     pub connection_port: u16,
     /// Scan the node's SSH host keys before it becomes ready.
     pub host_key_checking: bool,
-    /// What `image_id` records (the cloud image name).
+    /// What `image_id` records for a cloud image: the `cloud-images` entry's
+    /// `name`, as upstream's state machine writes it (`label.cloud_image.name`).
     pub image_id: Option<String>,
     /// The diskimage the label boots: the launcher looks up its newest ready
     /// upload in this provider, declines requests while there is none, and
@@ -131,16 +132,14 @@ pub fn openstack_schema_pools(os: &np_config::OpenStackProvider) -> Vec<PoolDesc
 }
 
 /// Node settings of an OpenStack-schema label, from its cloud image or
-/// provider diskimage.
+/// provider diskimage. The label's `host-key-checking` wins over its pool's
+/// (np-config gives the label the pool's value when it sets none), as upstream.
 fn openstack_label_settings(
     os: &np_config::OpenStackProvider,
-    pool: &np_config::OpenStackPool,
+    _pool: &np_config::OpenStackPool,
     label: &np_config::OpenStackLabel,
 ) -> LabelSettings {
-    let mut s = LabelSettings {
-        host_key_checking: pool.host_key_checking && label.host_key_checking,
-        ..Default::default()
-    };
+    let mut s = LabelSettings { host_key_checking: label.host_key_checking, ..Default::default() };
     match &label.image {
         np_config::LabelImage::CloudImage(name) => {
             if let Some(img) = os.cloud_image(name) {
@@ -149,7 +148,7 @@ fn openstack_label_settings(
                 s.shell_type = img.shell_type.clone();
                 s.connection_type = img.connection_type.clone();
                 s.connection_port = img.connection_port;
-                s.image_id = Some(img.external_name().to_owned());
+                s.image_id = Some(img.name.clone());
             }
         }
         np_config::LabelImage::DiskImage(name) => {
@@ -164,4 +163,49 @@ fn openstack_label_settings(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os_pools(yaml: &str) -> Vec<PoolDescription> {
+        let text = format!(
+            "labels:\n  - name: small\n  - name: large\nproviders:\n  - name: os\n    cloud: c\n{yaml}"
+        );
+        let config =
+            np_config::load_str_with(&text, "test.yaml", None, &[]).unwrap_or_else(|e| panic!("{e}"));
+        match &config.providers[0].driver {
+            np_config::ProviderDriver::OpenStack(os) => openstack_schema_pools(os),
+            other => panic!("not OpenStack: {other:?}"),
+        }
+    }
+
+    const POOL: &str = "    cloud-images:\n      - name: focal\n        image-name: ubuntu-20.04-cloud\n    pools:\n      - name: p\n";
+
+    #[test]
+    fn a_labels_host_key_checking_wins_over_its_pools() {
+        let pools = os_pools(&format!(
+            "{POOL}        host-key-checking: false\n        labels:\n          - name: small\n            cloud-image: focal\n            min-ram: 1\n            host-key-checking: true\n          - name: large\n            cloud-image: focal\n            min-ram: 1\n"
+        ));
+        let settings = &pools[0].label_settings;
+        assert!(settings["small"].host_key_checking, "label true under pool false scans");
+        assert!(!settings["large"].host_key_checking, "a label without the key takes the pool's false");
+
+        let pools = os_pools(&format!(
+            "{POOL}        labels:\n          - name: small\n            cloud-image: focal\n            min-ram: 1\n            host-key-checking: false\n          - name: large\n            cloud-image: focal\n            min-ram: 1\n"
+        ));
+        let settings = &pools[0].label_settings;
+        assert!(!settings["small"].host_key_checking, "label false under pool true does not scan");
+        assert!(settings["large"].host_key_checking, "the default is to scan");
+    }
+
+    #[test]
+    fn cloud_image_nodes_record_the_cloud_images_name() {
+        let pools = os_pools(&format!(
+            "{POOL}        labels:\n          - name: small\n            cloud-image: focal\n            min-ram: 1\n"
+        ));
+        // Upstream writes `label.cloud_image.name`, not the image looked up in the cloud.
+        assert_eq!(pools[0].label_settings["small"].image_id.as_deref(), Some("focal"));
+    }
 }

@@ -430,6 +430,7 @@ fn parse_cloud_image(
         let mut filters = Vec::new();
         for (fnode, fpath) in items {
             let Some(mut f) = MapReader::new(cx, fnode, fpath.clone()) else { continue };
+            f.declare(&["Name", "name", "Values", "values"]);
             let fname = if f.has("Name") { f.str(cx, "Name") } else { f.str(cx, "name") };
             let values = if f.has("Values") { f.str_list(cx, "Values") } else { f.str_list(cx, "values") };
             f.finish(cx);

@@ -16,8 +16,6 @@ pub struct KubernetesProvider {
     pub context: Option<String>,
     /// `launch-retries`, default 3.
     pub launch_retries: u32,
-    /// `max-servers`: stored, but (as upstream) not inherited by pools.
-    pub max_servers: Option<u64>,
     /// `max-cores`; pools inherit it.
     pub max_cores: Option<u64>,
     /// `max-ram`; pools inherit it.
@@ -160,7 +158,11 @@ pub(crate) fn parse(
     }
     let context = m.str(cx, "context");
     let launch_retries = crate::drivers::u32_of(cx, m, "launch-retries").unwrap_or(defaults::LAUNCH_RETRIES);
-    let max_servers = m.uint(cx, "max-servers");
+    m.refuse(
+        cx,
+        "max-servers",
+        "Python Nodepool 11 accepts it on a Kubernetes provider but never applies it; set max-servers on each pool",
+    );
     let max_cores = m.uint(cx, "max-cores");
     let max_ram = m.uint(cx, "max-ram");
     let max_resources = m.int_map(cx, "max-resources").unwrap_or_default();
@@ -170,15 +172,7 @@ pub(crate) fn parse(
             pools.push(p);
         }
     }
-    Some(KubernetesProvider {
-        context,
-        launch_retries,
-        max_servers,
-        max_cores,
-        max_ram,
-        max_resources,
-        pools,
-    })
+    Some(KubernetesProvider { context, launch_retries, max_cores, max_ram, max_resources, pools })
 }
 
 type Inherit<'a> = (Option<u64>, Option<u64>, &'a BTreeMap<String, i64>);

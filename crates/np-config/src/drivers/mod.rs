@@ -232,6 +232,13 @@ pub(crate) fn parse_provider(cx: &mut Ctx, node: &Node, path: &KeyPath, refs: &m
         m.take_unused();
         return None;
     }
+    cx.schema = match driver.as_str() {
+        "openstack" | "fake" => Some("openstack"),
+        "aws" => Some("aws"),
+        "static" => Some("static"),
+        "kubernetes" => Some("kubernetes"),
+        _ => None,
+    };
     let driver = match driver.as_str() {
         "openstack" => openstack::parse(cx, &mut m, &pname, refs).map(ProviderDriver::OpenStack),
         "fake" => openstack::parse(cx, &mut m, &pname, refs).map(ProviderDriver::Fake),
@@ -251,5 +258,6 @@ pub(crate) fn parse_provider(cx: &mut Ctx, node: &Node, path: &KeyPath, refs: &m
         }
     };
     m.finish(cx);
+    cx.schema = None;
     Some(Provider { name: name?, max_concurrency, priority, driver: driver? })
 }

@@ -206,7 +206,11 @@ pub(crate) fn parse(
     let launch_retries = crate::drivers::u32_of(cx, m, "launch-retries").unwrap_or(defaults::LAUNCH_RETRIES);
     let image_upload_timeout =
         m.uint(cx, "image-upload-timeout").unwrap_or(defaults::OPENSTACK_IMAGE_UPLOAD_TIMEOUT_SECS);
-    m.ignore("nodepool-id");
+    m.refuse(
+        cx,
+        "nodepool-id",
+        "it has had no effect since Nodepool 3 (Python Nodepool 11 accepts it and ignores it too); delete it",
+    );
     let rate = crate::drivers::coerce_float(cx, m, "rate").unwrap_or(defaults::OPENSTACK_RATE);
     let image_name_format =
         m.str(cx, "image-name-format").unwrap_or_else(|| defaults::OPENSTACK_IMAGE_NAME_FORMAT.to_string());

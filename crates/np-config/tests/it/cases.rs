@@ -316,3 +316,26 @@ fn missing_file_is_an_error() {
         .unwrap_or_else(|| panic!("loaded a missing file"));
     assert!(err.to_string().starts_with("/nonexistent/nodepool.yaml: cannot read file"), "{err}");
 }
+
+#[test]
+fn keys_upstream_ignores_are_refused_where_they_stand() {
+    let text = "labels:\n  - name: small\nproviders:\n  - name: os\n    cloud: c\n    nodepool-id: legacy\n    pools: []\n\
+                \x20 - name: k8s\n    driver: kubernetes\n    max-servers: 10\n    pools:\n      - name: main\n        labels: []\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "test.yaml:6:5: providers[0].nodepool-id: key 'nodepool-id' is not supported by nodepool-rs: "
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(
+            "test.yaml:10:5: providers[1].max-servers: key 'max-servers' is not supported by nodepool-rs: "
+        ),
+        "{errs:?}"
+    );
+    has(&errs, "set max-servers on each pool");
+    // Without the keys the same file loads.
+    ok(&text.replace("    nodepool-id: legacy\n", "").replace("    max-servers: 10\n", ""));
+}

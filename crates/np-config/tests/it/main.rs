@@ -5,6 +5,7 @@ mod cases;
 mod corpus;
 mod diffing;
 mod python_drift;
+mod schema_audit;
 mod snapshots;
 mod support;
 mod upstream;
