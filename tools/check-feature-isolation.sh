@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 heavy=(np-driver-aws np-driver-kubernetes np-driver-openstack)
-aws_users=(np-driver-aws np-driver-kubernetes np-driver-openstack np-drivers np-launcher np-builder)
+aws_users=(np-driver-aws np-driver-kubernetes np-driver-openstack np-drivers np-launcher np-builder np-cli)
 others=()
 for dir in crates/*/; do
     name="$(basename "$dir")"

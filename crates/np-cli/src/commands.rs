@@ -346,41 +346,82 @@ pub async fn erase(ctx: &Ctx, provider: &str, force: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// `alien-image-list [PROVIDER]`: cloud images tagged by Nodepool that ZooKeeper
-/// does not know. Listing cloud images needs a cloud client; this CLI has none,
-/// so an OpenStack provider is an error; other drivers have no image listing
-/// upstream either (upstream logs a warning and shows nothing for them).
+/// `alien-image-list [PROVIDER]`: images in a provider's cloud that carry
+/// Nodepool's `nodepool_build_id` property but are no `ready` upload
+/// ZooKeeper knows for that provider (upstream's columns: Provider, Name,
+/// Image ID). As upstream, only OpenStack clouds are listed (Glance); a
+/// listing that fails is a warning and shows nothing for that provider;
+/// other drivers have no image listing (a warning; upstream's fake cloud
+/// lives in the launcher's memory, so a fresh CLI sees nothing there).
 pub async fn alien_image_list(ctx: &Ctx, provider: Option<&str>) -> Result<i32> {
-    let t = Table::new(["Provider", "Name", "Image ID"]);
-    let mut unsupported = Vec::new();
+    let mut t = Table::new(["Provider", "Name", "Image ID"]);
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    let mut images = None;
     for p in &ctx.config.providers {
         if provider.is_some_and(|want| want != p.name) {
             continue;
         }
-        match p.driver_name() {
-            DriverName::OpenStack => unsupported.push(p.name.clone()),
-            // Upstream's fake cloud lives in the launcher's memory: a fresh
-            // CLI process sees no tagged images there.
-            DriverName::Fake => {}
-            other => eprintln!(
-                "WARNING: Exception listing alien images for {}: driver {} has no image listing",
-                p.name,
-                other.as_str()
-            ),
+        let listed = match &p.driver {
+            np_config::ProviderDriver::OpenStack(os) => openstack_nodepool_images(&p.name, os).await,
+            _ if p.driver_name() == DriverName::Fake => continue,
+            _ => Err(format!("driver {} has no image listing", p.driver_name().as_str())),
+        };
+        let cloud_images = match listed {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("WARNING: Exception listing alien images for {}: {e}", p.name);
+                Vec::new()
+            }
+        };
+        if images.is_none() {
+            images = Some(zkread::images(&ctx.zk, Depth::Uploads).await?);
+        }
+        // The ready uploads ZooKeeper records for this provider, of the
+        // diskimages it lists.
+        let wanted = p.diskimage_names();
+        let known: std::collections::HashSet<String> = images
+            .iter()
+            .flatten()
+            .filter(|i| wanted.contains(&i.name))
+            .flat_map(|i| &i.builds)
+            .flat_map(|b| &b.providers)
+            .filter(|bp| bp.name == p.name)
+            .flat_map(|bp| &bp.uploads)
+            .filter_map(|u| u.record.as_ref())
+            .filter(|u| u.state == UploadState::Ready)
+            .filter_map(|u| u.external_id.clone())
+            .collect();
+        for image in cloud_images.into_iter().filter(|i| !known.contains(&i.id)) {
+            rows.push([p.name.clone(), image.name, image.id]);
         }
     }
-    if !unsupported.is_empty() {
-        bail!(
-            "alien-image-list is not supported for driver openstack by this CLI (no OpenStack client); \
-             providers: {}",
-            unsupported.join(", ")
-        );
-    }
     match ctx.format {
-        Format::Table => write_stdout(&t.render()),
-        Format::Json => write_stdout("[]"),
+        Format::Table => {
+            for [provider, name, id] in &rows {
+                t.add_row(vec![provider.clone(), name.clone(), id.clone()]);
+            }
+            write_stdout(&t.render());
+        }
+        Format::Json => {
+            let list: Vec<Value> = rows
+                .iter()
+                .map(|[provider, name, id]| serde_json::json!({"provider": provider, "name": name, "image_id": id}))
+                .collect();
+            write_stdout(&json_text(&Value::Array(list)));
+        }
     }
     Ok(0)
+}
+
+/// The Glance images of an OpenStack provider that carry
+/// `nodepool_build_id`, read through the driver's own client.
+async fn openstack_nodepool_images(
+    name: &str,
+    config: &np_config::OpenStackProvider,
+) -> std::result::Result<Vec<np_driver_openstack::image::GlanceImage>, String> {
+    let provider =
+        np_driver_openstack::OpenStackProvider::new(name, config).await.map_err(|e| e.to_string())?;
+    provider.nodepool_images().await.map_err(|e| e.to_string())
 }
 
 /// `export-image-data PATH`: a JSON object from znode path to data text: the

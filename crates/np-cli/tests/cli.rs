@@ -14,6 +14,10 @@ use np_testing::{env, repo_root, TestZk};
 use np_zk::LockOptions;
 use serde_json::{json, Value};
 
+#[path = "../../np-driver-openstack/tests/support/fake_openstack.rs"]
+mod fake_openstack;
+use fake_openstack::FakeOpenStack;
+
 struct Env {
     tz: TestZk,
     dir: PathBuf,
@@ -628,16 +632,66 @@ async fn usage_and_version() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn alien_image_list_reports_unsupported_driver() {
+async fn alien_image_list_warns_for_clouds_it_cannot_list() {
     let e = Env::new().await;
     e.assert_same(&["alien-image-list"]);
     e.assert_same(&["alien-image-list", "fake-provider"]);
+    // An OpenStack provider whose cloud cannot be reached: a warning, as
+    // upstream's, and an empty table.
     let os = Env::with_providers(
         "labels:\n  - name: l\nproviders:\n  - name: cloud1\n    cloud: fake\n    pools:\n      - name: main\n        max-servers: 1\n        labels:\n          - name: l\n            cloud-image: img\n            min-ram: 1\n    cloud-images:\n      - name: img\n",
     )
     .await;
     let out = os.ours(&["alien-image-list"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported for driver openstack"));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), "+----------+------+----------+\n| Provider | Name | Image ID |\n+----------+------+----------+\n+----------+------+----------+\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARNING: Exception listing alien images for cloud1: "), "{err}");
     let _ = LockOptions::try_once();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alien_image_list_shows_tagged_glance_images_zookeeper_has_no_ready_upload_for() {
+    let cloud = FakeOpenStack::start().await;
+    let e = Env::with_providers(
+        "labels:\n  - name: l\ndiskimages:\n  - name: fake-image\n    elements: [vm]\nproviders:\n  - name: cloud1\n    driver: openstack\n    cloud: devstack\n    rate: 0.001\n    diskimages:\n      - name: fake-image\n    pools:\n      - name: main\n        max-servers: 1\n        labels:\n          - name: l\n            diskimage: fake-image\n            min-ram: 1\n",
+    )
+    .await;
+    // The CLI reads the fake cloud's clouds.yaml (the one Env points at).
+    cloud.clouds_yaml(&e.dir, "devstack");
+    let tagged = |build: &str| json!({"nodepool_build_id": build, "nodepool_provider_name": "cloud1"});
+    let known = cloud.plant_image("fake-image-known", tagged("0000000001"));
+    let alien = cloud.plant_image("fake-image-alien", tagged("0000000002"));
+    let failed = cloud.plant_image("fake-image-failed", tagged("0000000003"));
+    cloud.plant_image("not-ours", json!({"owner": "someone"}));
+    let zk = &e.tz.zk;
+    let mut build = ImageBuild::new(BuildState::Ready);
+    build.formats = vec!["raw".into()];
+    let b = zk.store_build("fake-image", None, &build).await.unwrap();
+    let mut up = ImageUpload::new(UploadState::Ready);
+    up.external_id = Some(known.clone());
+    zk.store_upload("fake-image", &b, "cloud1", None, &up).await.unwrap();
+    // Only ready uploads count: a failed one's image is alien.
+    let mut up = ImageUpload::new(UploadState::Failed);
+    up.external_id = Some(failed.clone());
+    zk.store_upload("fake-image", &b, "cloud1", None, &up).await.unwrap();
+
+    let out = e.ours(&["alien-image-list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.starts_with("+----------+-------------------+--------------------------------------+\n| Provider | Name              | Image ID                             |\n"), "{text}");
+    assert!(text.contains(&format!("| cloud1   | fake-image-alien  | {alien} |")), "{text}");
+    assert!(text.contains(&format!("| cloud1   | fake-image-failed | {failed} |")), "{text}");
+    assert!(!text.contains(&known) && !text.contains("not-ours") && !text.contains("cirros"), "{text}");
+    assert_eq!(text.lines().count(), 6, "{text}");
+    // Another provider's name shows nothing; --format json has the rows.
+    let out = e.ours(&["alien-image-list", "other"]);
+    assert_eq!(stdout(&out).lines().count(), 4);
+    let out = e.ours(&["--format", "json", "alien-image-list", "cloud1"]);
+    let rows: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .contains(&json!({"provider": "cloud1", "name": "fake-image-alien", "image_id": alien})));
 }

@@ -63,6 +63,9 @@ pub struct Server {
     pub flavor: Value,
     /// `fault.message` of a server in ERROR.
     pub fault: Option<String>,
+    /// The ids of its attached Cinder volumes
+    /// (`os-extended-volumes:volumes_attached`).
+    pub volumes: Vec<String>,
 }
 
 fn non_empty(v: &Value) -> Option<String> {
@@ -91,6 +94,12 @@ impl Server {
             az: non_empty(&v["OS-EXT-AZ:availability_zone"]),
             flavor: v["flavor"].clone(),
             fault: non_empty(&v["fault"]["message"]),
+            volumes: v["os-extended-volumes:volumes_attached"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["id"].as_str().map(str::to_owned))
+                .collect(),
         })
     }
 

@@ -40,6 +40,8 @@ pub enum Service {
     Image,
     /// Neutron.
     Network,
+    /// Cinder (block storage): only its limits and volumes are read.
+    Volume,
 }
 
 impl Service {
@@ -48,14 +50,17 @@ impl Service {
             Service::Compute => &["compute"],
             Service::Image => &["image"],
             Service::Network => &["network"],
+            // openstacksdk's block-storage aliases, newest first.
+            Service::Volume => &["block-storage", "volumev3", "block-store", "volume"],
         }
     }
 
-    fn override_key(self) -> &'static str {
+    fn override_keys(self) -> &'static [&'static str] {
         match self {
-            Service::Compute => "compute",
-            Service::Image => "image",
-            Service::Network => "network",
+            Service::Compute => &["compute"],
+            Service::Image => &["image"],
+            Service::Network => &["network"],
+            Service::Volume => &["block_storage", "volume"],
         }
     }
 
@@ -66,6 +71,7 @@ impl Service {
             Service::Compute => None,
             Service::Image => Some("v2"),
             Service::Network => Some("v2.0"),
+            Service::Volume => Some("v3"),
         }
     }
 }
@@ -366,7 +372,7 @@ impl Session {
     /// has no such service.
     pub async fn endpoint(&self, service: Service) -> Result<Option<String>, ApiError> {
         if let Some((_, url)) =
-            self.cloud.endpoint_overrides.iter().find(|(s, _)| s == service.override_key())
+            self.cloud.endpoint_overrides.iter().find(|(s, _)| service.override_keys().contains(&s.as_str()))
         {
             return Ok(Some(with_version(url, service)));
         }
@@ -517,10 +523,22 @@ impl Session {
 /// Appends the API version a service needs when the URL has none.
 fn with_version(url: &str, service: Service) -> String {
     let url = url.trim_end_matches('/');
+    let is_version =
+        |seg: &str| seg.starts_with('v') && seg[1..].chars().next().is_some_and(|c| c.is_ascii_digit());
     match service.version_suffix() {
+        // Cinder's catalog URL usually ends in the project id after the
+        // version (`/v3/<project id>`): any version segment will do.
+        Some(v) if service == Service::Volume => {
+            let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+            if path.split('/').skip(1).any(is_version) {
+                url.to_owned()
+            } else {
+                format!("{url}/{v}")
+            }
+        }
         Some(v) => {
             let last = url.rsplit('/').next().unwrap_or("");
-            if last.starts_with('v') && last[1..].chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            if is_version(last) {
                 url.to_owned()
             } else {
                 format!("{url}/{v}")

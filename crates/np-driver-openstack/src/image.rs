@@ -110,3 +110,58 @@ pub async fn delete(session: &Session, id: &str) -> Result<(), ProviderError> {
         Err(e) => Err(e.classify("delete image")),
     }
 }
+
+/// A Glance image as the CLI's `alien-image-list` reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlanceImage {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its status (`active`, `queued`, ...).
+    pub status: String,
+    /// Every other key of the image: Glance v2 puts custom properties
+    /// (`nodepool_build_id`, ...) at the top level.
+    pub properties: serde_json::Map<String, Value>,
+}
+
+/// Glance's own keys, which are not properties.
+const IMAGE_KEYS: &[&str] = &["id", "name", "status"];
+
+/// Every image the project sees (`GET /v2/images`, following `next`).
+pub async fn list(session: &Session) -> Result<Vec<GlanceImage>, ProviderError> {
+    let mut out = Vec::new();
+    let mut path = "images?limit=100".to_owned();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (_, v) = session
+            .call(Service::Image, Method::GET, &path, None)
+            .await
+            .map_err(|e| e.classify("list images"))?;
+        for image in v["images"].as_array().into_iter().flatten() {
+            let Some(obj) = image.as_object() else { continue };
+            let Some(id) = obj.get("id").and_then(Value::as_str) else { continue };
+            out.push(GlanceImage {
+                id: id.to_owned(),
+                name: obj.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                status: obj.get("status").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                properties: obj
+                    .iter()
+                    .filter(|(k, _)| !IMAGE_KEYS.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        seen.insert(path.clone());
+        // `next` is relative to the service root (`/v2/images?marker=..`);
+        // the session's endpoint already ends in `/v2`.
+        let Some(next) = v["next"].as_str() else { break };
+        let next = next.trim_start_matches('/');
+        let next = next.strip_prefix("v2/").unwrap_or(next).to_owned();
+        if seen.contains(&next) {
+            return Err(ProviderError::Transient(format!("image listing links back to {next}")));
+        }
+        path = next;
+    }
+    Ok(out)
+}

@@ -15,7 +15,10 @@
 //! Flavors come from `flavor-name` or `min-ram` as upstream; images from a
 //! diskimage upload, a cloud image's `image-id`, or an active Glance image
 //! by name; `networks` by name through Neutron; availability zones from the
-//! pool or the cloud, chosen at random per server. Servers that come up
+//! pool or the cloud (the launcher picks one per request, else one at random
+//! per server). Cinder's limits and volumes count in quota and usage; a
+//! label whose cloud image Glance lacks is not ready; `console-log` labels
+//! give their console when a host-key scan fails. Servers that come up
 //! without a public address get a floating IP when the pool's
 //! `auto-floating-ip` is on and the cloud has an external network; deletes
 //! remove those first. Leaked servers are found by their metadata; DOWN

@@ -76,6 +76,12 @@ pub struct Inner {
     images: StdMutex<HashMap<String, String>>,
     networks: StdMutex<HashMap<String, String>>,
     azs: StdMutex<Option<Vec<String>>>,
+    /// Cloud images found missing, and when: not looked up again for
+    /// [`MISSING_IMAGE_RECHECK`] (upstream's `labelReady`).
+    missing_images: StdMutex<HashMap<String, Instant>>,
+    /// Cinder's volumes (id → size in GB), cached like the servers; `None`
+    /// inside when the cloud has no block-storage service.
+    volume_listing: Mutex<Option<(Instant, Volumes)>>,
     listing: Mutex<Option<(Instant, Arc<Vec<Server>>)>>,
     fip_listing: Mutex<Option<(Instant, Arc<Vec<FloatingIp>>)>>,
     external_network: StdMutex<Option<Option<String>>>,
@@ -92,6 +98,13 @@ struct PortSweep {
     last: Option<Instant>,
     down: HashSet<String>,
 }
+
+/// Cinder's volumes by id with their size in GB; `None` without Cinder.
+type Volumes = Arc<Option<HashMap<String, u64>>>;
+
+/// How long a cloud image found missing is taken as missing before Glance
+/// is asked again (upstream: five minutes).
+pub const MISSING_IMAGE_RECHECK: Duration = Duration::from_secs(60);
 
 /// How long Nova's limits are used before they are read again.
 pub const LIMITS_TTL: Duration = Duration::from_secs(60);
@@ -153,6 +166,8 @@ impl OpenStackProvider {
             images: StdMutex::new(HashMap::new()),
             networks: StdMutex::new(HashMap::new()),
             azs: StdMutex::new(None),
+            missing_images: StdMutex::new(HashMap::new()),
+            volume_listing: Mutex::new(None),
             listing: Mutex::new(None),
             fip_listing: Mutex::new(None),
             external_network: StdMutex::new(None),
@@ -164,6 +179,14 @@ impl OpenStackProvider {
             warn!(provider = %name, cloud = %config.cloud, error = %e, "cannot reach the cloud yet; will retry on use");
         }
         Ok(OpenStackProvider { inner })
+    }
+
+    /// The images this provider's builders uploaded (Glance images with a
+    /// `nodepool_build_id` property), in Glance's order: the CLI's
+    /// `alien-image-list` subtracts those ZooKeeper knows.
+    pub async fn nodepool_images(&self) -> Result<Vec<crate::image::GlanceImage>, ProviderError> {
+        let images = crate::image::list(&self.inner.session).await?;
+        Ok(images.into_iter().filter(|i| i.properties.contains_key(np_provider::META_BUILD_ID)).collect())
     }
 
     /// The shared state (tests look at caches through it).
@@ -280,6 +303,7 @@ impl Inner {
     async fn clear_caches(&self) {
         info!(provider = %self.name, "clearing image, flavor, network and zone caches after a 400 from Nova");
         lock(&self.images).clear();
+        lock(&self.missing_images).clear();
         lock(&self.networks).clear();
         *lock(&self.azs) = None;
         if let Err(e) = self.load_flavors().await {
@@ -516,6 +540,138 @@ impl Inner {
         Ok(zones)
     }
 
+    /// Upstream's `labelReady`: a cloud-image label is ready when its image
+    /// is given by id or found active in Glance. A missing image is logged
+    /// and not looked up again for [`MISSING_IMAGE_RECHECK`]. When Glance
+    /// cannot be asked, the label counts as ready (the launch says why it
+    /// fails).
+    async fn label_ready(&self, pool: &str, label: &str) -> bool {
+        let Some((_, l)) = self.label(pool, label) else { return true };
+        let LabelImage::CloudImage(name) = &l.image else { return true };
+        let Some(img) = self.config.cloud_image(name) else { return true };
+        if img.image_id.is_some() {
+            return true;
+        }
+        let wanted = img.external_name().to_owned();
+        if lock(&self.images).contains_key(&wanted) {
+            return true;
+        }
+        if lock(&self.missing_images).get(&wanted).is_some_and(|t| t.elapsed() < MISSING_IMAGE_RECHECK) {
+            return false;
+        }
+        if let Err(e) = self.ensure_ready().await {
+            debug!(provider = %self.name, error = %e, "cannot check the cloud image; assuming it is there");
+            return true;
+        }
+        match self.find_image(&wanted).await {
+            Ok(Some(id)) => {
+                lock(&self.missing_images).remove(&wanted);
+                lock(&self.images).insert(wanted, id);
+                true
+            }
+            Ok(None) => {
+                warn!(
+                    provider = %self.name,
+                    label,
+                    image = %wanted,
+                    "the cloud-image of the label cannot be found in the cloud; declining its requests"
+                );
+                lock(&self.missing_images).insert(wanted, Instant::now());
+                false
+            }
+            Err(e) => {
+                debug!(provider = %self.name, error = %e, "cannot check the cloud image; assuming it is there");
+                true
+            }
+        }
+    }
+
+    /// Cinder's volumes by id with their size (GB), cached for
+    /// [`LISTING_TTL`]; `None` when the cloud has no block-storage service
+    /// (upstream counts no volumes then).
+    async fn volumes(&self) -> Result<Volumes, ProviderError> {
+        let mut guard = self.volume_listing.lock().await;
+        if let Some((at, list)) = guard.as_ref() {
+            if at.elapsed() < LISTING_TTL {
+                return Ok(list.clone());
+            }
+        }
+        let started = Instant::now();
+        let list = if self.has_volume_service().await? {
+            let mut out = HashMap::new();
+            let mut path = "volumes/detail".to_owned();
+            let mut seen = HashSet::new();
+            loop {
+                let (_, v) = self
+                    .session
+                    .call(Service::Volume, Method::GET, &path, None)
+                    .await
+                    .map_err(api("list volumes"))?;
+                for vol in v["volumes"].as_array().into_iter().flatten() {
+                    if let Some(id) = vol["id"].as_str() {
+                        out.insert(id.to_owned(), vol["size"].as_u64().unwrap_or(0));
+                    }
+                }
+                seen.insert(path.clone());
+                match next_link(&v, "volumes_links") {
+                    Some(next) if seen.contains(&next) => {
+                        return Err(ProviderError::Transient(format!("volume listing links back to {next}")));
+                    }
+                    Some(next) => path = next,
+                    None => break,
+                }
+            }
+            Some(out)
+        } else {
+            None
+        };
+        let list = Arc::new(list);
+        *guard = Some((started, list.clone()));
+        Ok(list)
+    }
+
+    /// Whether the catalog (or clouds.yaml) has a block-storage endpoint.
+    async fn has_volume_service(&self) -> Result<bool, ProviderError> {
+        match self.session.endpoint(Service::Volume).await {
+            Ok(e) => Ok(e.is_some()),
+            Err(e) => Err(e.classify("find the block-storage endpoint")),
+        }
+    }
+
+    /// Cinder's absolute limits as `volumes` and `volume-gb`; `None` when
+    /// the cloud has no block-storage service.
+    async fn volume_limits(&self) -> Result<Option<(f64, f64)>, ProviderError> {
+        if !self.has_volume_service().await? {
+            return Ok(None);
+        }
+        let (_, v) = self
+            .session
+            .call(Service::Volume, Method::GET, "limits", None)
+            .await
+            .map_err(api("volume limits"))?;
+        let abs = &v["limits"]["absolute"];
+        let limit =
+            |k: &str| abs[k].as_f64().map_or(f64::INFINITY, |n| if n < 0.0 { f64::INFINITY } else { n });
+        Ok(Some((limit("maxTotalVolumes"), limit("maxTotalVolumeGigabytes"))))
+    }
+
+    /// The console output of a server (`os-getConsoleOutput`); `None` when
+    /// Nova cannot give it.
+    async fn console_output(&self, id: &str) -> Option<String> {
+        let body = json!({ "os-getConsoleOutput": {} });
+        match self
+            .session
+            .call(Service::Compute, Method::POST, &format!("servers/{}/action", encode(id)), Some(&body))
+            .await
+        {
+            Ok((_, v)) => v["output"].as_str().map(str::to_owned),
+            Err(e) => {
+                debug!(provider = %self.name, server = %id, error = %e.message, "cannot read the console");
+                None
+            }
+        }
+    }
+
     /// The server body of `POST /servers`.
     async fn server_body(&self, req: &LaunchRequest) -> Result<Value, ProviderError> {
         let Some((pool, label)) = self.label(&req.pool, &req.label) else {
@@ -574,9 +730,15 @@ impl Inner {
         if let Some(k) = &label.key_name {
             server["key_name"] = json!(k);
         }
-        let zones = self.zones(pool).await?;
-        if !zones.is_empty() {
-            server["availability_zone"] = json!(zones[pick(zones.len())]);
+        // The launcher's choice for the request (one zone for all its
+        // nodes); without one, a zone of the pool or the cloud at random.
+        if let Some(az) = &req.az {
+            server["availability_zone"] = json!(az);
+        } else {
+            let zones = self.zones(pool).await?;
+            if !zones.is_empty() {
+                server["availability_zone"] = json!(zones[pick(zones.len())]);
+            }
         }
         if !pool.security_groups.is_empty() {
             server["security_groups"] = pool.security_groups.iter().map(|g| json!({ "name": g })).collect();
@@ -637,14 +799,24 @@ impl Inner {
         }
     }
 
-    /// What a listed server uses: its flavor (embedded, or looked up by id).
-    fn server_quota(&self, s: &Server) -> Quota {
+    /// What a listed server uses: its flavor (embedded, or looked up by
+    /// id), and the Cinder volumes attached to it that `volumes` knows
+    /// (count and GB, as upstream's `quota_from_flavor`).
+    fn server_quota(&self, s: &Server, volumes: Option<&HashMap<String, u64>>) -> Quota {
         let flavor = Flavor::from_json(&s.flavor)
             .or_else(|| s.flavor["id"].as_str().and_then(|id| self.flavor_by_id(id)));
-        match flavor {
+        let mut q = match flavor {
             Some(f) => f.quota(),
             None => Quota::new(Some(0.0), Some(1.0), Some(0.0), 0.0),
+        };
+        if let Some(volumes) = volumes {
+            let sizes: Vec<u64> = s.volumes.iter().filter_map(|id| volumes.get(id).copied()).collect();
+            if !sizes.is_empty() {
+                q.set("volumes", sizes.len() as f64);
+                q.set("volume-gb", sizes.iter().sum::<u64>() as f64);
+            }
         }
+        q
     }
 
     /// Deletes DOWN compute ports that were also DOWN a
@@ -1096,12 +1268,19 @@ impl Provider for OpenStackProvider {
                 .map_err(api("limits"))?;
             let abs = &v["limits"]["absolute"];
             let limit = |k: &str| abs[k].as_f64().map(|n| if n < 0.0 { f64::INFINITY } else { n });
-            Ok::<_, ProviderError>(Quota::new(
+            let mut q = Quota::new(
                 limit("maxTotalCores"),
                 limit("maxTotalInstances"),
                 limit("maxTotalRAMSize"),
                 f64::INFINITY,
-            ))
+            );
+            // Cinder's, when the cloud has it (upstream's
+            // `get_volume_limits`; no block-storage service: no limit).
+            if let Some((volumes, gb)) = self.inner.volume_limits().await? {
+                q.set("volumes", volumes);
+                q.set("volume-gb", gb);
+            }
+            Ok::<_, ProviderError>(q)
         }
         .await;
         match (fresh, cached) {
@@ -1139,11 +1318,35 @@ impl Provider for OpenStackProvider {
     async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, ProviderError> {
         self.inner.ensure_ready().await?;
         let servers = self.inner.servers().await?;
+        let volumes = self.inner.volumes().await?;
         Ok(servers
             .iter()
             .filter(|s| !s.is_deleted())
-            .map(|s| InstanceUsage { metadata: s.metadata.clone(), quota: self.inner.server_quota(s) })
+            .map(|s| InstanceUsage {
+                metadata: s.metadata.clone(),
+                quota: self.inner.server_quota(s, volumes.as_ref().as_ref()),
+            })
             .collect())
+    }
+
+    async fn availability_zones(&self, pool: &str) -> Result<Vec<String>, ProviderError> {
+        let Some(p) = self.inner.pool(pool) else { return Ok(Vec::new()) };
+        if p.availability_zones.is_none() {
+            self.inner.ensure_ready().await?;
+        }
+        self.inner.zones(p).await
+    }
+
+    async fn label_ready(&self, pool: &str, label: &str) -> bool {
+        self.inner.label_ready(pool, label).await
+    }
+
+    async fn console_log(&self, pool: &str, label: &str, external_id: &Value) -> Option<String> {
+        let (_, l) = self.inner.label(pool, label)?;
+        if !l.console_log {
+            return None;
+        }
+        self.inner.console_output(external_id.as_str()?).await
     }
 
     fn usage_refresh(&self) -> Option<Duration> {

@@ -2,7 +2,8 @@
 //! (Keystone, Nova, Glance and Neutron shapes on 127.0.0.1): the server body
 //! Nova gets, boot and delete, error classes, quota and usage, pagination
 //! with one shared listing, floating IPs, port and floating-IP cleanup,
-//! token renewal and Glance uploads.
+//! token renewal and Glance uploads; Cinder's limits and volumes, zones,
+//! missing cloud images, console output and the images the builder made.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/fake_openstack.rs"]
@@ -57,6 +58,7 @@ providers:
           - name: by-ram
             cloud-image: cirros
             min-ram: 4000
+            console-log: true
           - name: volume
             cloud-image: cirros-by-id
             flavor-name: np-large
@@ -581,4 +583,136 @@ async fn throttled_and_gateway_failed_calls_are_retried() {
     let (r, _) = run_create(&env.provider, env.request("0000000023", "main", "small")).await;
     assert!(matches!(r, Err(ProviderError::Transient(_))), "{r:?}");
     assert!(started.elapsed() >= Duration::from_millis(3000), "backed off: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn cinder_limits_and_attached_volumes_count_against_the_cloud() {
+    // Cinder's limits and the volumes attached to servers (shapes from the
+    // Block Storage API reference), three volumes over two pages.
+    let knobs = Knobs { cinder: true, max_volumes: 5, max_volume_gb: 300, ..Knobs::default() };
+    let env = Env::with_knobs(knobs).await;
+    let q = env.provider.quota_limits().await.unwrap();
+    assert_eq!((q.get("volumes"), q.get("volume-gb")), (5.0, 300.0));
+    let (r, id) = run_create(&env.provider, env.request("0000000001", "main", "volume")).await;
+    r.unwrap();
+    let stranger = env.os.plant_server(json!({"owner": "someone"}));
+    env.os.plant_volume(30, Some(&stranger));
+    env.os.plant_volume(5, Some(&stranger));
+    // A volume attached to nothing is no server's.
+    env.os.plant_volume(7, None);
+    assert_eq!(env.os.volumes().len(), 4);
+    tokio::time::sleep(np_driver_openstack::provider::LISTING_TTL).await;
+    let usage = env.provider.instance_usage().await.unwrap();
+    let ours = usage.iter().find(|u| u.metadata.contains_key("nodepool_node_id")).unwrap();
+    assert_eq!((ours.quota.get("volumes"), ours.quota.get("volume-gb")), (1.0, 80.0));
+    let other = usage.iter().find(|u| !u.metadata.contains_key("nodepool_node_id")).unwrap();
+    assert_eq!((other.quota.get("volumes"), other.quota.get("volume-gb")), (2.0, 35.0));
+    assert!(env.os.count("GET", "/volumes/detail") >= 2, "the listing was followed to its second page");
+    // The boot volume goes with its server.
+    run_delete(&env.provider, &id.unwrap()).await.unwrap();
+    assert_eq!(env.os.volumes().len(), 3);
+
+    // A cloud without Cinder: no volume limit, and no block-storage calls.
+    let env = Env::new().await;
+    let q = env.provider.quota_limits().await.unwrap();
+    assert!(q.get("volumes").is_infinite() && q.get("volume-gb").is_infinite());
+    env.provider.instance_usage().await.unwrap();
+    assert!(env.os.requests().iter().all(|r| !r.path.starts_with("/volume")));
+}
+
+#[tokio::test]
+async fn zones_come_from_the_pool_or_the_cloud_and_the_launchers_choice_is_used() {
+    let env = Env::new().await;
+    // The cloud's available zones (`broken` is not), or the pool's own.
+    let mut zones = env.provider.availability_zones("main").await.unwrap();
+    zones.sort();
+    assert_eq!(zones, vec!["az1", "az2"]);
+    assert_eq!(env.provider.availability_zones("fip").await.unwrap(), vec!["az2"]);
+    // The zone the launcher chose for a request is the one Nova gets,
+    // every time (without it the driver picks at random).
+    for n in 0..6 {
+        let mut r = env.request(&format!("00000001{n:02}"), "main", "small");
+        r.az = Some("az2".into());
+        run_create(&env.provider, r).await.0.unwrap();
+    }
+    let bodies = env.os.created_servers();
+    assert_eq!(bodies.len(), 6);
+    assert!(bodies.iter().all(|b| b["availability_zone"] == "az2"), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn a_cloud_image_missing_in_glance_holds_its_label_back() {
+    let env = Env::new().await;
+    // Diskimage labels are the launcher's business; image ids are trusted.
+    assert!(env.provider.label_ready("fip", "by-id").await);
+    assert!(env.provider.label_ready("main", "volume").await);
+    assert!(env.provider.label_ready("main", "small").await);
+    // Found once, then cached: no more lookups.
+    let lookups = || env.os.requests().iter().filter(|r| r.path.starts_with("/image/v2/images")).count();
+    let before = lookups();
+    assert!(env.provider.label_ready("main", "by-ram").await);
+    assert_eq!(lookups(), before);
+
+    let env = Env::new().await;
+    env.os.remove_image("img-cirros");
+    assert!(!env.provider.label_ready("main", "small").await);
+    let after_first = lookups_of(&env.os);
+    // Missing is remembered for a while: no lookup per request.
+    assert!(!env.provider.label_ready("main", "by-ram").await);
+    assert_eq!(lookups_of(&env.os), after_first);
+    // Glance answering errors: ready (the launch will tell).
+    let env = Env::new().await;
+    env.os.fail_next("GET", "/image/v2/images", 503, json!({}));
+    env.os.fail_next("GET", "/image/v2/images", 503, json!({}));
+    env.os.fail_next("GET", "/image/v2/images", 503, json!({}));
+    env.os.fail_next("GET", "/image/v2/images", 503, json!({}));
+    env.os.fail_next("GET", "/image/v2/images", 503, json!({}));
+    env.os.remove_image("img-cirros");
+    assert!(env.provider.label_ready("main", "small").await);
+}
+
+fn lookups_of(os: &FakeOpenStack) -> usize {
+    os.requests().iter().filter(|r| r.path.starts_with("/image/v2/images")).count()
+}
+
+#[tokio::test]
+async fn the_console_is_read_only_for_labels_with_console_log() {
+    let env = Env::new().await;
+    let (r, id) = run_create(&env.provider, env.request("0000000001", "main", "by-ram")).await;
+    r.unwrap();
+    let id = id.unwrap();
+    let console = env.provider.console_log("main", "by-ram", &id).await;
+    assert_eq!(console.as_deref(), Some("FAKE CONSOLE OUTPUT\nANOTHER\nLAST LINE"));
+    let action = env.os.requests().into_iter().find(|r| r.path.ends_with("/action")).unwrap();
+    assert_eq!(action.method, "POST");
+    assert_eq!(action.path, format!("/compute/v2.1/servers/{}/action", id.as_str().unwrap()));
+    assert_eq!(action.body, json!({"os-getConsoleOutput": {}}));
+    // A label without console-log: Nova is not asked.
+    assert_eq!(env.provider.console_log("main", "small", &id).await, None);
+    assert_eq!(env.os.count("POST", "/action"), 1);
+    // A console Nova cannot give: nothing, not an error.
+    env.os.set_knobs(Knobs { console_output: None, ..Knobs::default() });
+    assert_eq!(env.provider.console_log("main", "by-ram", &id).await, None);
+    assert_eq!(env.os.count("POST", "/action"), 2);
+}
+
+#[tokio::test]
+async fn nodepool_images_are_the_glance_images_with_a_build_id() {
+    let env = Env::new().await;
+    let ours = env.os.plant_image(
+        "ubuntu-1700000000",
+        json!({"nodepool_build_id": "0000000001", "nodepool_upload_id": "0000000001",
+               "nodepool_provider_name": "os-one"}),
+    );
+    env.os.plant_image("someone-elses", json!({"owner_specified.openstack.md5": "x"}));
+    // Enough others that the listing takes two pages.
+    for n in 0..110 {
+        env.os.plant_image(&format!("filler-{n}"), json!({}));
+    }
+    let images = env.provider.nodepool_images().await.unwrap();
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].id, ours);
+    assert_eq!(images[0].name, "ubuntu-1700000000");
+    assert_eq!(images[0].properties["nodepool_build_id"], "0000000001");
+    assert_eq!(env.os.count("GET", "/image/v2/images"), 2, "the listing was followed to its second page");
 }

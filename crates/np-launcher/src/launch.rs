@@ -30,6 +30,8 @@ pub struct LaunchContext {
     pub request_attributes: Option<serde_json::Value>,
     /// The cloud id of the diskimage upload to boot, for diskimage labels.
     pub image_external_id: Option<String>,
+    /// The zone chosen for the request's nodes (every attempt uses it).
+    pub az: Option<String>,
 }
 
 /// How a launch ended. The node has been written to ZooKeeper in every case.
@@ -106,6 +108,20 @@ async fn scan_keys(node: &mut Node, policy: &LaunchPolicy, host_key_checking: bo
     Ok(())
 }
 
+/// Logs the console of an instance whose host-key scan failed, line by
+/// line, when the driver has it (upstream: OpenStack labels with
+/// `console-log`), before the instance is deleted.
+async fn log_console(provider: &dyn Provider, pool: &str, label: &str, external_id: &serde_json::Value) {
+    let read =
+        tokio::time::timeout(np_provider::CLOUD_CALL_TIMEOUT, provider.console_log(pool, label, external_id))
+            .await;
+    let Ok(Some(console)) = read else { return };
+    info!(external_id = %external_id, "console log from external id {external_id}:");
+    for line in console.lines() {
+        info!(external_id = %external_id, "{}", line.trim_end());
+    }
+}
+
 /// Launches `node` (locked by the caller, state `building`).
 pub async fn run_launch(
     zk: Zk,
@@ -123,6 +139,7 @@ pub async fn run_launch(
         let mut request = LaunchRequest::new(&node.id, provider.name(), &pool, &label);
         request.request_attributes = context.request_attributes.clone();
         request.image_external_id = context.image_external_id.clone();
+        request.az = context.az.clone();
         let mut machine = provider.create(request);
         let deadline = Instant::now() + policy.timeout;
         let result = loop {
@@ -188,6 +205,7 @@ pub async fn run_launch(
                 if let Err(e) = scan_keys(&mut node, &policy, host_key_checking).await {
                     warn!(node = %node.id, label, attempt, error = %e, "host-key scan failed");
                     last_error = e;
+                    log_console(provider.as_ref(), &pool, &label, &instance.external_id).await;
                     if let Some(id) = node.external_id.take() {
                         if let Err(e) = delete_instance(provider.as_ref(), &id).await {
                             warn!(node = %node.id, error = %e, "cannot delete unreachable instance");

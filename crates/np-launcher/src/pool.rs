@@ -113,6 +113,11 @@ struct Handler {
     /// The upload each diskimage of the request boots, looked up once when
     /// the request is accepted.
     images: Images,
+    /// The availability zone of the request's nodes (upstream's
+    /// `chosen_az`): taken from the first ready node reused, else picked at
+    /// random among the provider's zones for the first node launched; later
+    /// nodes are launched there and only nodes there are reused.
+    chosen_az: Option<String>,
 }
 
 /// Diskimage name -> the newest ready upload's znode path and cloud id.
@@ -608,6 +613,8 @@ impl PoolWorker {
         let too_big = !lacks && !self.could_ever_fit(&request.node_types).await;
         let images = if lacks || too_big {
             Some(Images::new())
+        } else if !self.labels_ready(&request.node_types).await {
+            None
         } else {
             self.newest_uploads(&request.node_types).await
         };
@@ -624,7 +631,8 @@ impl PoolWorker {
             })
             .collect();
         let images = images.unwrap_or_default();
-        let mut handler = Handler { request, lock, slots, started: std::time::Instant::now(), images };
+        let mut handler =
+            Handler { request, lock, slots, started: std::time::Instant::now(), images, chosen_az: None };
         if lacks || too_big || no_image || self.spec.max_servers == Some(0) {
             info!(request = id, lacks, too_big, no_image, "declining request");
             // Conditional on the cached copy's version: a decline written
@@ -720,7 +728,14 @@ impl PoolWorker {
         let label = handler.slots[i].label.clone();
         let mut claimed = self.claimed();
         claimed.extend(handler.slots.iter().filter_map(|s| s.node.clone()));
-        let candidates = self.free_nodes(&label, &claimed);
+        let mut candidates = self.free_nodes(&label, &claimed);
+        // Upstream's `checkReusableNode`: once the request has a zone, only
+        // nodes in it.
+        if let Some(az) = &handler.chosen_az {
+            candidates.retain(|id| {
+                self.shared.nodes.get(id).is_some_and(|e| e.value.az.as_deref() == Some(az.as_str()))
+            });
+        }
         // Node locks are taken in the request lock's session: if that one is
         // gone, so is the right to allocate for the request.
         let zk = handler.lock.fenced();
@@ -748,6 +763,11 @@ impl PoolWorker {
                 }
             }
             debug!(request = %handler.request.id, node = %node_id, label, "reusing ready node");
+            // Upstream's `nodeReusedNotification`: the request's later nodes
+            // go to this node's zone.
+            if handler.chosen_az.is_none() {
+                handler.chosen_az = node.az.clone().filter(|z| !z.is_empty());
+            }
             let slot = &mut handler.slots[i];
             slot.node = Some(node_id);
             slot.lock = Some(lock);
@@ -871,6 +891,31 @@ impl PoolWorker {
         used
     }
 
+    /// Whether the driver can launch every label of the request that boots
+    /// no diskimage (upstream's `labelReady` in `imagesAvailable`: an
+    /// OpenStack cloud image missing in Glance). A driver that does not
+    /// answer in [`QUOTA_READ_TIMEOUT`] counts as ready: the launch itself
+    /// then fails or succeeds.
+    async fn labels_ready(&self, labels: &[String]) -> bool {
+        let mut seen = HashSet::new();
+        for label in labels {
+            if !seen.insert(label.as_str()) {
+                continue;
+            }
+            if self.spec.label_settings.get(label).is_some_and(|s| s.diskimage.is_some()) {
+                continue;
+            }
+            let ready =
+                tokio::time::timeout(QUOTA_READ_TIMEOUT, self.provider.label_ready(&self.spec.pool, label))
+                    .await;
+            if ready == Ok(false) {
+                info!(label, "the label's cloud image is not available in this provider");
+                return false;
+            }
+        }
+        true
+    }
+
     /// The newest ready upload in this provider of every diskimage the
     /// request's labels boot; `None` if one has none (upstream's
     /// `imagesAvailable`; cloud images always are available).
@@ -983,6 +1028,29 @@ impl PoolWorker {
         Some(left.non_negative())
     }
 
+    /// A zone at random among the provider's zones for this pool (upstream's
+    /// `setNodeMetadata`); `None` when it has none, or cannot say (then the
+    /// driver or the cloud places the node).
+    async fn pick_zone(&self) -> Option<String> {
+        let zones = np_provider::with_deadline(
+            "availability zones",
+            QUOTA_READ_TIMEOUT,
+            self.provider.availability_zones(&self.spec.pool),
+        )
+        .await;
+        match zones {
+            Ok(zones) if !zones.is_empty() => {
+                let i = (uuid::Uuid::new_v4().as_u128() % zones.len() as u128) as usize;
+                zones.into_iter().nth(i)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot list the provider's availability zones; the cloud places the node");
+                None
+            }
+        }
+    }
+
     /// Creates, locks and starts launching the node of slot `i`. False when
     /// the pool turned out to be full once every node created before ours
     /// was counted (the slot stays empty; the pool waits for quota).
@@ -1020,6 +1088,9 @@ impl PoolWorker {
             image_external_id = external_id.clone();
         }
         node.resources = Some(self.provider.quota_for_label(&self.spec.pool, &label).to_resources());
+        if handler.chosen_az.is_none() {
+            handler.chosen_az = self.pick_zone().await;
+        }
         let after = self.shared.nodes.created_watermark();
         let stat = match zk.create_node_once(&mut node, after).await {
             Ok(stat) => stat,
@@ -1068,6 +1139,7 @@ impl PoolWorker {
         let provider = self.provider.clone();
         let policy = self.spec.launch.clone();
         let request = handler.request.id.clone();
+        let az = handler.chosen_az.clone();
         // Upstream's "safe attributes" of a request, for templated properties.
         let attributes = serde_json::json!({
             "id": handler.request.id,
@@ -1086,7 +1158,11 @@ impl PoolWorker {
                     node,
                     policy,
                     settings.host_key_checking,
-                    crate::launch::LaunchContext { request_attributes: Some(attributes), image_external_id },
+                    crate::launch::LaunchContext {
+                        request_attributes: Some(attributes),
+                        image_external_id,
+                        az,
+                    },
                 )
                 .await;
                 let _ = tx.send(LaunchDone { request, slot: i, outcome });
@@ -1106,9 +1182,24 @@ impl PoolWorker {
             LaunchOutcome::Failed(_, e) if e.contains("timeout") => {
                 crate::metrics::LaunchResult::ServerCreateTimeout
             }
-            LaunchOutcome::Failed(..) | LaunchOutcome::LockLost(_) => crate::metrics::LaunchResult::Unknown,
+            LaunchOutcome::Failed(..) => crate::metrics::LaunchResult::Unknown,
+            // Upstream: the ZooKeeper session went during the launch.
+            LaunchOutcome::LockLost(_) => crate::metrics::LaunchResult::ZkSession,
         };
-        self.shared.metrics.record_launch(&self.spec.provider, &slot.label, result, took);
+        let node = match &done.outcome {
+            LaunchOutcome::Ready(n)
+            | LaunchOutcome::Aborted(n)
+            | LaunchOutcome::Failed(n, _)
+            | LaunchOutcome::LockLost(n) => n,
+        };
+        self.shared.metrics.record_launch(&crate::metrics::Launch {
+            provider: &self.spec.provider,
+            label: &slot.label,
+            az: node.az.as_deref(),
+            requestor: handler.request.requestor.as_deref(),
+            result,
+            duration: took,
+        });
         match done.outcome {
             LaunchOutcome::Ready(_) => slot.state = SlotState::Ready,
             LaunchOutcome::Aborted(_) => {
@@ -1163,7 +1254,14 @@ impl PoolWorker {
             for slot in slots.iter_mut().filter(|s| s.node.is_some()) {
                 slot.lock = locks.next();
             }
-            let handler = Handler { request: handler.request, lock, slots, started, images: handler.images };
+            let handler = Handler {
+                request: handler.request,
+                lock,
+                slots,
+                started,
+                images: handler.images,
+                chosen_az: handler.chosen_az,
+            };
             self.fulfil_failed(handler, e).await;
             return;
         }

@@ -110,6 +110,11 @@ pub struct LaunchRequest {
     /// For a label that boots a `diskimage`: the cloud id of its newest
     /// ready upload in this provider (e.g. an AMI id).
     pub image_external_id: Option<String>,
+    /// The availability zone the launcher chose for the request's nodes
+    /// (upstream's `chosen_az`: one zone for all nodes of a request, see
+    /// [`Provider::availability_zones`]); `None`: the driver or the cloud
+    /// chooses.
+    pub az: Option<String>,
 }
 
 impl LaunchRequest {
@@ -128,6 +133,7 @@ impl LaunchRequest {
             metadata,
             request_attributes: None,
             image_external_id: None,
+            az: None,
         }
     }
 }
@@ -292,6 +298,34 @@ pub trait Provider: Send + Sync {
             "provider {} cannot delete image {external_id}: its driver does not manage images",
             self.name()
         )))
+    }
+    /// The availability zones a new node of `pool` may be placed in (the
+    /// pool's configured zones, else the cloud's available ones). The
+    /// launcher picks one at random for the first node of a request and
+    /// passes it in [`LaunchRequest::az`]; the request's later nodes, and
+    /// the ready nodes it reuses, keep the zone of the nodes it already has
+    /// (upstream's `getAZs` and `chosen_az`). Empty (the default): the driver
+    /// has no zones to choose from, and nodes are placed by the cloud.
+    async fn availability_zones(&self, pool: &str) -> Result<Vec<String>, ProviderError> {
+        let _ = pool;
+        Ok(Vec::new())
+    }
+    /// Whether `label` of `pool` can be launched now (upstream's
+    /// `labelReady`): a driver returns false when what the label boots is
+    /// missing in the cloud (an OpenStack cloud image not found in Glance),
+    /// and the launcher then declines requests for the label, as upstream
+    /// does, instead of launching nodes that must fail. Diskimage labels are
+    /// the launcher's business (it waits for a ready upload). Default: ready.
+    async fn label_ready(&self, pool: &str, label: &str) -> bool {
+        let _ = (pool, label);
+        true
+    }
+    /// The console output of an instance whose host-key scan failed, when
+    /// the label asks for it (OpenStack's `console-log`); the launcher logs
+    /// it line by line. `None` (the default): nothing to show.
+    async fn console_log(&self, pool: &str, label: &str, external_id: &Value) -> Option<String> {
+        let _ = (pool, label, external_id);
+        None
     }
     /// The concrete provider, for code that must keep driver state across a
     /// configuration reload (e.g. the fake driver's simulated cloud).

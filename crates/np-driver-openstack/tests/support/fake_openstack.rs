@@ -57,6 +57,16 @@ pub struct Knobs {
     pub page_size: usize,
     /// The newest Nova microversion offered.
     pub max_microversion: String,
+    /// The catalog has Cinder (`block-storage`, `/volume/v3/<project>`):
+    /// its limits, volumes, and boot-from-volume servers with a volume.
+    pub cinder: bool,
+    /// Cinder's `maxTotalVolumes`.
+    pub max_volumes: i64,
+    /// Cinder's `maxTotalVolumeGigabytes`.
+    pub max_volume_gb: i64,
+    /// What `os-getConsoleOutput` answers (real Nova's fake hypervisor's
+    /// text); `None`: Nova's 409, as for a server without a console.
+    pub console_output: Option<String>,
 }
 
 impl Default for Knobs {
@@ -71,6 +81,10 @@ impl Default for Knobs {
             max_ram: 51200,
             page_size: 2,
             max_microversion: "2.93".into(),
+            cinder: false,
+            max_volumes: 10,
+            max_volume_gb: 1000,
+            console_output: Some("FAKE CONSOLE OUTPUT\nANOTHER\nLAST LINE".into()),
         }
     }
 }
@@ -108,6 +122,8 @@ struct Cloud {
     networks: Vec<Value>,
     ports: BTreeMap<String, Value>,
     fips: BTreeMap<String, (Value, u32)>,
+    /// Cinder's volumes by id.
+    volumes: BTreeMap<String, Value>,
     requests: Vec<Request>,
     failures: Vec<(String, String, u16, Value)>,
     next_ip: u8,
@@ -177,12 +193,17 @@ impl Cloud {
                 {"id": uuid(), "interface": "public", "region_id": "RegionTwo", "region": "RegionTwo",
                  "url": format!("{}/region-two{}", self.base, path)}]})
         };
-        json!([
+        let mut catalog = json!([
             ep("identity", "keystone", "/identity/v3/"),
             ep("compute", "nova", "/compute/v2.1"),
             ep("image", "glance", "/image"),
             ep("network", "neutron", "/network"),
-        ])
+        ]);
+        if self.knobs.cinder {
+            // As Keystone renders Cinder's `.../v3/%(project_id)s`.
+            catalog.as_array_mut().unwrap().push(ep("block-storage", "cinderv3", "/volume/v3/p-ci"));
+        }
+        catalog
     }
 
     fn issue_token(&mut self, body: &Value) -> Response {
@@ -272,6 +293,15 @@ impl Cloud {
             );
         }
         let id = uuid();
+        // Boot from volume: Nova has Cinder make the volume from the image
+        // and attaches it (deleted with the server).
+        let mut attached = Vec::new();
+        if self.knobs.cinder && s["block_device_mapping_v2"][0]["destination_type"] == "volume" {
+            let size = s["block_device_mapping_v2"][0]["volume_size"].as_i64().unwrap_or(1);
+            let vid = uuid();
+            self.volumes.insert(vid.clone(), Self::volume_json(&vid, size, Some(&id)));
+            attached.push(json!({"id": vid, "delete_on_termination": true}));
+        }
         let server = json!({
             "id": id,
             "name": s["name"],
@@ -286,7 +316,7 @@ impl Cloud {
             "image": if bdm_image.is_some() { json!("") } else { json!({"id": image}) },
             "user_id": "u-zuul",
             "tenant_id": "p-ci",
-            "os-extended-volumes:volumes_attached": [],
+            "os-extended-volumes:volumes_attached": attached,
         });
         self.servers.insert(id.clone(), StoredServer { json: server, reads: 0, deleted_reads: None, flavor });
         reply(
@@ -294,6 +324,65 @@ impl Cloud {
             &json!({"server": {"id": id, "links": [], "OS-DCF:diskConfig": "MANUAL",
             "security_groups": [{"name": "default"}], "adminPass": "fake"}}),
         )
+    }
+
+    /// A Cinder volume object (the fields of `GET /volumes/detail` the
+    /// API reference lists), attached to `server` when given.
+    fn volume_json(id: &str, size: i64, server: Option<&str>) -> Value {
+        let attachments = match server {
+            Some(sid) => json!([{"id": id, "attachment_id": uuid(), "volume_id": id, "server_id": sid,
+                "host_name": null, "device": "/dev/vda", "attached_at": "2026-01-01T00:00:00.000000"}]),
+            None => json!([]),
+        };
+        json!({"id": id, "name": "", "size": size, "status": if server.is_some() { "in-use" } else { "available" },
+            "availability_zone": "nova", "bootable": "true", "attachments": attachments,
+            "volume_type": "__DEFAULT__", "multiattach": false, "encrypted": false, "metadata": {},
+            "os-vol-tenant-attr:tenant_id": "p-ci", "user_id": "u-zuul",
+            "created_at": "2026-01-01T00:00:00.000000", "updated_at": null,
+            "links": [], "description": null, "snapshot_id": null, "source_volid": null,
+            "consistencygroup_id": null, "replication_status": null, "group_id": null,
+            "provider_id": null, "service_uuid": null, "shared_targets": true,
+            "cluster_name": null, "volume_type_id": "vt-default", "consumes_quota": true})
+    }
+
+    /// Cinder (`/volume/v3/<project>/...`): limits and volume listings.
+    fn cinder(&mut self, method: &Method, rest: &[&str], query: &str) -> Response {
+        let q = parse_query(query);
+        match (method.as_str(), rest) {
+            ("GET", ["v3", "p-ci", "limits"]) => {
+                let used = self.volumes.len();
+                let gb: i64 = self.volumes.values().map(|v| v["size"].as_i64().unwrap_or(0)).sum();
+                let k = &self.knobs;
+                reply(
+                    200,
+                    &json!({"limits": {"rate": [], "absolute": {
+                    "totalSnapshotsUsed": 0, "maxTotalBackups": 10, "maxTotalVolumeGigabytes": k.max_volume_gb,
+                    "maxTotalSnapshots": 10, "maxTotalBackupGigabytes": 1000, "totalBackupGigabytesUsed": 0,
+                    "maxTotalVolumes": k.max_volumes, "totalVolumesUsed": used, "totalBackupsUsed": 0,
+                    "totalGigabytesUsed": gb}}}),
+                )
+            }
+            ("GET", ["v3", "p-ci", "volumes", "detail"]) => {
+                let all: Vec<&Value> = self.volumes.values().collect();
+                let start = match q.get("marker") {
+                    Some(m) => all.iter().position(|v| v["id"] == m.as_str()).map_or(all.len(), |p| p + 1),
+                    None => 0,
+                };
+                let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(self.knobs.page_size);
+                let page: Vec<Value> = all.iter().skip(start).take(limit).map(|v| (*v).clone()).collect();
+                let mut body = json!({ "volumes": page });
+                if start + page.len() < all.len() {
+                    let marker = page.last().unwrap()["id"].as_str().unwrap().to_owned();
+                    body["volumes_links"] = json!([{"rel": "next",
+                        "href": format!("{}/volume/v3/p-ci/volumes/detail?limit={limit}&marker={marker}", self.base)}]);
+                }
+                reply(200, &body)
+            }
+            _ => reply(
+                404,
+                &json!({"itemNotFound": {"code": 404, "message": "The resource could not be found."}}),
+            ),
+        }
     }
 
     /// Advances a server by one read and renders it for microversion `mv`.
@@ -412,6 +501,13 @@ impl Cloud {
                 {"zoneName": "broken", "zoneState": {"available": false}, "hosts": null}]}),
             ),
             ("POST", ["servers"]) => self.create_server(body),
+            ("POST", ["servers", id, "action"]) if body.get("os-getConsoleOutput").is_some() => {
+                match (self.servers.get(*id), &self.knobs.console_output) {
+                    (None, _) => nova_error(404, &format!("Instance {id} could not be found.")),
+                    (Some(_), Some(out)) => reply(200, &json!({ "output": out })),
+                    (Some(_), None) => nova_error(409, "Guest does not have a console available."),
+                }
+            }
             ("GET", ["servers", "detail"]) => self.list_servers(query, mv),
             ("GET", ["servers", id]) => match self.servers.get(*id).filter(|s| s.deleted_reads.is_none()) {
                 Some(_) => {
@@ -426,6 +522,8 @@ impl Cloud {
                         s.deleted_reads = Some(self.knobs.delete_reads);
                         let id = id.to_string();
                         self.ports.retain(|_, p| p["device_id"] != id.as_str());
+                        // Volumes made for a boot from volume go with it.
+                        self.volumes.retain(|_, v| v["attachments"][0]["server_id"] != id.as_str());
                         reply(204, &Value::Null)
                     }
                     None => nova_error(404, &format!("Instance {id} could not be found.")),
@@ -446,17 +544,28 @@ impl Cloud {
         match (method.as_str(), rest) {
             ("GET", ["v2", "images"]) => {
                 let q = parse_query(query);
-                let images: Vec<Value> = self
+                let all: Vec<Value> = self
                     .images
                     .values()
                     .filter(|i| q.get("name").is_none_or(|n| i["name"].as_str() == Some(n)))
                     .filter(|i| q.get("status").is_none_or(|s| i["status"].as_str() == Some(s)))
                     .cloned()
                     .collect();
-                reply(
-                    200,
-                    &json!({ "images": images, "first": "/v2/images", "schema": "/v2/schemas/images" }),
-                )
+                // Glance pages with `limit` and `marker`; `next` is
+                // relative to the service root (seen on real Glance).
+                let start = match q.get("marker") {
+                    Some(m) => all.iter().position(|i| i["id"] == m.as_str()).map_or(all.len(), |p| p + 1),
+                    None => 0,
+                };
+                let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(25);
+                let images: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+                let mut body =
+                    json!({ "images": images, "first": "/v2/images", "schema": "/v2/schemas/images" });
+                if start + images.len() < all.len() {
+                    let marker = images.last().unwrap()["id"].as_str().unwrap().to_owned();
+                    body["next"] = json!(format!("/v2/images?limit={limit}&marker={marker}"));
+                }
+                reply(200, &body)
             }
             ("GET", ["v2", "images", id]) => match self.images.get(*id) {
                 Some(i) => reply(200, i),
@@ -629,6 +738,7 @@ async fn handle(
         ["compute", "v2.1", rest @ ..] => c.nova(&method, rest, &query, &json_body, &mv),
         ["image", rest @ ..] => c.glance(&method, rest, &query, &json_body, body.len()),
         ["network", rest @ ..] => c.neutron(&method, rest, &query, &json_body),
+        ["volume", rest @ ..] if c.knobs.cinder => c.cinder(&method, rest, &query),
         _ => reply(404, &json!({"message": "no such service"})),
     }
 }
@@ -814,6 +924,47 @@ impl FakeOpenStack {
     /// Glance's images: id → image object.
     pub fn images(&self) -> BTreeMap<String, Value> {
         self.cloud.lock().unwrap().images.clone()
+    }
+
+    /// Puts an active image into Glance directly (as another program
+    /// would) with `properties` at the top level, as Glance v2 keeps them;
+    /// returns its id.
+    pub fn plant_image(&self, name: &str, properties: Value) -> String {
+        let mut c = self.cloud.lock().unwrap();
+        let id = uuid();
+        let mut image = json!({"id": id, "name": name, "status": "active", "visibility": "private",
+            "disk_format": "raw", "container_format": "bare", "size": 1024});
+        for (k, v) in properties.as_object().cloned().unwrap_or_default() {
+            image[k] = v;
+        }
+        c.images.insert(id.clone(), image);
+        id
+    }
+
+    /// Removes an image from Glance directly.
+    pub fn remove_image(&self, id: &str) {
+        self.cloud.lock().unwrap().images.remove(id);
+    }
+
+    /// Puts a Cinder volume of `size` GB into the cloud, attached to
+    /// `server` when given (the server lists it); returns its id.
+    pub fn plant_volume(&self, size: i64, server: Option<&str>) -> String {
+        let mut c = self.cloud.lock().unwrap();
+        let id = uuid();
+        c.volumes.insert(id.clone(), Cloud::volume_json(&id, size, server));
+        if let Some(s) = server.and_then(|sid| c.servers.get_mut(sid)) {
+            let list = s.json["os-extended-volumes:volumes_attached"].as_array().cloned().unwrap_or_default();
+            let mut list = list;
+            list.push(json!({"id": id, "delete_on_termination": false}));
+            s.json["os-extended-volumes:volumes_attached"] = Value::Array(list);
+        }
+        id
+    }
+
+    /// Cinder's volumes: id → size in GB.
+    pub fn volumes(&self) -> BTreeMap<String, i64> {
+        let c = self.cloud.lock().unwrap();
+        c.volumes.iter().map(|(id, v)| (id.clone(), v["size"].as_i64().unwrap_or(0))).collect()
     }
 
     /// Bytes uploaded into image `id`.

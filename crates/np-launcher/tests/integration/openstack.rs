@@ -126,6 +126,130 @@ async fn requests_are_fulfilled_by_nova_servers_within_the_clouds_limits() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+const ZONES_YAML: &str = r#"
+labels:
+  - name: small
+    min-ready: 1
+  - name: ghost
+  - name: scanned
+providers:
+  - name: devstack
+    driver: openstack
+    cloud: devstack
+    rate: 0.001
+    boot-timeout: 1
+    launch-retries: 2
+    cloud-images:
+      - name: cirros
+      - name: ghost
+        image-name: no-such-image
+    pools:
+      - name: main
+        max-servers: 20
+        # Host keys are scanned (and fail: nothing listens on the fake
+        # servers' addresses) only in pool `scan`.
+        host-key-checking: false
+        networks: [private]
+        labels:
+          - name: small
+            cloud-image: cirros
+            flavor-name: np-small
+          - name: ghost
+            cloud-image: ghost
+            flavor-name: np-small
+      - name: scan
+        max-servers: 2
+        networks: [private]
+        labels:
+          - name: scanned
+            cloud-image: cirros
+            flavor-name: np-small
+            console-log: true
+"#;
+
+/// Upstream's generic request rules on an OpenStack provider: one zone for
+/// all nodes of a request (the zone of a ready node it reuses, else one
+/// picked for its first node), requests for a cloud image missing in
+/// Glance declined without a launch (`labelReady`), and the console of a
+/// server whose host-key scan failed read for a label with `console-log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_gets_one_zone_missing_images_are_declined_and_consoles_read() {
+    let os = FakeOpenStack::start().await;
+    os.set_knobs(Knobs { max_instances: 30, max_cores: -1, max_ram: -1, ..Knobs::default() });
+    let dir = common::scratch_dir("np-os-zones");
+    let clouds = os.clouds_yaml(&dir, "devstack");
+    let t = TestZk::new().await;
+    let config = np_config::load_str(ZONES_YAML, "nodepool.yaml").unwrap();
+    let np_config::ProviderDriver::OpenStack(o) = &config.providers[0].driver else { panic!() };
+    let cloud = np_driver_openstack::clouds::load_file(&clouds, "devstack").unwrap();
+    let provider = np_driver_openstack::OpenStackProvider::with_cloud(PROVIDER, o, cloud).await.unwrap();
+    let launcher = common::start_provider(&t, &config, PROVIDER, provider, None).await;
+
+    // min-ready makes one ready node; a request of four reuses it, and its
+    // three new nodes go to that node's zone.
+    let ready = eventually(Duration::from_secs(30), || async {
+        let ids = t.zk.node_ids().await.unwrap();
+        for id in ids {
+            if let Ok(Some((n, _))) = t.zk.get_node(&id).await {
+                if n.state == NodeState::Ready && n.allocated_to.is_none() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert!(ready, "min-ready made a node");
+    let mut zones_seen = std::collections::BTreeSet::new();
+    for round in 0..2 {
+        let id = common::submit(&t, &["small", "small", "small", "small"]).await;
+        assert!(reaches(&t, &id, RequestState::Fulfilled, Duration::from_secs(40)).await, "round {round}");
+        let (done, _) = t.zk.get_request(&id).await.unwrap().unwrap();
+        let mut zones = std::collections::BTreeSet::new();
+        for n in &done.nodes {
+            let (node, _) = t.zk.get_node(n).await.unwrap().unwrap();
+            zones.insert(node.az.clone().unwrap());
+        }
+        assert_eq!(zones.len(), 1, "round {round}: one zone for the request's nodes: {zones:?}");
+        zones_seen.extend(zones);
+        common::return_request(&t, &id).await;
+    }
+    // Every server Nova got for the request was asked for in a zone.
+    assert!(os.created_servers().iter().all(|b| b["availability_zone"].is_string()));
+
+    // A label whose cloud image Glance does not have: declined (the only
+    // pool that has it), without a node or a launch; the image is looked up
+    // once for both requests, not per launch attempt.
+    let servers_before = os.created_servers().len();
+    for _ in 0..2 {
+        let id = common::submit(&t, &["ghost"]).await;
+        assert!(reaches(&t, &id, RequestState::Failed, Duration::from_secs(20)).await);
+        let (failed, _) = t.zk.get_request(&id).await.unwrap().unwrap();
+        assert!(failed.nodes.is_empty());
+    }
+    let lookups = os
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/image/v2/images" && r.query.contains("name=no-such-image"))
+        .count();
+    assert_eq!(lookups, 1, "one Glance lookup, remembered");
+    let ghost_servers = os.created_servers().len() - servers_before;
+    assert!(
+        ghost_servers <= 1,
+        "no server for the ghost label (min-ready may have made one): {ghost_servers}"
+    );
+
+    // The host-key scan of a `console-log` label fails: its console is read
+    // (once per failed attempt) before the server is deleted.
+    let id = common::submit(&t, &["scanned"]).await;
+    assert!(reaches(&t, &id, RequestState::Failed, Duration::from_secs(60)).await);
+    let consoles = os.requests().iter().filter(|r| r.path.ends_with("/action")).count();
+    assert_eq!(consoles, 2, "one console read per failed attempt (launch-retries 2)");
+
+    launcher.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Python Nodepool 11's launcher and ours, each with its own provider on one
 /// real OpenStack project (tools/openstack-env.sh: Keystone, Nova, Glance)
 /// and one ZooKeeper, as during a migration: both fulfil their requests,
