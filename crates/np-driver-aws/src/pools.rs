@@ -53,6 +53,9 @@ pub struct AwsLabelInfo {
     pub shell_type: Option<String>,
     /// The `diskimage` the label boots (None: a cloud image).
     pub diskimage: Option<String>,
+    /// The `cloud-images` entry the label boots, by its `name`: what the node's
+    /// `image_id` records, as upstream (`label.cloud_image.name`).
+    pub cloud_image: Option<String>,
 }
 
 /// The pools of an AWS provider.
@@ -93,9 +96,11 @@ pub fn label_info(config: &AwsProvider, pool: &str, label: &str) -> Option<AwsLa
         python_path: "auto".into(),
         shell_type: None,
         diskimage: None,
+        cloud_image: None,
     };
     match &l.image {
         Some(LabelImage::CloudImage(name)) => {
+            info.cloud_image = Some(name.clone());
             if let Some(ci) = config.cloud_images.iter().find(|c| &c.name == name) {
                 info.username = Some(ci.username.clone());
                 info.connection_type = ci.connection_type.clone();
@@ -136,7 +141,7 @@ pub fn pools(config: &AwsProvider) -> Vec<np_provider::PoolDescription> {
                         connection_type: l.connection_type,
                         connection_port: l.connection_port,
                         host_key_checking: l.host_key_checking,
-                        image_id: None,
+                        image_id: l.cloud_image,
                         diskimage: l.diskimage,
                     };
                     (l.name, settings)
@@ -161,4 +166,29 @@ pub fn pools(config: &AwsProvider) -> Vec<np_provider::PoolDescription> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_image_nodes_record_the_cloud_images_name() {
+        let text = "labels:\n  - name: small\n  - name: built\ndiskimages:\n  - name: ubuntu\n\
+            providers:\n  - name: ec2\n    driver: aws\n    region-name: us-west-2\n\
+            \x20   cloud-images:\n      - name: focal\n        image-id: ami-0123456789abcdef0\n        username: ubuntu\n\
+            \x20   diskimages:\n      - name: ubuntu\n\
+            \x20   pools:\n      - name: main\n        labels:\n\
+            \x20         - name: small\n            cloud-image: focal\n            instance-type: t3.small\n            key-name: k\n\
+            \x20         - name: built\n            diskimage: ubuntu\n            instance-type: t3.small\n            key-name: k\n";
+        let config = np_config::load_str_with(text, "test.yaml", None, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let np_config::ProviderDriver::Aws(aws) = &config.providers[0].driver else { panic!("not AWS") };
+        let pools = pools(aws);
+        let settings = &pools[0].label_settings;
+        // Upstream writes the cloud image's name (not the AMI id) on the node.
+        assert_eq!(settings["small"].image_id.as_deref(), Some("focal"));
+        // A diskimage label's image_id is the upload's znode path, set by the launcher.
+        assert_eq!(settings["built"].image_id, None);
+        assert_eq!(settings["built"].diskimage.as_deref(), Some("ubuntu"));
+    }
 }
