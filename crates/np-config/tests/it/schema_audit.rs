@@ -151,7 +151,6 @@ fn schema_audit() {
                     row.line, row.section
                 )),
                 (KeyUse::Read, "used") => {}
-                (KeyUse::Read, s) if s.starts_with("planned") && row.by.contains("14.3") => {}
                 (KeyUse::Read, s) => failures.push(format!(
                     "{DOC}:{}: `{}` `{key}`: status {s:?}; a key the loader reads is `used` (naming the function), \
                      or refused with MapReader::refuse (status `refused`)",
