@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::dib::{self, DibJob};
+use crate::metrics::{BuildRecord, Status};
 
 /// Where build logs go without `build-log-dir`.
 pub const DEFAULT_BUILD_LOG_DIR: &str = "/var/log/nodepool/builds";
@@ -54,6 +55,8 @@ pub struct BuildSettings {
     pub builder_id: String,
     /// Wait before trying a failed build again.
     pub retry_delay: Duration,
+    /// Where builds are recorded.
+    pub metrics: crate::metrics::BuilderMetrics,
 }
 
 /// What to do about one image now.
@@ -174,6 +177,11 @@ impl BuildWorker {
                         continue;
                     }
                 };
+                let status = match decision {
+                    Decision::Paused => Status::Paused,
+                    _ => Status::Idle,
+                };
+                self.settings.metrics.set_build_status(&image.name, status);
                 match decision {
                     Decision::Build { reason, .. } if attempts.has_room() => {
                         // Another builder is building it: look, without
@@ -279,7 +287,11 @@ impl BuildJob {
             timeout: diskimage.build_timeout,
         };
         let started = std::time::Instant::now();
+        let metrics = &self.settings.metrics;
+        metrics.set_build_status(&self.image, Status::Building);
         let result = dib::run(&job, &self.cancel).await;
+        metrics.set_build_status(&self.image, Status::Idle);
+        let took = started.elapsed();
         let session_lost = zk.status().generation != generation || !lock.is_valid();
         let ok = match &result {
             Ok(()) if session_lost => {
@@ -292,6 +304,28 @@ impl BuildJob {
                 false
             }
         };
+        // As upstream: stats whenever diskimage-builder ran (a timeout
+        // counts as rc 1), sizes only for a ready build.
+        let rc = match &result {
+            Ok(()) => Some(0),
+            Err(dib::DibError::Failed(code)) => Some(*code),
+            Err(dib::DibError::Timeout(_)) => Some(1),
+            Err(_) => None,
+        };
+        if let Some(rc) = rc {
+            let sizes = if ok {
+                self.formats
+                    .iter()
+                    .filter_map(|f| {
+                        let file = crate::upload::image_file(&images_dir, &self.image, &build_id, f);
+                        std::fs::metadata(file).ok().map(|m| (f.clone(), allocated_size(&m)))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            metrics.record_build(&BuildRecord { image: &self.image, ready: ok, rc, duration: took, sizes });
+        }
         record.state = if ok { BuildState::Ready } else { BuildState::Failed };
         if !ok {
             // As upstream's failed record: no formats.
@@ -321,6 +355,13 @@ impl BuildJob {
         lock.release().await?;
         Ok(if ok { Outcome::Ready } else { Outcome::Failed })
     }
+}
+
+/// The space a file takes on disk (`st_blocks` × 512: image files may be
+/// sparse; upstream reports this).
+fn allocated_size(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks().saturating_mul(512)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //!
 //! * [`upload`]: uploads of the newest ready builds to the providers;
 //! * [`cleanup`]: retention, removed images and providers, local files.
+//! * [`metrics`]: builds and uploads in Prometheus (`/metrics` with
+//!   [`BuilderSettings::metrics_listen`]) and, with `STATSD_HOST`, statsd.
 //!
 //! [`Builder::start`] registers a `builder` component, reads (or creates)
 //! `<images-dir>/builder_id.txt` and runs the workers until
@@ -18,6 +20,7 @@ mod attempts;
 pub mod build;
 pub mod cleanup;
 pub mod dib;
+pub mod metrics;
 pub mod upload;
 pub mod watch;
 
@@ -49,6 +52,12 @@ pub struct BuilderSettings {
     pub retry_delay: Duration,
     /// Cleanup timing.
     pub cleanup: cleanup::CleanupSettings,
+    /// Serve Prometheus `/metrics` on this address (`--metrics-listen`);
+    /// `None`: no HTTP server (upstream's builder has none).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The statsd client; `None`: from the environment (`STATSD_HOST`,
+    /// `STATSD_PORT`), as upstream. Tests pass their own.
+    pub statsd: Option<np_metrics::Statsd>,
 }
 
 impl Default for BuilderSettings {
@@ -58,6 +67,8 @@ impl Default for BuilderSettings {
             upload_workers: 4,
             retry_delay: Duration::from_secs(10),
             cleanup: cleanup::CleanupSettings::default(),
+            metrics_listen: None,
+            statsd: None,
         }
     }
 }
@@ -77,6 +88,8 @@ pub struct Builder {
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     builder_id: String,
+    metrics: metrics::BuilderMetrics,
+    metrics_server: Option<np_metrics::MetricsServer>,
 }
 
 /// Reads `<images-dir>/builder_id.txt`, creating it with a new uuid4 if it is
@@ -117,6 +130,22 @@ impl Builder {
         let images_dir = config.images_dir.as_deref().context("the configuration has no images-dir")?;
         let builder_id = builder_id(images_dir)?;
         let hostname = hostname();
+        let statsd = match settings.statsd.clone() {
+            Some(statsd) => Some(statsd),
+            None => np_metrics::Statsd::from_env().context("statsd (STATSD_HOST, STATSD_PORT)")?,
+        };
+        let metrics = metrics::BuilderMetrics::new(&hostname, statsd).context("registering metrics")?;
+        let metrics_server = match settings.metrics_listen {
+            Some(addr) => {
+                let m = metrics.clone();
+                Some(
+                    np_metrics::MetricsServer::start(addr, move || m.render())
+                        .await
+                        .with_context(|| format!("metrics: cannot listen on {addr}"))?,
+                )
+            }
+            None => None,
+        };
         let record = np_core::ComponentRecord::new(
             np_core::ComponentKind::Builder,
             &hostname,
@@ -133,12 +162,22 @@ impl Builder {
         let upload_changes = Arc::new(Notify::new());
         let cleanup_changes = Arc::new(Notify::new());
         let mut tasks = Vec::new();
-        let all = vec![build_changes.clone(), upload_changes.clone(), cleanup_changes.clone()];
+        let status_changes = Arc::new(Notify::new());
+        let all = vec![
+            build_changes.clone(),
+            upload_changes.clone(),
+            cleanup_changes.clone(),
+            status_changes.clone(),
+        ];
         tasks.push(tokio::spawn(watch::watch_tree(zk.clone(), paths::IMAGES, all, cancel.clone())));
         let uploader = upload::UploadWorker::new(
             zk.clone(),
             setup_rx.clone(),
-            upload::UploadSettings { workers: settings.upload_workers, retry_delay: settings.retry_delay },
+            upload::UploadSettings {
+                workers: settings.upload_workers,
+                retry_delay: settings.retry_delay,
+                metrics: metrics.clone(),
+            },
             upload_changes,
             cancel.clone(),
         );
@@ -159,13 +198,31 @@ impl Builder {
                 hostname,
                 builder_id: builder_id.clone(),
                 retry_delay: settings.retry_delay,
+                metrics: metrics.clone(),
             },
             build_changes,
             cancel.clone(),
         );
         tasks.push(tokio::spawn(worker.run()));
+        tasks.push(tokio::spawn(metrics::run_status_reporter(
+            zk.clone(),
+            metrics.clone(),
+            status_changes,
+            settings.cleanup.interval,
+            cancel.clone(),
+        )));
         info!(builder_id = %builder_id, "builder started");
-        Ok(Builder { setup: setup_tx, registration, cancel, tasks, builder_id })
+        Ok(Builder { setup: setup_tx, registration, cancel, tasks, builder_id, metrics, metrics_server })
+    }
+
+    /// The builder's metrics.
+    pub fn metrics(&self) -> &metrics::BuilderMetrics {
+        &self.metrics
+    }
+
+    /// The `/metrics` server's bound address, when it runs.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(np_metrics::MetricsServer::local_addr)
     }
 
     /// This builder's id.
@@ -181,6 +238,9 @@ impl Builder {
     /// Stops the workers (running builds are killed and recorded as failed)
     /// and unregisters.
     pub async fn stop(self) {
+        if let Some(server) = self.metrics_server {
+            server.stop().await;
+        }
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;

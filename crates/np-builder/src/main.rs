@@ -16,6 +16,10 @@ struct Args {
     /// Number of uploads at once.
     #[arg(long = "upload-workers", default_value_t = 4)]
     upload_workers: usize,
+    /// Serve Prometheus metrics on http://ADDRESS:PORT/metrics (e.g.
+    /// 127.0.0.1:8006). Off by default: upstream's builder has no web server.
+    #[arg(long = "metrics-listen", value_name = "ADDRESS:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Reads the configuration again and hands it to the builder; a bad file is
@@ -58,6 +62,7 @@ async fn run() -> anyhow::Result<()> {
     let settings = np_builder::BuilderSettings {
         build_workers: args.build_workers.max(1),
         upload_workers: args.upload_workers.max(1),
+        metrics_listen: args.metrics_listen,
         ..Default::default()
     };
     let providers = image_providers(&config).await?;

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::attempts::{outcome, Attempts, Outcome};
+use crate::metrics::Status;
 use crate::Setup;
 
 /// Upload worker settings.
@@ -46,6 +47,8 @@ pub struct UploadSettings {
     pub workers: usize,
     /// Wait before trying a failed upload again.
     pub retry_delay: Duration,
+    /// Where uploads are recorded.
+    pub metrics: crate::metrics::BuilderMetrics,
 }
 
 /// The builds of `image` (malformed records are logged and skipped: they
@@ -201,9 +204,12 @@ impl UploadWorker {
                 if !attempts.has_room() || !attempts.idle(&key, wake) {
                     continue;
                 }
+                let metrics = &self.settings.metrics;
                 if provider_config.provider_diskimage(&image).is_none_or(|d| d.pause) {
+                    metrics.set_upload_status(&image, &provider_config.name, Status::Paused);
                     continue;
                 }
+                metrics.set_upload_status(&image, &provider_config.name, Status::Idle);
                 if !newest.contains_key(&image) {
                     newest.insert(image.clone(), newest_ready_build(&self.zk, &image).await?);
                 }
@@ -224,6 +230,7 @@ impl UploadWorker {
                     continue;
                 }
                 let job = UploadJob {
+                    metrics: self.settings.metrics.clone(),
                     zk: self.zk.clone(),
                     config: setup.config.clone(),
                     provider: provider.clone(),
@@ -244,6 +251,7 @@ impl UploadWorker {
 
 /// One upload attempt.
 struct UploadJob {
+    metrics: crate::metrics::BuilderMetrics,
     zk: Zk,
     config: Arc<Config>,
     provider: Arc<dyn Provider>,
@@ -310,6 +318,7 @@ impl UploadJob {
         };
         info!(upload = %upload_id, name = %name, "uploading");
         let started = std::time::Instant::now();
+        self.metrics.set_upload_status(&self.image, &self.provider_name, Status::Uploading);
         let uploaded = match self.provider.upload_image(&request).await {
             Ok(external_id) => match provider_config.and_then(|p| p.post_upload_hook()) {
                 Some(hook) => match self.post_upload_hook(hook, &external_id).await {
@@ -327,6 +336,8 @@ impl UploadJob {
             Err(e) => Err(e.to_string()),
         };
         record.state_time = np_core::now();
+        self.metrics.set_upload_status(&self.image, &self.provider_name, Status::Idle);
+        self.metrics.record_upload(&self.image, &self.provider_name, uploaded.is_ok(), started.elapsed());
         let outcome = match uploaded {
             Ok(external_id) => {
                 info!(upload = %upload_id, image = %external_id, seconds = started.elapsed().as_secs(), "image uploaded");

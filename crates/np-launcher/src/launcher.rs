@@ -90,6 +90,8 @@ pub struct Launcher {
     registration: np_zk::ComponentRegistration,
     metrics: Metrics,
     web: Option<WebServer>,
+    /// The statsd gauge reporter (`crate::stats`), across reloads.
+    stats: (CancellationToken, tokio::task::JoinHandle<()>),
 }
 
 impl Launcher {
@@ -138,6 +140,8 @@ impl Launcher {
             metrics: metrics.clone(),
             attempts: Default::default(),
         };
+        let stats_cancel = CancellationToken::new();
+        let stats_task = tokio::spawn(crate::stats::run(shared.clone(), stats_cancel.clone()));
         let mut launcher = Launcher {
             config: config.clone(),
             providers,
@@ -150,6 +154,7 @@ impl Launcher {
             registration,
             metrics,
             web: None,
+            stats: (stats_cancel, stats_task),
         };
         launcher.driver_tasks.sync(config, &launcher.shared.zk, &launcher.shared.nodes);
         launcher.start_pools(pool_specs(config));
@@ -298,6 +303,7 @@ impl Launcher {
         let to_start: Vec<PoolSpec> =
             new_specs.into_iter().filter(|(k, _)| !self.pools.contains_key(k)).map(|(_, s)| s).collect();
         self.config = new.clone();
+        self.metrics.set_limits(new);
         self.driver_tasks.sync(new, &self.shared.zk, &self.shared.nodes);
         self.stop_aux().await;
         self.start_pools(to_start);
@@ -328,6 +334,8 @@ impl Launcher {
             warn!("pool workers did not stop in time");
         }
         self.stop_aux().await;
+        self.stats.0.cancel();
+        let _ = (&mut self.stats.1).await;
         let _ = self.registration.unregister().await;
         self.shared.nodes.stop();
         self.shared.requests.stop();

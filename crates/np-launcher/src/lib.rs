@@ -12,7 +12,9 @@
 //! * [`launcher`]: wires everything for one configuration and shuts it down.
 //! * [`webapp`]: the status web server (`/node-list`, `/ready`, `/metrics`, ...).
 //! * [`metrics`]: Prometheus metrics, recorded by the workers and computed
-//!   from the caches at scrape time.
+//!   from the caches at scrape time, and the same measurements as upstream's
+//!   statsd keys when `STATSD_HOST` is set.
+//! * [`stats`]: the statsd gauge reporter and its stats-leader election.
 
 pub mod cleanup;
 pub mod launch;
@@ -20,6 +22,7 @@ pub mod launcher;
 pub mod maintenance;
 pub mod metrics;
 pub mod pool;
+pub mod stats;
 pub mod webapp;
 
 pub use launcher::{Launcher, ProviderSet};

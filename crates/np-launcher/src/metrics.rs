@@ -15,7 +15,15 @@
 //! * configuration limits (`max-servers` per provider, tenant limits) are set
 //!   once from the configuration.
 //!
-//! The metric names are listed in `doc/webapp.md`.
+//! With `STATSD_HOST` set, the same measurements go to statsd under
+//! upstream's keys ([`np_metrics::Statsd`]): every launch's counters and
+//! timers from [`Metrics::record_launch`], leak counters from
+//! [`Metrics::record_leaked`], and the gauges computed from the caches by
+//! [`Metrics::report_statsd`] (the node and request gauges only from the
+//! stats leader, see `crate::stats`). One [`Snapshot`] of the caches feeds
+//! both the Prometheus gauges and the statsd gauges.
+//!
+//! The metric names and statsd keys are listed in `doc/metrics.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,7 @@ use std::time::Duration;
 
 use np_config::Config;
 use np_core::{NodeState, RequestState};
+use np_metrics::{normalize, Statsd};
 use np_provider::ProviderError;
 use np_zk::{NodeCache, PoolComponentCache, RequestCache};
 use prometheus::{
@@ -134,8 +143,102 @@ struct Inner {
     launch_seconds: HistogramVec,
     fulfilment_seconds: HistogramVec,
     leaked: IntCounterVec,
+    max_servers: GaugeVec,
+    tenant_limits: GaugeVec,
+    /// The configured limits, as sent to statsd (and set in the gauges above).
+    limits: Mutex<Limits>,
+    /// Upstream's statsd output, when `STATSD_HOST` is set.
+    statsd: Option<Statsd>,
     /// Serialises scrapes: the cache-derived gauges are reset and refilled.
     scrape: Mutex<()>,
+}
+
+/// The configured limits: `max-servers` per provider, tenant limits.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Limits {
+    max_servers: BTreeMap<String, f64>,
+    tenants: BTreeMap<(String, String), f64>,
+}
+
+impl Limits {
+    fn of(config: &Config) -> Limits {
+        let mut limits = Limits::default();
+        for p in &config.providers {
+            limits.max_servers.insert(p.name.clone(), provider_max_servers(p));
+        }
+        for t in &config.tenant_resource_limits {
+            let limit = |v: Option<u64>| v.map_or(f64::INFINITY, |v| v as f64);
+            // As upstream's config: cores, instances and ram always (∞ when
+            // unset), volumes and volume-gb only when configured.
+            let mut these: BTreeMap<&str, f64> = BTreeMap::from([
+                ("cores", limit(t.max_cores)),
+                ("instances", limit(t.max_servers)),
+                ("ram", limit(t.max_ram)),
+            ]);
+            if let Some(v) = t.max_volumes {
+                these.insert("volumes", v as f64);
+            }
+            if let Some(v) = t.max_volume_gb {
+                these.insert("volume-gb", v as f64);
+            }
+            for (k, v) in &t.other {
+                these.insert(k.as_str(), *v as f64);
+            }
+            for (k, v) in these {
+                limits.tenants.insert((t.tenant_name.clone(), k.to_owned()), v);
+            }
+        }
+        limits
+    }
+}
+
+/// What was in the caches at one moment: the counts both exports report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Nodes per state (every state present, 0 when none).
+    pub by_state: BTreeMap<String, i64>,
+    /// Nodes per (provider, state); every state of each registered pool's provider.
+    pub by_provider: BTreeMap<(String, String), i64>,
+    /// Nodes per (label, state); a node counts under each of its labels.
+    pub by_label: BTreeMap<(String, String), i64>,
+    /// Requests per state.
+    pub requests: BTreeMap<String, i64>,
+    /// Requests of any state whose labels a registered pool fully supports,
+    /// per (provider, pool).
+    pub addressable: BTreeMap<(String, String), i64>,
+    /// Whether any launcher serving the (provider, pool) is paused.
+    pub paused: BTreeMap<(String, String), bool>,
+    /// Records in the node, request and pool caches.
+    pub cache_records: [i64; 3],
+}
+
+/// Everything a launch-attempt record says.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// The provider that launched.
+    pub provider: &'a str,
+    /// The node's label.
+    pub label: &'a str,
+    /// The node's availability zone, if it has one.
+    pub az: Option<&'a str>,
+    /// The request's requestor, if it has one (normalised for statsd).
+    pub requestor: Option<&'a str>,
+    /// How it ended.
+    pub result: LaunchResult,
+    /// From the start of the attempt to its outcome.
+    pub duration: Duration,
+}
+
+/// The metrics cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// A Prometheus family could not be registered.
+    #[error(transparent)]
+    Prometheus(#[from] prometheus::Error),
+    /// `STATSD_HOST` / `STATSD_PORT` cannot be used.
+    #[error(transparent)]
+    Statsd(#[from] np_metrics::StatsdError),
 }
 
 /// What the scrape-time gauges are computed from.
@@ -153,8 +256,15 @@ pub struct CacheView<'a> {
 
 impl Metrics {
     /// Creates and registers every metric family; provider and tenant limits
-    /// come from `config`.
-    pub fn new(config: &Config) -> Result<Metrics, prometheus::Error> {
+    /// come from `config`. Statsd is on when `STATSD_HOST` is set (upstream's
+    /// switch); a `STATSD_PORT` that is no port, or a host that does not
+    /// resolve, is an error.
+    pub fn new(config: &Config) -> Result<Metrics, MetricsError> {
+        Metrics::with_statsd(config, Statsd::from_env()?)
+    }
+
+    /// [`Metrics::new`] with an explicit statsd client (or none).
+    pub fn with_statsd(config: &Config, statsd: Option<Statsd>) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
             let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
@@ -242,27 +352,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(leaked.clone()))?;
 
-        for p in &config.providers {
-            max_servers.with_label_values(&[p.name.as_str()]).set(provider_max_servers(p));
-        }
-        for t in &config.tenant_resource_limits {
-            let limit = |v: Option<u64>| v.map_or(f64::INFINITY, |v| v as f64);
-            let mut limits: BTreeMap<&str, f64> = BTreeMap::from([
-                ("cores", limit(t.max_cores)),
-                ("instances", limit(t.max_servers)),
-                ("ram", limit(t.max_ram)),
-                ("volumes", limit(t.max_volumes)),
-                ("volume-gb", limit(t.max_volume_gb)),
-            ]);
-            for (k, v) in &t.other {
-                limits.insert(k.as_str(), *v as f64);
-            }
-            for (k, v) in limits {
-                tenant_limits.with_label_values(&[t.tenant_name.as_str(), k]).set(v);
-            }
-        }
-
-        Ok(Metrics {
+        let metrics = Metrics {
             inner: Arc::new(Inner {
                 registry,
                 nodes,
@@ -277,9 +367,36 @@ impl Metrics {
                 launch_seconds,
                 fulfilment_seconds,
                 leaked,
+                max_servers,
+                tenant_limits,
+                limits: Mutex::new(Limits::default()),
+                statsd,
                 scrape: Mutex::new(()),
             }),
-        })
+        };
+        metrics.set_limits(config);
+        Ok(metrics)
+    }
+
+    /// The statsd client, when statsd is on.
+    pub fn statsd(&self) -> Option<&Statsd> {
+        self.inner.statsd.as_ref()
+    }
+
+    /// Takes the provider and tenant limits of `config` (at start and after
+    /// a reload).
+    pub fn set_limits(&self, config: &Config) {
+        let limits = Limits::of(config);
+        let m = &self.inner;
+        m.max_servers.reset();
+        for (p, v) in &limits.max_servers {
+            m.max_servers.with_label_values(&[p.as_str()]).set(*v);
+        }
+        m.tenant_limits.reset();
+        for ((t, k), v) in &limits.tenants {
+            m.tenant_limits.with_label_values(&[t.as_str(), k.as_str()]).set(*v);
+        }
+        *m.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// The registry (to add metrics or gather them directly).
@@ -287,12 +404,20 @@ impl Metrics {
         &self.inner.registry
     }
 
-    /// One launch attempt ended with `result` after `duration` (upstream's
-    /// `recordLaunchStats`: a counter and a timer per outcome).
-    pub fn record_launch(&self, provider: &str, label: &str, result: LaunchResult, duration: Duration) {
-        let labels = [provider, label, result.as_str()];
+    /// One launch attempt ended (upstream's `recordLaunchStats`: a counter
+    /// and a timer per outcome; in statsd under the overall, per-provider,
+    /// per-zone and per-requestor keys).
+    pub fn record_launch(&self, launch: &Launch<'_>) {
+        let result = launch.result.as_str();
+        let labels = [launch.provider, launch.label, result];
         self.inner.launches.with_label_values(&labels).inc();
-        self.inner.launch_seconds.with_label_values(&labels).observe(duration.as_secs_f64());
+        self.inner.launch_seconds.with_label_values(&labels).observe(launch.duration.as_secs_f64());
+        if let Some(statsd) = &self.inner.statsd {
+            for key in launch_keys(launch) {
+                statsd.timing(&key, launch.duration);
+                statsd.incr(&key);
+            }
+        }
     }
 
     /// A request was fulfilled by `provider`, `latency` after it was created.
@@ -304,6 +429,25 @@ impl Metrics {
     /// were deleted in `provider`.
     pub fn record_leaked(&self, provider: &str, resource: &str, count: u64) {
         self.inner.leaked.with_label_values(&[provider, resource]).inc_by(count);
+        if let Some(statsd) = &self.inner.statsd {
+            statsd.count(&format!("nodepool.provider.{provider}.leaked.{resource}"), count);
+        }
+    }
+
+    /// Sends the statsd gauges: the configured limits (every launcher, as
+    /// upstream's pool workers), and with `leader` the node and request
+    /// gauges of `snapshot` (upstream's stats leader). Nothing without statsd.
+    pub fn report_statsd(&self, snapshot: Option<&Snapshot>) {
+        let Some(statsd) = &self.inner.statsd else { return };
+        let limits = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (key, value) in limit_gauges(&limits) {
+            statsd.gauge(&key, value);
+        }
+        if let Some(snapshot) = snapshot {
+            for (key, value) in node_gauges(snapshot) {
+                statsd.gauge(&key, value as f64);
+            }
+        }
     }
 
     /// Recomputes the cache-derived gauges and renders every metric in the
@@ -320,88 +464,131 @@ impl Metrics {
 
     fn refresh(&self, view: CacheView<'_>) {
         let m = &self.inner;
-        let nodes = view.nodes.values();
-        let requests = view.requests.values();
-        let pools: Vec<np_core::PoolInfo> =
-            view.pools.values().iter().filter_map(|c| c.pool.clone()).collect();
-
-        // Upstream pre-sets every state to 0, per provider and label of every
-        // registered pool; unknown providers and labels are added as seen.
-        let providers: BTreeSet<&str> = pools.iter().map(|p| p.provider_name.as_str()).collect();
-        let labels: BTreeSet<&str> =
-            pools.iter().flat_map(|p| p.supported_labels.iter().map(String::as_str)).collect();
-        let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut by_provider: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-        let mut by_label: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-        for state in NodeState::ALL {
-            let s = state.as_str();
-            by_state.insert(s, 0);
-            for p in &providers {
-                by_provider.insert((p, s), 0);
-            }
-            for l in &labels {
-                by_label.insert((l, s), 0);
-            }
-        }
-        for node in &nodes {
-            let s = node.state.as_str();
-            *by_state.entry(s).or_default() += 1;
-            if let Some(p) = node.provider.as_deref() {
-                *by_provider.entry((p, s)).or_default() += 1;
-            }
-            for l in &node.node_type {
-                *by_label.entry((l.as_str(), s)).or_default() += 1;
-            }
-        }
+        let snap = measure(view);
         m.nodes.reset();
         m.provider_nodes.reset();
         m.label_nodes.reset();
-        for (s, n) in by_state {
-            m.nodes.with_label_values(&[s]).set(n);
+        for (s, n) in &snap.by_state {
+            m.nodes.with_label_values(&[s.as_str()]).set(*n);
         }
-        for ((p, s), n) in by_provider {
-            m.provider_nodes.with_label_values(&[p, s]).set(n);
+        for ((p, s), n) in &snap.by_provider {
+            m.provider_nodes.with_label_values(&[p.as_str(), s.as_str()]).set(*n);
         }
-        for ((l, s), n) in by_label {
-            m.label_nodes.with_label_values(&[l, s]).set(n);
-        }
-
-        let mut req_states: BTreeMap<&str, i64> =
-            [RequestState::Requested, RequestState::Pending, RequestState::Fulfilled, RequestState::Failed]
-                .into_iter()
-                .map(|s| (s.as_str(), 0))
-                .collect();
-        for r in &requests {
-            *req_states.entry(r.state.as_str()).or_default() += 1;
+        for ((l, s), n) in &snap.by_label {
+            m.label_nodes.with_label_values(&[l.as_str(), s.as_str()]).set(*n);
         }
         m.requests.reset();
-        for (s, n) in req_states {
-            m.requests.with_label_values(&[s]).set(n);
+        for (s, n) in &snap.requests {
+            m.requests.with_label_values(&[s.as_str()]).set(*n);
         }
-
         m.addressable_requests.reset();
         m.pool_paused.reset();
-        for pool in &pools {
-            let supported: BTreeSet<&str> = pool.supported_labels.iter().map(String::as_str).collect();
-            let addressable = requests
-                .iter()
-                .filter(|r| r.node_types.iter().all(|t| supported.contains(t.as_str())))
-                .count();
-            let key = [pool.provider_name.as_str(), pool.name.as_str()];
-            m.addressable_requests
-                .with_label_values(&key)
-                .set(i64::try_from(addressable).unwrap_or(i64::MAX));
-            // Several launchers may serve one pool: paused if any of them is.
-            let paused = m.pool_paused.with_label_values(&key);
-            paused.set(paused.get().max(i64::from(pool.paused)));
+        for ((p, pool), n) in &snap.addressable {
+            m.addressable_requests.with_label_values(&[p.as_str(), pool.as_str()]).set(*n);
         }
-
-        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        m.cache_records.with_label_values(&["nodes"]).set(count(nodes.len()));
-        m.cache_records.with_label_values(&["requests"]).set(count(requests.len()));
-        m.cache_records.with_label_values(&["pools"]).set(count(pools.len()));
+        for ((p, pool), paused) in &snap.paused {
+            m.pool_paused.with_label_values(&[p.as_str(), pool.as_str()]).set(i64::from(*paused));
+        }
+        for (cache, n) in ["nodes", "requests", "pools"].iter().zip(snap.cache_records) {
+            m.cache_records.with_label_values(&[cache]).set(n);
+        }
         m.zk_connected.set(i64::from(view.zk_connected));
     }
+}
+
+/// Counts what is in the caches (upstream's `updateNodeStats` and
+/// `updateNodeRequestStats`): every node state pre-set to 0, per provider
+/// and label of every registered pool; providers and labels not registered
+/// are added as seen.
+pub fn measure(view: CacheView<'_>) -> Snapshot {
+    let nodes = view.nodes.values();
+    let requests = view.requests.values();
+    let pools: Vec<np_core::PoolInfo> = view.pools.values().iter().filter_map(|c| c.pool.clone()).collect();
+    let providers: BTreeSet<&str> = pools.iter().map(|p| p.provider_name.as_str()).collect();
+    let labels: BTreeSet<&str> =
+        pools.iter().flat_map(|p| p.supported_labels.iter().map(String::as_str)).collect();
+    let mut snap = Snapshot::default();
+    for state in NodeState::ALL {
+        let s = state.as_str();
+        snap.by_state.insert(s.to_owned(), 0);
+        for p in &providers {
+            snap.by_provider.insert(((*p).to_owned(), s.to_owned()), 0);
+        }
+        for l in &labels {
+            snap.by_label.insert(((*l).to_owned(), s.to_owned()), 0);
+        }
+    }
+    for node in &nodes {
+        let s = node.state.as_str();
+        *snap.by_state.entry(s.to_owned()).or_default() += 1;
+        // Upstream counts a node without a provider under provider `None`.
+        let p = node.provider.as_deref().unwrap_or("None");
+        *snap.by_provider.entry((p.to_owned(), s.to_owned())).or_default() += 1;
+        for l in &node.node_type {
+            *snap.by_label.entry((l.clone(), s.to_owned())).or_default() += 1;
+        }
+    }
+    for s in [RequestState::Requested, RequestState::Pending, RequestState::Fulfilled, RequestState::Failed] {
+        snap.requests.insert(s.as_str().to_owned(), 0);
+    }
+    for r in &requests {
+        *snap.requests.entry(r.state.as_str().to_owned()).or_default() += 1;
+    }
+    for pool in &pools {
+        let supported: BTreeSet<&str> = pool.supported_labels.iter().map(String::as_str).collect();
+        let addressable =
+            requests.iter().filter(|r| r.node_types.iter().all(|t| supported.contains(t.as_str()))).count();
+        let key = (pool.provider_name.clone(), pool.name.clone());
+        snap.addressable.insert(key.clone(), i64::try_from(addressable).unwrap_or(i64::MAX));
+        // Several launchers may serve one pool: paused if any of them is.
+        *snap.paused.entry(key).or_default() |= pool.paused;
+    }
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    snap.cache_records = [count(nodes.len()), count(requests.len()), count(pools.len())];
+    snap
+}
+
+/// Upstream's launch keys for one attempt (`stats.py` `recordLaunchStats`).
+fn launch_keys(launch: &Launch<'_>) -> Vec<String> {
+    let (provider, result) = (launch.provider, launch.result.as_str());
+    let mut keys =
+        vec![format!("nodepool.launch.provider.{provider}.{result}"), format!("nodepool.launch.{result}")];
+    if let Some(az) = launch.az.filter(|az| !az.is_empty()) {
+        keys.push(format!("nodepool.launch.provider.{provider}.{az}.{result}"));
+    }
+    if let Some(requestor) = launch.requestor.filter(|r| !r.is_empty()) {
+        keys.push(format!("nodepool.launch.requestor.{}.{result}", normalize(requestor)));
+    }
+    keys
+}
+
+/// Upstream's limit gauges (`updateProviderLimits`, `updateTenantLimits`).
+fn limit_gauges(limits: &Limits) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> =
+        limits.max_servers.iter().map(|(p, v)| (format!("nodepool.provider.{p}.max_servers"), *v)).collect();
+    for ((tenant, key), v) in &limits.tenants {
+        out.push((format!("nodepool.tenant_limits.{}.{}", normalize(tenant), normalize(key)), *v));
+    }
+    out
+}
+
+/// Upstream's node and request gauges (`updateNodeStats`,
+/// `updateNodeRequestStats`); requests by state are not among them.
+fn node_gauges(snap: &Snapshot) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for (s, n) in &snap.by_state {
+        out.push((format!("nodepool.nodes.{s}"), *n));
+    }
+    for ((p, s), n) in &snap.by_provider {
+        out.push((format!("nodepool.provider.{p}.nodes.{s}"), *n));
+    }
+    for ((l, s), n) in &snap.by_label {
+        out.push((format!("nodepool.label.{l}.nodes.{s}"), *n));
+    }
+    for ((p, pool), n) in &snap.addressable {
+        out.push((format!("nodepool.provider.{p}.pool.{pool}.addressable_requests"), *n));
+    }
+    out
 }
 
 /// Σ of the pools' `max-servers`; `+Inf` as soon as one pool has none

@@ -13,6 +13,7 @@
 
 pub mod proxy;
 pub mod sshd;
+pub mod statsd;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

@@ -5,6 +5,7 @@
 
 mod aws;
 mod builder;
+mod metrics;
 mod openstack;
 
 /// What the upload tests share.

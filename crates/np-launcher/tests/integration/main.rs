@@ -20,4 +20,5 @@ mod python_peer;
 mod quota;
 mod routing;
 mod static_pools;
+mod statsd;
 mod webapp;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use np_core::{BuildState, ImageBuild, ImageUpload, NodeRequest, RequestState, UploadState};
 use np_driver_fake::{FakeCloud, FakeSettings};
-use np_launcher::metrics::{LaunchResult, Metrics};
+use np_launcher::metrics::{Launch, LaunchResult, Metrics};
 use np_launcher::webapp::{Sources, WebServer};
 use np_launcher::Launcher;
 use np_testing::{eventually, TestZk};
@@ -478,8 +478,18 @@ async fn metrics_families_and_histograms() {
     let m = launcher.metrics();
     m.record_fulfilled("fake-provider", Duration::from_millis(1500));
     m.record_fulfilled("fake-provider", Duration::from_millis(300));
-    m.record_launch("fake-provider", "small", LaunchResult::Ready, Duration::from_secs(3));
-    m.record_launch("fake-provider", "small", LaunchResult::Quota, Duration::from_millis(10));
+    for (result, duration) in
+        [(LaunchResult::Ready, Duration::from_secs(3)), (LaunchResult::Quota, Duration::from_millis(10))]
+    {
+        m.record_launch(&Launch {
+            provider: "fake-provider",
+            label: "small",
+            az: None,
+            requestor: None,
+            result,
+            duration,
+        });
+    }
     m.record_leaked("fake-provider", "instances", 2);
 
     let r = get(addr, "/metrics").await;
