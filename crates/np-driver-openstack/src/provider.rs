@@ -1044,8 +1044,14 @@ impl CreateMachine for Create {
                             "server {id} went to ERROR: {}",
                             if fault.is_empty() { "no fault given" } else { &fault }
                         );
-                        // Upstream's rule: a fault that says both.
-                        if lower.contains("exceeds") && lower.contains("quota") {
+                        // Upstream takes a fault that says "exceeds" and
+                        // "quota" (e.g. VolumeSizeExceedsAvailableQuota). QUIRK
+                        // not copied: a build refused by Nova's quota recheck
+                        // says "Quota exceeded for instances: ...", which
+                        // upstream counts as a failed attempt (the chaos suite
+                        // saw a request fail that way after kill -9 left the
+                        // project full); it is a quota refusal here too.
+                        if lower.contains("quota") && lower.contains("exceed") {
                             Err(ProviderError::Quota(msg))
                         } else if lower.contains("no valid host") {
                             Err(ProviderError::Capacity(msg))

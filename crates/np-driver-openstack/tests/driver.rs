@@ -311,6 +311,15 @@ async fn quota_refusals_and_faults_are_classified() {
     let (r, id) = run_create(&env.provider, env.request("0000000003", "main", "small")).await;
     assert!(matches!(r, Err(ProviderError::Quota(_))), "{r:?}");
     assert!(id.is_some());
+    // Nova's quota recheck at build time (the server was accepted, then the
+    // conductor found the project full): quota as well.
+    env.os.set_knobs(Knobs {
+        error_fault: Some("Quota exceeded for instances: Requested 1, but already used 10 of 10 instances".into()),
+        ..Knobs::default()
+    });
+    let (r, id) = run_create(&env.provider, env.request("0000000013", "main", "small")).await;
+    assert!(matches!(r, Err(ProviderError::Quota(_))), "{r:?}");
+    assert!(id.is_some());
     // No valid host: capacity, even when the listing has no fault yet (the
     // server is read directly, as upstream does). Another fault: fatal.
     env.os.set_knobs(Knobs {
