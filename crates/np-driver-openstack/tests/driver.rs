@@ -314,7 +314,9 @@ async fn quota_refusals_and_faults_are_classified() {
     // Nova's quota recheck at build time (the server was accepted, then the
     // conductor found the project full): quota as well.
     env.os.set_knobs(Knobs {
-        error_fault: Some("Quota exceeded for instances: Requested 1, but already used 10 of 10 instances".into()),
+        error_fault: Some(
+            "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances".into(),
+        ),
         ..Knobs::default()
     });
     let (r, id) = run_create(&env.provider, env.request("0000000013", "main", "small")).await;
