@@ -69,3 +69,23 @@ async fn host_key_checking_off_skips_the_scan() {
     assert!(t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap().0.host_keys.is_empty());
     launcher.stop().await;
 }
+
+/// Upstream's rule: a label's `host-key-checking` wins over its pool's, so a
+/// label that asks for the scan gets it under a pool that turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labels_host_key_checking_wins_over_its_pools() {
+    let sshd = Sshd::start();
+    let yaml = FakeConfig::new(&["small"])
+        .provider("boot-timeout: 2\nlaunch-retries: 2")
+        .image(&format!("username: ubuntu\nconnection-port: {}", sshd.port))
+        .pool("host-key-checking: false")
+        .yaml()
+        .replace("flavor-name: Fake Flavor\n", "flavor-name: Fake Flavor\n            host-key-checking: true\n");
+    let config = np_config::load_str(&yaml, "nodepool.yaml").unwrap();
+    let (t, launcher, _cloud, id) = run(config).await;
+    assert!(common::reaches(&t, &id, RequestState::Fulfilled, Duration::from_secs(15)).await);
+    let r = t.zk.get_request(&id).await.unwrap().unwrap().0;
+    let (node, _) = t.zk.get_node(&r.nodes[0]).await.unwrap().unwrap();
+    assert_eq!(node.host_keys, sshd.keys, "the label's true wins over the pool's false");
+    launcher.stop().await;
+}
