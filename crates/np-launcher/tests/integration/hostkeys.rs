@@ -80,7 +80,10 @@ async fn a_labels_host_key_checking_wins_over_its_pools() {
         .image(&format!("username: ubuntu\nconnection-port: {}", sshd.port))
         .pool("host-key-checking: false")
         .yaml()
-        .replace("flavor-name: Fake Flavor\n", "flavor-name: Fake Flavor\n            host-key-checking: true\n");
+        .replace(
+            "flavor-name: Fake Flavor\n",
+            "flavor-name: Fake Flavor\n            host-key-checking: true\n",
+        );
     let config = np_config::load_str(&yaml, "nodepool.yaml").unwrap();
     let (t, launcher, _cloud, id) = run(config).await;
     assert!(common::reaches(&t, &id, RequestState::Fulfilled, Duration::from_secs(15)).await);
