@@ -33,7 +33,7 @@ async fn builds_and_uploads_in_prometheus_and_statsd() {
     let t = TestZk::new().await;
     let dir = common::scratch_dir("np-builder-metrics");
     // `built-image` builds and uploads; `broken` fails (fake-dib exits 127).
-    let yaml = built_image_yaml(&dir, "", "name: fake-provider\ndriver: fake\ncloud: fake\n", "", "")
+    let yaml = built_image_yaml(&dir, "", "name: fake-provider\ndriver: fake\ncloud: fake\n", "", "min-ram: 1024")
         .replace(
             "providers:\n",
             &format!(
