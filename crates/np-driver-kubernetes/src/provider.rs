@@ -208,6 +208,8 @@ impl Provider for KubernetesProvider {
                 external_id: Value::from(name),
                 cloud: self.access.context.clone(),
                 metadata,
+                // A leaked namespace counts as upstream's `leaked.nodes`.
+                node_properties: Some(serde_json::json!({"resource": "node"})),
                 ..Instance::default()
             });
         }

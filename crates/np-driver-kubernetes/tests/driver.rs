@@ -401,6 +401,8 @@ async fn only_node_namespaces_of_our_pools_are_listed() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].external_id, json!("main-0000000099"));
     assert_eq!(listed[0].metadata["nodepool_node_id"], "0000000099");
+    // Counted as upstream's `nodepool.provider.<p>.leaked.nodes` once leaked.
+    assert_eq!(listed[0].node_properties, Some(json!({"resource": "node"})));
     assert!(e.provider.quota_limits().await.unwrap().is_unlimited());
 }
 

@@ -506,5 +506,7 @@ mod tests {
         assert_eq!(leaked_metric_name(&kind(Some("image"))), "amis");
         assert_eq!(leaked_metric_name(&kind(Some("snapshot"))), "snapshots");
         assert_eq!(leaked_metric_name(&kind(Some("object"))), "objects");
+        // Kubernetes namespaces: upstream's Kubernetes driver counts `leaked.nodes`.
+        assert_eq!(leaked_metric_name(&kind(Some("node"))), "nodes");
     }
 }
