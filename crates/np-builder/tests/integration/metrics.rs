@@ -120,3 +120,123 @@ async fn builds_and_uploads_in_prometheus_and_statsd() {
     builder.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The builders' configuration (without `zookeeper-servers`): `built-image`
+/// builds and uploads, `broken` fails (fake-dib exits 127).
+fn side_by_side_yaml(images: &std::path::Path, logs: &std::path::Path) -> String {
+    let fake_dib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dib");
+    format!(
+        "images-dir: {images}\nbuild-log-dir: {logs}\nlabels:\n  - name: small\ndiskimages:\n  - name: built-image\n    dib-cmd: {dib}\n    elements: [vm]\n  - name: broken\n    dib-cmd: {dib}\n    elements: [vm]\n    formats: [qcow2]\n    env-vars:\n      FAKE_DIB_FAIL: '1'\nproviders:\n  - name: fake-provider\n    driver: fake\n    cloud: fake\n    diskimages:\n      - name: built-image\n    pools:\n      - name: main\n        labels:\n          - name: small\n            diskimage: built-image\n            min-ram: 1024\n",
+        images = images.display(),
+        logs = logs.display(),
+        dib = fake_dib.display(),
+    )
+}
+
+/// `(key, type)` with the builder's host name replaced by `<host>`
+/// (Python's is `socket.getfqdn()`, ours the kernel's host name).
+fn host_masked((key, kind): (String, String)) -> (String, String) {
+    match key.strip_prefix("nodepool.builder.") {
+        Some(rest) => match rest.split_once(".image.") {
+            Some((_, tail)) => (format!("nodepool.builder.<host>.image.{tail}"), kind),
+            None => (key, kind),
+        },
+        None => (key, kind),
+    }
+}
+
+/// Python Nodepool 11's builder and ours, each on its own ZooKeeper chroot
+/// and statsd recorder, build, fail and upload the same images: every key
+/// (and type) Python sends, ours sends too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statsd_keys_are_a_superset_of_python_builders() {
+    let dir = common::scratch_dir("np-builder-statsd");
+    let (py_zk, rs_zk) = (TestZk::new_tls().await, TestZk::new_tls().await);
+    let (py_rec, rs_rec) = (StatsdRecorder::start(), StatsdRecorder::start());
+    let (py_dir, rs_dir) = (dir.join("python"), dir.join("rust"));
+    for d in [&py_dir, &rs_dir] {
+        std::fs::create_dir_all(d.join("images")).unwrap();
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+    }
+    let py_config = py_dir.join("nodepool.yaml");
+    std::fs::write(
+        &py_config,
+        format!(
+            "{}{}",
+            np_testing::zk_yaml_tls(&py_zk.chroot),
+            side_by_side_yaml(&py_dir.join("images"), &py_dir.join("logs"))
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        py_dir.join("clouds.yaml"),
+        "clouds:\n  fake:\n    auth:\n      username: fake\n      password: fake\n      project_id: fake\n      auth_url: fake\n",
+    )
+    .unwrap();
+    let python = std::path::PathBuf::from(np_testing::env("NP_PYTHON"));
+    let log = std::fs::File::create(py_dir.join("builder.out")).unwrap();
+    let _py = np_testing::ChildGuard(
+        std::process::Command::new(python.parent().unwrap().join("nodepool-builder"))
+            .args(["-f", "-c"])
+            .arg(&py_config)
+            .env("OS_CLIENT_CONFIG_FILE", py_dir.join("clouds.yaml"))
+            .env("STATSD_HOST", "127.0.0.1")
+            .env("STATSD_PORT", py_rec.port().to_string())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let py_log = || std::fs::read_to_string(py_dir.join("builder.out")).unwrap_or_default();
+    let rs_yaml = format!(
+        "{}{}",
+        np_testing::zk_yaml_tls(&rs_zk.chroot),
+        side_by_side_yaml(&rs_dir.join("images"), &rs_dir.join("logs"))
+    );
+    let config = np_config::load_str(&rs_yaml, "nodepool.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let settings = np_builder::BuilderSettings {
+        statsd: Some(np_metrics::Statsd::to("127.0.0.1", rs_rec.port()).unwrap()),
+        ..common::quick_settings()
+    };
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let providers = np_drivers::build_providers(
+        &config,
+        &std::collections::HashMap::from([("fake-provider".to_owned(), cloud)]),
+    )
+    .unwrap();
+    let builder = np_builder::Builder::start(&config, rs_zk.zk.clone(), providers, settings).await.unwrap();
+
+    // Python's status gauges come from its cleanup worker, every 60 s: wait
+    // for the per-image ones after the upload.
+    let python_done = eventually(Duration::from_secs(150), || async {
+        let keys = py_rec.keys();
+        let has = |k: &str| keys.iter().any(|(key, _)| key.as_str() == k);
+        has("nodepool.image_update.built-image.fake-provider")
+            && has("nodepool.dib_image_build.broken.status.rc")
+            && keys.iter().any(|(k, _)| k.ends_with(".image.built-image.provider.fake-provider.upload.state"))
+    })
+    .await;
+    assert!(python_done, "python's keys so far: {:?}\nlog:\n{}", py_rec.keys(), py_log());
+    let ours_done = eventually(Duration::from_secs(30), || async {
+        rs_rec
+            .keys()
+            .iter()
+            .any(|(k, _)| k.ends_with(".image.built-image.provider.fake-provider.upload.state"))
+    })
+    .await;
+    assert!(ours_done, "our keys: {:?}", rs_rec.keys());
+
+    let python: std::collections::BTreeSet<_> = py_rec.keys().into_iter().map(host_masked).collect();
+    let rust: std::collections::BTreeSet<_> = rs_rec.keys().into_iter().map(host_masked).collect();
+    let missing: Vec<_> = python.difference(&rust).collect();
+    assert!(missing.is_empty(), "keys Python's builder sends and ours does not: {missing:?}\nours: {rust:?}");
+    eprintln!(
+        "python builder: {} lines, {} keys; ours: {} lines, {} keys",
+        py_rec.metrics().len(),
+        python.len(),
+        rs_rec.metrics().len(),
+        rust.len()
+    );
+    builder.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
