@@ -86,6 +86,9 @@ pub struct Inner {
     fip_listing: Mutex<Option<(Instant, Arc<Vec<FloatingIp>>)>>,
     external_network: StdMutex<Option<Option<String>>>,
     ports: StdMutex<PortSweep>,
+    /// Ports and floating IPs deleted as leaked, not yet taken by the
+    /// launcher ([`Provider::take_leaked`]).
+    leaked: StdMutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Nova's absolute limits and when they were read ([`LIMITS_TTL`]).
     limits: StdMutex<Option<(Instant, Quota)>>,
     /// Connected: microversion chosen and flavors read.
@@ -172,6 +175,7 @@ impl OpenStackProvider {
             fip_listing: Mutex::new(None),
             external_network: StdMutex::new(None),
             ports: StdMutex::new(PortSweep::default()),
+            leaked: StdMutex::new(std::collections::BTreeMap::new()),
             limits: StdMutex::new(None),
             ready: Mutex::new(false),
         });
@@ -861,6 +865,7 @@ impl Inner {
             }
             if removed > 0 {
                 info!(provider = %self.name, removed, "deleted leaked DOWN ports");
+                *lock(&self.leaked).entry("ports").or_default() += removed;
             }
         }
         // What is DOWN now (after the deletes) is the next pass's first strike.
@@ -907,7 +912,10 @@ impl Inner {
                 .call(Service::Network, Method::DELETE, &format!("floatingips/{}", encode(&f.id)), None)
                 .await
             {
-                Ok(_) => info!(provider = %self.name, fip = %f.address, "deleted unattached floating ip"),
+                Ok(_) => {
+                    info!(provider = %self.name, fip = %f.address, "deleted unattached floating ip");
+                    *lock(&self.leaked).entry("floatingips").or_default() += 1;
+                }
                 Err(e) if e.is_gone() => {}
                 Err(e) => {
                     warn!(provider = %self.name, fip = %f.address, error = %e.message, "cannot delete floating ip")
@@ -1236,6 +1244,10 @@ impl Provider for OpenStackProvider {
     fn delete(&self, external_id: &Value) -> Box<dyn DeleteMachine> {
         let id = external_id.as_str().map(str::to_owned).unwrap_or_else(|| external_id.to_string());
         Box::new(Delete { inner: Arc::clone(&self.inner), id, state: DeleteState::Start })
+    }
+
+    fn take_leaked(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *lock(&self.inner.leaked)).into_iter().map(|(k, n)| (k.to_owned(), n)).collect()
     }
 
     async fn list_instances(&self) -> Result<Vec<Instance>, ProviderError> {

@@ -478,6 +478,9 @@ async fn down_ports_go_on_the_second_strike_and_loose_floating_ips_are_cleaned()
     env.provider.list_instances().await.unwrap();
     assert_eq!(env.os.port_ids().len(), 3);
     assert!(env.os.floating_ips().iter().all(|(a, _)| a != &loose));
+    // What was removed is handed to the launcher once (upstream's leaked.* keys).
+    assert_eq!(env.provider.take_leaked(), vec![("floatingips".to_owned(), 1)]);
+    assert!(env.provider.take_leaked().is_empty());
     // A port that came up meanwhile is spared; the interval (1 s) must pass.
     env.os.set_port_status(&recovering, "ACTIVE");
     env.provider.list_instances().await.unwrap();
@@ -487,6 +490,7 @@ async fn down_ports_go_on_the_second_strike_and_loose_floating_ips_are_cleaned()
     let left = env.os.port_ids();
     assert!(!left.contains(&leaked), "the DOWN compute port is deleted");
     assert!(left.contains(&recovering) && left.contains(&router), "{left:?}");
+    assert_eq!(env.provider.take_leaked(), vec![("ports".to_owned(), 1)]);
 }
 
 #[tokio::test]

@@ -418,6 +418,11 @@ async fn clean_leaked_instances(
             return;
         }
     };
+    // What the driver removed itself while listing (OpenStack's ports and
+    // floating IPs).
+    for (resource, count) in provider.take_leaked() {
+        shared.metrics.record_leaked(provider_name, &resource, count);
+    }
     let mut leaked_now = HashSet::new();
     let mut to_delete = Vec::new();
     // Uploaded images (and their snapshots) carry the builder's build and

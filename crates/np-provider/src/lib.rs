@@ -327,6 +327,15 @@ pub trait Provider: Send + Sync {
         let _ = (pool, label, external_id);
         None
     }
+    /// Cloud resources without node metadata that the driver deleted itself
+    /// as leaked since the last call (during [`Provider::list_instances`]:
+    /// OpenStack's DOWN ports and unattached floating IPs), each with
+    /// upstream's metric name (`ports`, `floatingips`) and how many. The
+    /// launcher counts them as `nodepool.provider.<provider>.leaked.<name>`.
+    /// Default: none.
+    fn take_leaked(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
     /// The concrete provider, for code that must keep driver state across a
     /// configuration reload (e.g. the fake driver's simulated cloud).
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -360,3 +360,46 @@ async fn real_cloud_python_and_rust_launchers_share_one_project() {
     launcher.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Leaked resources the driver removes itself while listing (an unattached
+/// floating IP with `clean-floating-ips`) are counted by the launcher under
+/// upstream's name, `leaked.floatingips`, as a leaked server is under
+/// `leaked.instances`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaked_floating_ips_and_servers_are_counted() {
+    let os = FakeOpenStack::start().await;
+    let dir = common::scratch_dir("np-os-leak-metrics");
+    let clouds = os.clouds_yaml(&dir, "devstack");
+    let leak = os.plant_server(json!({"nodepool_provider_name": PROVIDER, "nodepool_pool_name": "main",
+        "nodepool_node_id": "0000009998"}));
+    let loose = os.plant_floating_ip();
+    let t = TestZk::new().await;
+    let yaml = YAML.replace("    rate: 0.001\n", "    rate: 0.001\n    clean-floating-ips: true\n");
+    let config = np_config::load_str(&yaml, "nodepool.yaml").unwrap();
+    let np_config::ProviderDriver::OpenStack(o) = &config.providers[0].driver else { panic!() };
+    let cloud = np_driver_openstack::clouds::load_file(&clouds, "devstack").unwrap();
+    let provider = np_driver_openstack::OpenStackProvider::with_cloud(PROVIDER, o, cloud).await.unwrap();
+    let launcher =
+        common::start_provider(&t, &config, PROVIDER, provider, Some(Duration::from_millis(300))).await;
+    let leaked = |resource: &str| {
+        launcher
+            .metrics()
+            .registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "nodepool_provider_leaked_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "resource" && l.value() == resource))
+            .map(|m| m.get_counter().get_value())
+            .sum::<f64>()
+    };
+    let counted = eventually(Duration::from_secs(30), || async {
+        leaked("floatingips") == 1.0 && leaked("instances") == 1.0
+    })
+    .await;
+    assert!(counted, "floatingips {} instances {}", leaked("floatingips"), leaked("instances"));
+    assert!(os.floating_ips().iter().all(|(a, _)| a != &loose));
+    // Counted when the delete starts; the server goes soon after.
+    assert!(eventually(Duration::from_secs(30), || async { !os.server_ids().contains(&leak) }).await);
+    launcher.stop().await;
+}
