@@ -227,6 +227,7 @@ impl BuilderMetrics {
                 .set(i64::try_from(*size).unwrap_or(i64::MAX));
         }
         if let Some(statsd) = &m.statsd {
+            let statsd = statsd.batch();
             let image = build.image;
             for (format, size) in &build.sizes {
                 statsd.gauge(&format!("nodepool.dib_image_build.{image}.{format}.size"), *size as f64);
@@ -248,6 +249,7 @@ impl BuilderMetrics {
         m.uploads.with_label_values(&[image, provider, result]).inc();
         m.upload_seconds.with_label_values(&[image, provider, result]).observe(duration.as_secs_f64());
         if let (Some(statsd), true) = (&m.statsd, ready) {
+            let statsd = statsd.batch();
             let key = format!("nodepool.image_update.{image}.{provider}");
             statsd.timing(&key, duration);
             statsd.incr(&key);
@@ -306,6 +308,7 @@ impl BuilderMetrics {
         }
         gauges.push(("nodepool.image_build_requests".to_owned(), f64::from(total)));
         if let Some(statsd) = &m.statsd {
+            let statsd = statsd.batch();
             for (key, value) in gauges {
                 statsd.gauge(&key, value);
             }

@@ -413,6 +413,8 @@ impl Metrics {
         self.inner.launches.with_label_values(&labels).inc();
         self.inner.launch_seconds.with_label_values(&labels).observe(launch.duration.as_secs_f64());
         if let Some(statsd) = &self.inner.statsd {
+            // One batch, as upstream's pipeline.
+            let statsd = statsd.batch();
             for key in launch_keys(launch) {
                 statsd.timing(&key, launch.duration);
                 statsd.incr(&key);
@@ -439,6 +441,7 @@ impl Metrics {
     /// gauges of `snapshot` (upstream's stats leader). Nothing without statsd.
     pub fn report_statsd(&self, snapshot: Option<&Snapshot>) {
         let Some(statsd) = &self.inner.statsd else { return };
+        let statsd = statsd.batch();
         let limits = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (key, value) in limit_gauges(&limits) {
             statsd.gauge(&key, value);

@@ -20,13 +20,17 @@ use std::net::{ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cadence::{Counted, Gauged, StatsdClient, Timed, UdpMetricSink};
+use cadence::{BufferedUdpMetricSink, Counted, Gauged, StatsdClient, Timed};
 use tracing::debug;
 
 pub use server::MetricsServer;
 
 /// The statsd port when `STATSD_PORT` is not set.
 pub const DEFAULT_STATSD_PORT: u16 = 8125;
+
+/// Largest datagram a batch fills before it is sent (Python's statsd
+/// pipeline splits at 512 bytes too: it fits any path's MTU).
+pub const DATAGRAM_SIZE: usize = 512;
 
 /// A statsd client cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,11 @@ pub enum StatsdError {
 /// A statsd sender; cloning shares it. Sending never blocks and never
 /// fails the caller: a datagram that cannot be sent is dropped (logged at
 /// debug), as statsd over UDP is fire-and-forget.
+///
+/// Each single call ([`Statsd::incr`], ...) goes out at once; a [`Batch`]
+/// ([`Statsd::batch`]) packs its lines into datagrams of up to
+/// [`DATAGRAM_SIZE`] bytes and sends the rest when it is dropped, as Python's
+/// `pipeline()`.
 #[derive(Clone)]
 pub struct Statsd {
     client: Arc<StatsdClient>,
@@ -90,8 +99,8 @@ impl Statsd {
         let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
         let socket = UdpSocket::bind(bind).map_err(StatsdError::Socket)?;
         socket.set_nonblocking(true).map_err(StatsdError::Socket)?;
-        let sink =
-            UdpMetricSink::from(addr, socket).map_err(|e| StatsdError::Socket(std::io::Error::other(e)))?;
+        let sink = BufferedUdpMetricSink::with_capacity(addr, socket, DATAGRAM_SIZE)
+            .map_err(|e| StatsdError::Socket(std::io::Error::other(e)))?;
         let client = StatsdClient::builder("", sink)
             .with_error_handler(|e| debug!(error = %e, "statsd datagram dropped"))
             .build();
@@ -103,9 +112,42 @@ impl Statsd {
         &self.target
     }
 
+    /// A batch of lines sent together (when full, and when dropped).
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { statsd: self }
+    }
+
     /// Counter `key` += `n` (`<key>:<n>|c`).
     pub fn count(&self, key: &str, n: u64) {
-        let _ = self.client.count(key, n);
+        self.batch().count(key, n);
+    }
+
+    /// Counter `key` += 1.
+    pub fn incr(&self, key: &str) {
+        self.batch().incr(key);
+    }
+
+    /// Timer `key` (`<key>:<ms>|ms`, whole milliseconds as upstream).
+    pub fn timing(&self, key: &str, took: Duration) {
+        self.batch().timing(key, took);
+    }
+
+    /// Gauge `key` set to `value` (see [`Batch::gauge`]).
+    pub fn gauge(&self, key: &str, value: f64) {
+        self.batch().gauge(key, value);
+    }
+}
+
+/// Lines that go out together: packed into datagrams of up to
+/// [`DATAGRAM_SIZE`] bytes, the last one sent when the batch is dropped.
+pub struct Batch<'a> {
+    statsd: &'a Statsd,
+}
+
+impl Batch<'_> {
+    /// Counter `key` += `n` (`<key>:<n>|c`).
+    pub fn count(&self, key: &str, n: u64) {
+        let _ = self.statsd.client.count(key, n);
     }
 
     /// Counter `key` += 1.
@@ -116,14 +158,22 @@ impl Statsd {
     /// Timer `key` (`<key>:<ms>|ms`, whole milliseconds as upstream).
     pub fn timing(&self, key: &str, took: Duration) {
         let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        let _ = self.client.time(key, ms);
+        let _ = self.statsd.client.time(key, ms);
     }
 
     /// Gauge `key` set to `value` (`<key>:<value>|g`; `inf` for ∞ as
     /// Python's client writes it). Negative values are sent as 0: a leading
     /// `-` would make statsd subtract.
     pub fn gauge(&self, key: &str, value: f64) {
-        let _ = self.client.gauge(key, value.max(0.0));
+        let _ = self.statsd.client.gauge(key, value.max(0.0));
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.statsd.client.flush() {
+            debug!(error = %e, "statsd datagram dropped");
+        }
     }
 }
 
@@ -173,6 +223,31 @@ mod tests {
                 "nodepool.provider.p.leaked.ports:2|c",
             ]
         );
+    }
+
+    #[test]
+    fn a_batch_packs_lines_into_few_datagrams() {
+        let listener = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        listener.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("{e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
+        let s = Statsd::to("127.0.0.1", port).unwrap_or_else(|e| panic!("{e}"));
+        {
+            let b = s.batch();
+            for i in 0..40 {
+                b.gauge(&format!("nodepool.label.label-{i}.nodes.ready"), f64::from(i));
+            }
+        }
+        let (mut lines, mut datagrams) = (Vec::new(), 0);
+        let mut buf = [0u8; 1500];
+        while lines.len() < 40 {
+            let n = listener.recv(&mut buf).unwrap_or_else(|e| panic!("recv: {e}"));
+            assert!(n <= DATAGRAM_SIZE, "{n} bytes");
+            datagrams += 1;
+            lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_owned));
+        }
+        assert_eq!(lines[39], "nodepool.label.label-39.nodes.ready:39|g");
+        // 40 lines of about 40 bytes: a few datagrams of up to 512 bytes, not 40.
+        assert!(datagrams <= 5, "{datagrams} datagrams");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ pub struct Metric {
 pub struct StatsdRecorder {
     port: u16,
     lines: Arc<Mutex<Vec<Metric>>>,
+    datagrams: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -33,11 +34,13 @@ impl StatsdRecorder {
         let port = socket.local_addr().unwrap().port();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (lines.clone(), stop.clone());
+        let datagrams = Arc::new(AtomicUsize::new(0));
+        let (l, s, d) = (lines.clone(), stop.clone(), datagrams.clone());
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::Relaxed) {
                 let Ok(n) = socket.recv(&mut buf) else { continue };
+                d.fetch_add(1, Ordering::Relaxed);
                 let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let mut got = l.lock().unwrap();
                 for line in text.lines().filter(|l| !l.is_empty()) {
@@ -48,7 +51,7 @@ impl StatsdRecorder {
                 }
             }
         });
-        StatsdRecorder { port, lines, stop }
+        StatsdRecorder { port, lines, datagrams, stop }
     }
 
     /// The port to put in `STATSD_PORT`.
@@ -69,6 +72,11 @@ impl StatsdRecorder {
     /// The last value received for `key` with type `kind`.
     pub fn last(&self, key: &str, kind: &str) -> Option<String> {
         self.metrics().into_iter().rev().find(|m| m.key == key && m.kind == kind).map(|m| m.value)
+    }
+
+    /// How many datagrams arrived so far.
+    pub fn datagrams(&self) -> usize {
+        self.datagrams.load(Ordering::Relaxed)
     }
 
     /// Forgets what was received.

@@ -231,10 +231,12 @@ async fn statsd_keys_are_a_superset_of_python_builders() {
     let missing: Vec<_> = python.difference(&rust).collect();
     assert!(missing.is_empty(), "keys Python's builder sends and ours does not: {missing:?}\nours: {rust:?}");
     eprintln!(
-        "python builder: {} lines, {} keys; ours: {} lines, {} keys",
+        "python builder: {} lines in {} datagrams, {} keys; ours: {} lines in {} datagrams, {} keys",
         py_rec.metrics().len(),
+        py_rec.datagrams(),
         python.len(),
         rs_rec.metrics().len(),
+        rs_rec.datagrams(),
         rust.len()
     );
     builder.stop().await;

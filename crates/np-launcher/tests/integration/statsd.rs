@@ -208,6 +208,15 @@ async fn statsd_keys_are_a_superset_of_python_launchers() {
     let rust: BTreeSet<(String, String)> = rs_rec.keys().into_iter().map(zone_masked).collect();
     let missing: Vec<_> = python.difference(&rust).collect();
     assert!(missing.is_empty(), "keys Python sends and we do not: {missing:?}\nours: {rust:?}");
+    eprintln!(
+        "python launcher: {} lines in {} datagrams, {} keys; ours: {} lines in {} datagrams, {} keys",
+        py_rec.metrics().len(),
+        py_rec.datagrams(),
+        python.len(),
+        rs_rec.metrics().len(),
+        rs_rec.datagrams(),
+        rust.len()
+    );
     // What the comparison covered (so an empty Python run cannot pass it).
     for (key, kind) in [
         ("nodepool.launch.ready", "c"),
