@@ -611,4 +611,64 @@ mod tests {
         assert_eq!(LaunchResult::from_error(&ProviderError::Quota("x".into())), LaunchResult::Quota);
         assert_eq!(LaunchResult::from_error(&ProviderError::Fatal("x".into())), LaunchResult::Unknown);
     }
+
+    fn config(max_servers: &str, tenant: &str) -> Config {
+        let yaml = format!(
+            "labels:\n  - name: small\n{tenant}providers:\n  - name: p\n    driver: fake\n    cloud: fake\n    cloud-images:\n      - name: img\n    pools:\n      - name: main\n{max_servers}        labels:\n          - name: small\n            cloud-image: img\n            flavor-name: f\n"
+        );
+        np_config::load_str(&yaml, "nodepool.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn launch_keys_are_upstreams() {
+        let launch = Launch {
+            provider: "p",
+            label: "small",
+            az: Some("az1"),
+            requestor: Some("zuul.example.org:main"),
+            result: LaunchResult::Quota,
+            duration: Duration::from_secs(1),
+        };
+        assert_eq!(
+            launch_keys(&launch),
+            [
+                "nodepool.launch.provider.p.error.quota",
+                "nodepool.launch.error.quota",
+                "nodepool.launch.provider.p.az1.error.quota",
+                "nodepool.launch.requestor.zuul_example_org_main.error.quota",
+            ]
+        );
+        let bare = Launch { az: None, requestor: None, ..launch };
+        assert_eq!(
+            launch_keys(&bare),
+            ["nodepool.launch.provider.p.error.quota", "nodepool.launch.error.quota"]
+        );
+    }
+
+    #[test]
+    fn limit_gauges_follow_the_configuration_as_upstream() {
+        let tenant = "tenant-resource-limits:\n  - tenant-name: t.one\n    max-cores: 8\n";
+        let metrics = Metrics::with_statsd(&config("", tenant), None).unwrap_or_else(|e| panic!("{e}"));
+        let gauges = |m: &Metrics| limit_gauges(&m.inner.limits.lock().unwrap_or_else(|p| p.into_inner()));
+        // No max-servers: inf; unset tenant limits: inf; no volumes keys.
+        assert_eq!(
+            gauges(&metrics),
+            [
+                ("nodepool.provider.p.max_servers".to_owned(), f64::INFINITY),
+                ("nodepool.tenant_limits.t_one.cores".to_owned(), 8.0),
+                ("nodepool.tenant_limits.t_one.instances".to_owned(), f64::INFINITY),
+                ("nodepool.tenant_limits.t_one.ram".to_owned(), f64::INFINITY),
+            ]
+        );
+        // A reload takes the new limits (statsd and Prometheus).
+        metrics.set_limits(&config("        max-servers: 3\n", ""));
+        assert_eq!(gauges(&metrics), [("nodepool.provider.p.max_servers".to_owned(), 3.0)]);
+        let families = metrics.registry().gather();
+        let max = families.iter().find(|f| f.name() == "nodepool_provider_max_servers");
+        assert_eq!(max.map(|f| f.get_metric()[0].get_gauge().get_value()), Some(3.0));
+        assert!(families
+            .iter()
+            .find(|f| f.name() == "nodepool_tenant_limit")
+            .is_none_or(|f| f.get_metric().is_empty()));
+    }
 }
