@@ -23,6 +23,9 @@ use tracing::{debug, info, warn};
 /// descriptions.
 pub use np_provider::{LabelSettings, LaunchPolicy};
 
+/// The error of an attempt that ran out of `launch-timeout`.
+const LAUNCH_TIMEOUT: &str = "launch timeout";
+
 /// What a launch passes on to the driver besides the node.
 #[derive(Debug, Clone, Default)]
 pub struct LaunchContext {
@@ -32,6 +35,35 @@ pub struct LaunchContext {
     pub image_external_id: Option<String>,
     /// The zone chosen for the request's nodes (every attempt uses it).
     pub az: Option<String>,
+    /// Where each failed attempt is recorded (upstream records every
+    /// attempt's outcome, not only the launch's).
+    pub stats: Option<AttemptStats>,
+}
+
+/// Records failed launch attempts as upstream's `recordLaunchStats` does.
+#[derive(Debug, Clone)]
+pub struct AttemptStats {
+    /// The launcher's metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// The provider.
+    pub provider: String,
+    /// The request's requestor.
+    pub requestor: Option<String>,
+    /// When the launch began (the timers run from here, as upstream's).
+    pub started: Instant,
+}
+
+impl AttemptStats {
+    fn failed(&self, label: &str, az: Option<&str>, result: crate::metrics::LaunchResult) {
+        self.metrics.record_launch(&crate::metrics::Launch {
+            provider: &self.provider,
+            label,
+            az,
+            requestor: self.requestor.as_deref(),
+            result,
+            duration: self.started.elapsed(),
+        });
+    }
 }
 
 /// How a launch ended. The node has been written to ZooKeeper in every case.
@@ -170,7 +202,7 @@ pub async fn run_launch(
                 Ok(Step::Done(instance)) => break Ok(instance),
                 Ok(Step::Pending(wait)) => {
                     if Instant::now() > deadline {
-                        break Err(ProviderError::Transient("launch timeout".into()));
+                        break Err(ProviderError::Transient(LAUNCH_TIMEOUT.into()));
                     }
                     if !wait.is_zero() {
                         tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
@@ -204,6 +236,9 @@ pub async fn run_launch(
                 }
                 if let Err(e) = scan_keys(&mut node, &policy, host_key_checking).await {
                     warn!(node = %node.id, label, attempt, error = %e, "host-key scan failed");
+                    if let Some(stats) = &context.stats {
+                        stats.failed(&label, node.az.as_deref(), crate::metrics::LaunchResult::Keyscan);
+                    }
                     last_error = e;
                     log_console(provider.as_ref(), &pool, &label, &instance.external_id).await;
                     if let Some(id) = node.external_id.take() {
@@ -227,6 +262,9 @@ pub async fn run_launch(
                     }
                     last_error = format!("cannot store ready node: {e}");
                     warn!(node = %node.id, error = %e, "cannot store ready node");
+                    if let Some(stats) = &context.stats {
+                        stats.failed(&label, node.az.as_deref(), crate::metrics::LaunchResult::Unknown);
+                    }
                     break;
                 }
                 info!(node = %node.id, label, attempt, "node ready");
@@ -240,6 +278,15 @@ pub async fn run_launch(
             }
             Err(e) => {
                 warn!(node = %node.id, label, attempt, error = %e, "launch attempt failed");
+                if let Some(stats) = &context.stats {
+                    let result = match &e {
+                        ProviderError::Transient(m) if m == LAUNCH_TIMEOUT => {
+                            crate::metrics::LaunchResult::ServerCreateTimeout
+                        }
+                        e => crate::metrics::LaunchResult::from_error(e),
+                    };
+                    stats.failed(&label, context.az.as_deref(), result);
+                }
                 last_error = e.to_string();
                 if let Some(id) = node.external_id.take() {
                     if let Err(e) = delete_instance(provider.as_ref(), &id).await {

@@ -1148,6 +1148,12 @@ impl PoolWorker {
             "requestor_data": handler.request.requestor_data,
             "event_id": handler.request.event_id,
         });
+        let stats = crate::launch::AttemptStats {
+            metrics: self.shared.metrics.clone(),
+            provider: self.spec.provider.clone(),
+            requestor: handler.request.requestor.clone(),
+            started: std::time::Instant::now(),
+        };
         let span = info_span!("launch", node = %node.id, request = %request, label);
         tokio::spawn(
             async move {
@@ -1162,6 +1168,7 @@ impl PoolWorker {
                         request_attributes: Some(attributes),
                         image_external_id,
                         az,
+                        stats: Some(stats),
                     },
                 )
                 .await;
@@ -1176,30 +1183,25 @@ impl PoolWorker {
         let Some(handler) = self.handlers.get_mut(&done.request) else { return };
         let Some(slot) = handler.slots.get_mut(done.slot) else { return };
         let took = slot.launched.take().map(|t| t.elapsed()).unwrap_or_default();
-        let result = match &done.outcome {
-            LaunchOutcome::Ready(_) => crate::metrics::LaunchResult::Ready,
-            LaunchOutcome::Aborted(_) => crate::metrics::LaunchResult::Quota,
-            LaunchOutcome::Failed(_, e) if e.contains("timeout") => {
-                crate::metrics::LaunchResult::ServerCreateTimeout
-            }
-            LaunchOutcome::Failed(..) => crate::metrics::LaunchResult::Unknown,
+        // A failed launch's attempts were each recorded as they failed
+        // (`launch::AttemptStats`), as upstream records them.
+        let recorded = match &done.outcome {
+            LaunchOutcome::Ready(n) => Some((crate::metrics::LaunchResult::Ready, n)),
+            LaunchOutcome::Aborted(n) => Some((crate::metrics::LaunchResult::Quota, n)),
+            LaunchOutcome::Failed(..) => None,
             // Upstream: the ZooKeeper session went during the launch.
-            LaunchOutcome::LockLost(_) => crate::metrics::LaunchResult::ZkSession,
+            LaunchOutcome::LockLost(n) => Some((crate::metrics::LaunchResult::ZkSession, n)),
         };
-        let node = match &done.outcome {
-            LaunchOutcome::Ready(n)
-            | LaunchOutcome::Aborted(n)
-            | LaunchOutcome::Failed(n, _)
-            | LaunchOutcome::LockLost(n) => n,
-        };
-        self.shared.metrics.record_launch(&crate::metrics::Launch {
-            provider: &self.spec.provider,
-            label: &slot.label,
-            az: node.az.as_deref(),
-            requestor: handler.request.requestor.as_deref(),
-            result,
-            duration: took,
-        });
+        if let Some((result, node)) = recorded {
+            self.shared.metrics.record_launch(&crate::metrics::Launch {
+                provider: &self.spec.provider,
+                label: &slot.label,
+                az: node.az.as_deref(),
+                requestor: handler.request.requestor.as_deref(),
+                result,
+                duration: took,
+            });
+        }
         match done.outcome {
             LaunchOutcome::Ready(_) => slot.state = SlotState::Ready,
             LaunchOutcome::Aborted(_) => {

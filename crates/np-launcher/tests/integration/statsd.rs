@@ -298,3 +298,30 @@ async fn one_stats_leader_with_python_on_one_zookeeper() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each failed attempt of a launch is recorded as it fails, with its own
+/// result, and the launch's success after them once, as upstream's
+/// `recordLaunchStats` does (the statsd keys come from the same records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_counted_each() {
+    let config = common::FakeConfig::new(&["small"]).provider("launch-retries: 3").load();
+    let (t, cloud, launcher) = common::fake_launcher(&config, np_driver_fake::FakeSettings::default()).await;
+    cloud.fail_next_launches(2);
+    let id = submit_with(&t, &["small"], |r| r.requestor = Some(REQUESTOR.into())).await;
+    assert!(common::reaches(&t, &id, RequestState::Fulfilled, Duration::from_secs(30)).await);
+    let launches = |result: &str| {
+        launcher
+            .metrics()
+            .registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "nodepool_launch_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "result" && l.value() == result))
+            .map(|m| m.get_counter().get_value())
+            .sum::<f64>()
+    };
+    assert_eq!(launches("error.unknown"), 2.0, "one per failed attempt");
+    assert_eq!(launches("ready"), 1.0);
+    launcher.stop().await;
+}
