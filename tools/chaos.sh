@@ -4,6 +4,9 @@
 #   tools/chaos.sh                 every scenario; writes doc/reliability.md
 #   tools/chaos.sh --ci            the short deterministic subset (.ci/run)
 #   tools/chaos.sh --only NAME     one scenario (repeatable; --list names them)
+#   tools/chaos.sh --only NAME --reuse .test-env/chaos/<time>
+#                                  NAME re-run, the report's other rows from
+#                                  that earlier full run
 #   CHAOS_PROFILE=debug tools/chaos.sh   with the debug binaries (no release build)
 #   NP_CHAOS_NO_BUILD=1 tools/chaos.sh   with the binaries as they are
 #
@@ -53,7 +56,10 @@ out="$REPO/.test-env/chaos/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 doc=()
 # The report is the full suite's; a CI or partial run leaves it alone.
+# --reuse DIR with --only: the named scenarios re-run (after a fix), the
+# others' rows taken from the full run in DIR; that report is the suite's.
 case " ${args[*]:-} " in
+    *" --reuse "*) doc=(--doc "$REPO/doc/reliability.md") ;;
     *" --ci "* | *" --only "* | *" --list "*) ;;
     *) doc=(--doc "$REPO/doc/reliability.md") ;;
 esac

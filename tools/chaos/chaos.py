@@ -127,6 +127,36 @@ def write_doc(path, rows, selftest, live_selftest, opts, started):
         f.write("\n".join(lines))
 
 
+def reused_rows(opts, rows):
+    """The full suite's rows: this run's, and the earlier run's (`--reuse`)
+    for the scenarios this run did not run."""
+    src = os.path.relpath(os.path.abspath(opts.reuse), REPO)
+    ran = {r["name"]: r for r in rows}
+    out = []
+    for name, _ in scenarios.FULL:
+        old = None
+        for path in (os.path.join(opts.reuse, name, "figures.json"), os.path.join(opts.reuse, name + ".json")):
+            if os.path.exists(path):
+                with open(path) as f:
+                    old = json.load(f)
+                break
+        if name in ran:
+            row = ran[name]
+            if old:
+                f = old["figures"]
+                row.setdefault("notes", []).insert(0, "Re-run after a fix; the run in `%s` showed %d requests, "
+                                                   "%d fulfilled, %d failed (%s), lost %d, double %d, leaked %d." % (
+                                                       src, f["requests"], f["fulfilled"], f["failed"],
+                                                       "; ".join("%s: %d" % kv for kv in
+                                                                 sorted(f["failed_reasons"].items())) or "-",
+                                                       f["lost"], f["double"], f["leaked"]))
+            out.append(row)
+        elif old:
+            old.setdefault("notes", []).insert(0, "From the run in `%s`." % src)
+            out.append(old)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -136,6 +166,9 @@ def main():
     ap.add_argument("--ci", action="store_true", help="the short deterministic subset")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--seed", type=int, default=20261204)
+    ap.add_argument("--reuse", help="an earlier full run's directory: the report takes every scenario this run "
+                                    "did not run from it (a re-run after a fix replaces its row, and says what "
+                                    "the earlier run showed)")
     opts = ap.parse_args()
     opts.mode = "CI subset" if opts.ci else "full suite"
     chosen = scenarios.CI if opts.ci else scenarios.FULL
@@ -187,6 +220,8 @@ def main():
     selftest_ok = all(p for _, p, _ in selftest) and all(p for _, p, _ in live)
     for name, passed, got in selftest + live:
         print("checker self-test: %-50s %s %s" % (name, "ok" if passed else "MISSED", got))
+    if opts.reuse:
+        rows = reused_rows(opts, rows)
     if opts.doc:
         write_doc(opts.doc, rows, selftest, live, opts, started)
         print("chaos: report written to %s" % opts.doc)
