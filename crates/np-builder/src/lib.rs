@@ -21,6 +21,7 @@ pub mod build;
 pub mod cleanup;
 pub mod dib;
 pub mod metrics;
+pub mod metrics_http;
 pub mod upload;
 pub mod watch;
 
@@ -89,7 +90,7 @@ pub struct Builder {
     tasks: Vec<JoinHandle<()>>,
     builder_id: String,
     metrics: metrics::BuilderMetrics,
-    metrics_server: Option<np_metrics::MetricsServer>,
+    metrics_server: Option<metrics_http::MetricsServer>,
 }
 
 /// Reads `<images-dir>/builder_id.txt`, creating it with a new uuid4 if it is
@@ -139,7 +140,7 @@ impl Builder {
             Some(addr) => {
                 let m = metrics.clone();
                 Some(
-                    np_metrics::MetricsServer::start(addr, move || m.render())
+                    metrics_http::MetricsServer::start(addr, move || m.render())
                         .await
                         .with_context(|| format!("metrics: cannot listen on {addr}"))?,
                 )
@@ -222,7 +223,7 @@ impl Builder {
 
     /// The `/metrics` server's bound address, when it runs.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics_server.as_ref().map(np_metrics::MetricsServer::local_addr)
+        self.metrics_server.as_ref().map(metrics_http::MetricsServer::local_addr)
     }
 
     /// This builder's id.

@@ -6,15 +6,11 @@
 //!   `cadence` client over UDP. Keys and types are the caller's (the
 //!   launcher's and builder's `metrics` modules build upstream's keys);
 //!   [`normalize`] is upstream's treatment of user-provided key parts.
-//! * [`MetricsServer`]: a minimal HTTP/1.1 server of `/metrics` (Prometheus
-//!   text format) for daemons without a web app of their own (the builder).
 //!
 //! The daemons' metric structs own a Prometheus registry and an optional
 //! [`Statsd`]; a method such as `record_launch` updates the Prometheus
 //! series and sends the statsd keys of the same measurement, so the two
 //! exports cannot disagree. `doc/metrics.md` lists both.
-
-mod server;
 
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
@@ -22,8 +18,6 @@ use std::time::Duration;
 
 use cadence::{BufferedUdpMetricSink, Counted, Gauged, StatsdClient, Timed};
 use tracing::debug;
-
-pub use server::MetricsServer;
 
 /// The statsd port when `STATSD_PORT` is not set.
 pub const DEFAULT_STATSD_PORT: u16 = 8125;

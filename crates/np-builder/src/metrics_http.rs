@@ -1,4 +1,6 @@
-//! A minimal `/metrics` HTTP/1.1 server (Prometheus text format).
+//! The builder's `/metrics` HTTP/1.1 server (Prometheus text format), on
+//! `--metrics-listen`: upstream's builder has no web server, so this is all
+//! it serves.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
