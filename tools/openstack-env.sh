@@ -25,11 +25,14 @@
 #   epmd          14369  Erlang port mapper for RabbitMQ
 #   rabbitmq      15679  RabbitMQ AMQP (distribution port 25679), no plugins
 #   keystone      15000  Keystone (uwsgi), identity v3 at /v3
-#   neutron       19696  a small Neutron v2.0 stub (Python, stateful), which
-#                        also answers Cinder v3's limits and volume list
-#                        (catalog type volumev3) for Python Nodepool: network
+#   neutron       19696  a small Neutron v2.0 stub (Python, stateful): network
 #                        "private" with subnet 127.10.0.0/24, ports, quotas;
 #                        no router:external network, no floating IPs
+#   cinder-api    18776  Cinder API (catalog type volumev3, /v3/<project>)
+#   cinder-scheduler, cinder-volume (backend "fake": Cinder's own
+#                        FakeLoggingVolumeDriver from python3-cinder, which
+#                        records volumes and attachments and stores nothing;
+#                        no LVM, no iSCSI target)
 #   placement     18778  Placement (uwsgi)
 #   glance        19292  Glance API, file store
 #   nova-api      18774  Nova API (uwsgi), /v2.1
@@ -41,7 +44,11 @@
 # admin, domain Default, region RegionOne, auth_url http://127.0.0.1:15000/v3.
 # Seeded: flavors np-small (1 vcpu, 512 MB, 1 GB disk) and np-medium (2 vcpu,
 # 2048 MB, 10 GB), a public active raw image "cirros" (4 KiB of zeros),
-# default quotas (10 instances, 20 cores, 51200 MB RAM). Servers booted with
+# default quotas (10 instances, 20 cores, 51200 MB RAM; Cinder's: 10 volumes,
+# 1000 GB). Blank volumes can be created and attached to servers (Nova's
+# fake hypervisor attaches nothing; both services record the attachment);
+# boot from volume does not work: Cinder would copy the image onto an LVM
+# device the fake backend does not have. Servers booted with
 # networks [{"uuid": <id of "private">}] or "auto" get one address
 # 127.10.0.N (loopback on purpose: nothing a test may connect to leaves the
 # machine); with networks "none" they get no address.
@@ -72,6 +79,7 @@ P_KEYSTONE=15000
 P_NOVA=18774
 P_PLACEMENT=18778
 P_GLANCE=19292
+P_CINDER=18776
 P_NEUTRON=19696
 P_MYSQL=13306
 P_AMQP=15679
@@ -87,10 +95,11 @@ TIMEOUT="${NP_OS_START_TIMEOUT:-180}"
 
 PKGS=(keystone nova-api nova-conductor nova-scheduler placement-api glance-api
     rabbitmq-server mariadb-server mariadb-client python3-pymysql
-    uwsgi-core uwsgi-plugin-python3)
+    uwsgi-core uwsgi-plugin-python3 cinder-api cinder-scheduler cinder-volume)
 
 # Start order; stop goes the other way.
 COMPONENTS=(mariadb epmd rabbitmq keystone neutron placement glance
+    cinder-api cinder-scheduler cinder-volume
     nova-api nova-conductor nova-scheduler nova-compute)
 
 # Every process we start carries this in its environment; a pid from a pid
@@ -190,8 +199,8 @@ stop_components() {
 
 # The OpenStack services first, then what they use.
 stop_all() {
-    stop_components nova-compute nova-scheduler nova-conductor nova-api glance \
-        placement neutron keystone
+    stop_components nova-compute nova-scheduler nova-conductor nova-api \
+        cinder-volume cinder-scheduler cinder-api glance placement neutron keystone
     stop_components rabbitmq
     stop_components epmd mariadb
 }
@@ -268,7 +277,7 @@ pkg_installed() {
 # The system services these packages ship, which must not run on their
 # default ports because of us.
 SYSTEM_SERVICES=(mariadb rabbitmq-server keystone nova-api nova-conductor
-    nova-scheduler placement-api glance-api epmd)
+    nova-scheduler placement-api glance-api epmd cinder-api cinder-scheduler cinder-volume)
 
 do_install() {
     local missing=() p t0
@@ -342,9 +351,9 @@ do_install() {
 # ------------------------------------------------------------------ config
 
 write_configs() {
-    mkdir -p "$ETC/keystone" "$ETC/nova" "$ETC/placement" "$ETC/glance" "$ETC/rabbitmq" \
+    mkdir -p "$ETC/keystone" "$ETC/nova" "$ETC/placement" "$ETC/glance" "$ETC/rabbitmq" "$ETC/cinder" \
         "$DATA" "$RUN" "$LOGS" "$BIN" "$DATA/lock" "$DATA/nova-state" "$DATA/images" \
-        "$DATA/glance-staging" "$DATA/glance-tasks" "$DATA/rabbit"
+        "$DATA/glance-staging" "$DATA/glance-tasks" "$DATA/rabbit" "$DATA/cinder"
     local db="mysql+pymysql://$DB_USER:$DB_PASS@127.0.0.1:$P_MYSQL"
     local ks="http://127.0.0.1:$P_KEYSTONE/v3"
     local auth
@@ -418,6 +427,41 @@ enforce_new_defaults = false
 enforce_scope = false
 EOF
 
+    cp /etc/cinder/api-paste.ini "$ETC/cinder/api-paste.ini"
+    cat >"$ETC/cinder/cinder.conf" <<EOF
+[DEFAULT]
+transport_url = rabbit://guest:guest@127.0.0.1:$P_AMQP/
+auth_strategy = keystone
+osapi_volume_listen = 127.0.0.1
+osapi_volume_listen_port = $P_CINDER
+osapi_volume_workers = 1
+api_paste_config = $ETC/cinder/api-paste.ini
+state_path = $DATA/cinder
+log_dir = $LOGS
+host = $COMPUTE_HOST
+enabled_backends = fake
+glance_api_servers = http://127.0.0.1:$P_GLANCE
+[database]
+connection = $db/cinder?charset=utf8
+[keystone_authtoken]
+www_authenticate_uri = $ks
+$auth
+service_token_roles = admin
+service_token_roles_required = true
+[nova]
+$auth
+[oslo_concurrency]
+lock_path = $DATA/lock
+[oslo_messaging_notifications]
+driver = noop
+[oslo_policy]
+enforce_new_defaults = false
+enforce_scope = false
+[fake]
+volume_driver = cinder.tests.fake_driver.FakeLoggingVolumeDriver
+volume_backend_name = fake
+EOF
+
     cp /etc/nova/api-paste.ini "$ETC/nova/api-paste.ini"
     cat >"$ETC/nova/nova.conf" <<EOF
 [DEFAULT]
@@ -453,6 +497,15 @@ $auth
 endpoint_override = http://127.0.0.1:$P_GLANCE
 [neutron]
 endpoint_override = http://127.0.0.1:$P_NEUTRON
+$auth
+[cinder]
+catalog_info = volumev3:cinderv3:publicURL
+os_region_name = $REGION
+$auth
+# Cinder lets only Nova detach a volume Nova attached: Nova proves it with a
+# service token (admin's here, see Cinder's service_token_roles).
+[service_user]
+send_service_user_token = true
 $auth
 [oslo_concurrency]
 lock_path = $DATA/lock
@@ -1294,6 +1347,47 @@ show("deleted image", "GET", "/v2/images/{id}", code, b, h, hdrs=("Content-Type"
 code, h, b = c.glance("POST", "/v2/images", {"name": "x", "disk_format": "nope", "container_format": "bare"})
 show("bad disk_format", "POST", "/v2/images", code, b, h, hdrs=("Content-Type",))
 
+md("## Glance: listing pages")
+md()
+code, h, b = c.glance("GET", "/v2/images?limit=1")
+show("one image per page", "GET", "/v2/images?limit=1", code, b)
+fact("Glance's `next` is a path from the service root: %r." % b.get("next"))
+
+md("## Nova: zones and console")
+md()
+code, h, b = c.nova("GET", "/os-availability-zone")
+show("zones", "GET", "/os-availability-zone", code, b)
+code, h, b = boot("np-probe-console", [{"uuid": net["id"]}])
+sid = b["server"]["id"]
+wait(lambda: status(sid) in ("ACTIVE", "ERROR"), step=0.1)
+code, h, b = c.nova("POST", "/servers/%s/action" % sid, {"os-getConsoleOutput": {}})
+show("console output (fake hypervisor)", "POST", "/servers/{id}/action {\"os-getConsoleOutput\": {}}", code, b)
+
+md("## Cinder (fake backend): limits, volumes, an attached volume")
+md()
+# Cinder reads `OpenStack-API-Version` too: "compute 2.47" would be a 400.
+def cinder(method, path, body=None):
+    return c.call("volumev3", method, path, body, headers={"OpenStack-API-Version": "volume 3.0"})
+code, h, b = cinder("GET", "/limits")
+show("limits", "GET", "/v3/{project}/limits", code, b)
+code, h, b = cinder("POST", "/volumes", {"volume": {"size": 1, "name": "np-probe-volume"}})
+show("create a blank volume", "POST", "/v3/{project}/volumes", code, b)
+vid = b["volume"]["id"]
+wait(lambda: cinder("GET", "/volumes/" + vid)[2]["volume"]["status"] == "available")
+code, h, b = c.nova("POST", "/servers/%s/os-volume_attachments" % sid, {"volumeAttachment": {"volumeId": vid}})
+show("attach through Nova", "POST", "/servers/{id}/os-volume_attachments", code, b)
+wait(lambda: cinder("GET", "/volumes/" + vid)[2]["volume"]["status"] == "in-use")
+code, h, b = cinder("GET", "/volumes/detail")
+show("volumes (detail)", "GET", "/v3/{project}/volumes/detail", code, b)
+code, h, b = c.nova("GET", "/servers/" + sid)
+md("server's `os-extended-volumes:volumes_attached`: `%s`" % json.dumps(b["server"].get("os-extended-volumes:volumes_attached")))
+md()
+c.nova("DELETE", "/servers/" + sid)
+wait(lambda: status(sid) == 404, step=0.1)
+wait(lambda: cinder("GET", "/volumes/" + vid)[2]["volume"]["status"] == "available")
+code, h, b = cinder("DELETE", "/volumes/" + vid)
+show("delete the volume (detached with its server)", "DELETE", "/v3/{project}/volumes/{id}", code, b)
+
 lines[6:6] = ["## Summary", ""] + facts + [""]
 with open(OUT, "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -1331,7 +1425,7 @@ start_mariadb() {
 
 create_databases() {
     local sql="" db
-    for db in keystone glance placement nova_api nova nova_cell0; do
+    for db in keystone glance placement nova_api nova nova_cell0 cinder; do
         sql="$sql CREATE DATABASE IF NOT EXISTS $db CHARACTER SET utf8;"
     done
     sql="$sql CREATE USER IF NOT EXISTS '$DB_USER'@'%' IDENTIFIED BY '$DB_PASS';
@@ -1429,6 +1523,22 @@ initialize() {
 
 osctl() { "$PY" "$BIN/osctl.py" "$@"; }
 
+# Cinder's database and schema, once (also on a stack first started before
+# Cinder was part of it).
+initialize_cinder() {
+    [ -f "$DATA/cinder-initialized" ] && return 0
+    create_databases
+    run_step cinder-sync cinder-manage --config-file "$ETC/cinder/cinder.conf" db sync
+    touch "$DATA/cinder-initialized"
+}
+
+launch_cinder() {
+    local c
+    for c in cinder-api cinder-scheduler cinder-volume; do
+        launch "$c" "/usr/bin/$c" --config-file "$ETC/cinder/cinder.conf"
+    done
+}
+
 launch_nova() {
     uwsgi "$P_NOVA" /usr/bin/nova-api-wsgi 2
     OS_NOVA_CONFIG_DIR="$ETC/nova" launch nova-api "${UWSGI[@]}"
@@ -1491,7 +1601,7 @@ do_start() {
 
     local busy
     busy="$(osctl ports-busy $P_MYSQL $P_EPMD $P_AMQP $P_RABBIT_DIST $P_KEYSTONE $P_NEUTRON \
-        $P_PLACEMENT $P_GLANCE $P_NOVA)"
+        $P_PLACEMENT $P_GLANCE $P_NOVA $P_CINDER)"
     [ -z "$busy" ] || die "ports already in use on 127.0.0.1: $busy (another stack? see: ss -ltnp)"
 
     local first=""
@@ -1506,6 +1616,7 @@ do_start() {
     start_mariadb
     start_rabbitmq
     [ -n "$first" ] && initialize
+    initialize_cinder
 
     # Launch every service now; they wait for each other. Only nova-compute
     # waits for Keystone and Placement: it reports its resources to
@@ -1516,6 +1627,7 @@ do_start() {
     uwsgi "$P_PLACEMENT" /usr/bin/placement-api 1
     OS_PLACEMENT_CONFIG_DIR="$ETC/placement" launch placement "${UWSGI[@]}"
     launch glance /usr/bin/glance-api --config-file "$ETC/glance/glance-api.conf"
+    launch_cinder
     # The Nova services need the catalog (the scheduler exits without a
     # placement endpoint), which the first start has yet to register.
     [ -n "$first" ] || launch_nova
@@ -1525,10 +1637,13 @@ do_start() {
             "compute=nova=http://127.0.0.1:$P_NOVA/v2.1" \
             "placement=placement=http://127.0.0.1:$P_PLACEMENT" \
             "image=glance=http://127.0.0.1:$P_GLANCE" \
-            "network=neutron=http://127.0.0.1:$P_NEUTRON" \
-            "volumev3=cinderv3=http://127.0.0.1:$P_NEUTRON/volume/v3/%(project_id)s"
+            "network=neutron=http://127.0.0.1:$P_NEUTRON"
         launch_nova
     fi
+    # Cinder's endpoint, on every start (idempotent): stacks from before it
+    # had volumev3 on the Neutron stub.
+    run_step cinder-catalog osctl catalog "volumev3=cinderv3=http://127.0.0.1:$P_CINDER/v3/%(project_id)s"
+    wait_http cinder-api "http://127.0.0.1:$P_CINDER/"
     wait_http placement "http://127.0.0.1:$P_PLACEMENT/"
     launch nova-compute "$PY" "$BIN/nova-compute" "$ETC/nova/nova-compute.conf"
     wait_tcp rabbitmq "$P_AMQP"

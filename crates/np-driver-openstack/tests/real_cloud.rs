@@ -8,7 +8,10 @@
 //! catalog read, Nova takes our server body at microversion 2.47, servers
 //! reach ACTIVE with the fields we read, Nova's own quota refusal and fault
 //! texts are classified as we expect, its limits parse, the listing's
-//! pagination works, and Glance accepts our uploads.
+//! pagination works, and Glance accepts our uploads; the zones, console
+//! output, image lookups, volume limits and image listing the launcher's
+//! zone rule, `console-log`, `labelReady`, Cinder quota and the CLI's
+//! `alien-image-list` rest on.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -296,4 +299,147 @@ async fn the_listing_walks_novas_pages() {
         run_delete(&p, id).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+const HOOKS: &str = r#"
+labels:
+  - name: console
+  - name: ghost
+providers:
+  - name: real-os
+    driver: openstack
+    cloud: devstack
+    rate: 0.001
+    cloud-images:
+      - name: cirros
+      - name: ghost
+        image-name: np-no-such-image
+    pools:
+      - name: main
+        networks: [private]
+        labels:
+          - name: console
+            cloud-image: cirros
+            flavor-name: np-small
+            console-log: true
+          - name: ghost
+            cloud-image: ghost
+            flavor-name: np-small
+      - name: zoned
+        availability-zones: [nova]
+        labels:
+          - name: console
+            cloud-image: cirros
+            flavor-name: np-small
+"#;
+
+#[tokio::test]
+async fn zones_consoles_image_checks_volume_limits_and_image_listing_on_real_services() {
+    let p = provider(HOOKS).await;
+    // Nova's zones (the fake hypervisor's host is in `nova`).
+    assert_eq!(p.availability_zones("main").await.unwrap(), vec!["nova"]);
+    assert_eq!(p.availability_zones("zoned").await.unwrap(), vec!["nova"]);
+    // labelReady: Glance has cirros, not the ghost.
+    assert!(p.label_ready("main", "console").await);
+    assert!(!p.label_ready("main", "ghost").await);
+    // A server in the zone the launcher chose; its console from Nova.
+    let mut r = request("0000000301", "main", "console");
+    r.az = Some("nova".into());
+    let (inst, id) = run_create(&p, r).await;
+    let inst = inst.unwrap();
+    let id = id.unwrap();
+    assert_eq!(inst.az.as_deref(), Some("nova"));
+    let console = p.console_log("main", "console", &id).await.unwrap();
+    assert!(!console.trim().is_empty(), "Nova gave a console: {console:?}");
+    eprintln!("console of a fake-hypervisor server: {console:?}");
+    run_delete(&p, &id).await;
+    // The block-storage service's limits (Cinder's defaults: 10 volumes,
+    // 1000 GB) are part of the cloud's.
+    let q = p.quota_limits().await.unwrap();
+    assert_eq!((q.get("volumes"), q.get("volume-gb")), (10.0, 1000.0), "{q:?}");
+    p.instance_usage().await.unwrap();
+    // The images Nodepool uploaded are the ones with a build id.
+    let dir = std::env::temp_dir().join(format!("np-os-real-list-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("image.raw");
+    std::fs::write(&file, vec![0u8; 4096]).unwrap();
+    let req = ImageUploadRequest {
+        diskimage: "ubuntu".into(),
+        path: file,
+        format: "raw".into(),
+        name: format!("np-real-alien-{}", std::process::id()),
+        metadata: [("nodepool_build_id".to_owned(), "0000000009".to_owned())].into(),
+        md5: None,
+        sha256: None,
+    };
+    let image = p.upload_image(&req).await.unwrap();
+    let listed = p.nodepool_images().await;
+    p.delete_image(&image).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let listed = listed.unwrap();
+    assert!(listed.iter().any(|i| i.id == image && i.name == req.name), "{listed:?}");
+    assert!(listed.iter().all(|i| i.name != "cirros"), "{listed:?}");
+}
+
+/// Waits until `check` is true (polling every half second, at most `secs`).
+async fn until<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 2 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_cinder_volume_attached_to_a_server_counts_in_its_usage() {
+    let p = provider(HOOKS).await;
+    let session = p.inner().session();
+    let (server, id) = run_create(&p, request("0000000302", "main", "console")).await;
+    server.unwrap();
+    let id = id.unwrap();
+    let sid = id.as_str().unwrap().to_owned();
+    // A blank 2 GB volume, attached through Nova as an operator would.
+    let (_, v) = session
+        .call(
+            Service::Volume,
+            Method::POST,
+            "volumes",
+            Some(&json!({"volume": {"size": 2, "name": "np-real-vol"}})),
+        )
+        .await
+        .unwrap();
+    let vid = v["volume"]["id"].as_str().unwrap().to_owned();
+    let status = |vid: String| async move {
+        let (_, v) =
+            session.call(Service::Volume, Method::GET, &format!("volumes/{vid}"), None).await.unwrap();
+        v["volume"]["status"].as_str().unwrap_or("").to_owned()
+    };
+    assert!(until(60, || async { status(vid.clone()).await == "available" }).await, "volume available");
+    session
+        .call(
+            Service::Compute,
+            Method::POST,
+            &format!("servers/{sid}/os-volume_attachments"),
+            Some(&json!({"volumeAttachment": {"volumeId": vid}})),
+        )
+        .await
+        .unwrap();
+    assert!(until(60, || async { status(vid.clone()).await == "in-use" }).await, "volume attached");
+    tokio::time::sleep(np_driver_openstack::provider::LISTING_TTL).await;
+    let usage = p.instance_usage().await.unwrap();
+    let ours = usage
+        .iter()
+        .find(|u| u.metadata.get("nodepool_node_id").map(String::as_str) == Some("0000000302"))
+        .unwrap();
+    assert_eq!((ours.quota.get("volumes"), ours.quota.get("volume-gb")), (1.0, 2.0), "{:?}", ours.quota);
+    run_delete(&p, &id).await;
+    // Nova detaches it with the server; then it goes.
+    assert!(until(60, || async { status(vid.clone()).await == "available" }).await, "volume detached");
+    session.call(Service::Volume, Method::DELETE, &format!("volumes/{vid}"), None).await.unwrap();
 }
