@@ -16,7 +16,7 @@ use futures::future::join_all;
 use np_core::{ImageBuild, ImageUpload, Node, NodeRequest};
 use np_zk::lock::contender_sequence;
 use np_zk::{paths, Stat, Zk, ZkError};
-use zookeeper_client::Error as ZkClientError;
+use zookeeper_client::{Error as ZkClientError, MultiReadResult};
 
 /// Sends one `get_data` per path before awaiting any reply. A missing znode is `None`.
 pub async fn get_many(zk: &Zk, paths: &[String]) -> Result<Vec<Option<(Vec<u8>, Stat)>>, ZkError> {
@@ -82,13 +82,77 @@ pub async fn nodes(zk: &Zk) -> Result<Vec<NodeRow>, ZkError> {
     nodes_by_id(zk, &ids).await
 }
 
+/// Nodes per multi-read request: each costs two operations (the record and
+/// its lock's contenders); about 100 KiB per reply at upstream's record size.
+const NODES_PER_MULTI_READ: usize = 100;
+
+/// The records and lock contenders of `ids`, read with ZooKeeper's
+/// multi-read (3.6 and later): one request per [`NODES_PER_MULTI_READ`]
+/// nodes instead of two per node, all sent before any is awaited. The
+/// server handles a batch as one request, which at 10,000 nodes takes it a
+/// fraction of the time of 20,000 single reads. `None` when the server does
+/// not know the operation (before 3.6): the caller reads one by one.
+async fn nodes_multi_read(zk: &Zk, ids: &[String]) -> Result<Option<NodeReads>, ZkError> {
+    let client = zk.client();
+    let mut pending = Vec::new();
+    for chunk in ids.chunks(NODES_PER_MULTI_READ) {
+        let mut reader = client.new_multi_reader();
+        for id in chunk {
+            let node = paths::node(id);
+            reader.add_get_data(&node).map_err(|e| op_error("multi-read", &node, e))?;
+            let lock = paths::node_lock(id);
+            reader.add_get_children(&lock).map_err(|e| op_error("multi-read", &lock, e))?;
+        }
+        pending.push(reader.commit());
+    }
+    let mut data = Vec::with_capacity(ids.len());
+    let mut locks = Vec::with_capacity(ids.len());
+    for (result, chunk) in join_all(pending).await.into_iter().zip(ids.chunks(NODES_PER_MULTI_READ)) {
+        let results = match result {
+            Ok(r) => r,
+            Err(ZkClientError::Unimplemented) => return Ok(None),
+            Err(e) => return Err(op_error("multi-read", &paths::node(&chunk[0]), e)),
+        };
+        // An answer of another shape than asked: read one by one instead.
+        if results.len() != chunk.len() * 2 {
+            return Ok(None);
+        }
+        let mut it = results.into_iter();
+        for id in chunk {
+            match it.next() {
+                Some(MultiReadResult::Data { data: d, stat }) => data.push(Some((d, stat))),
+                Some(MultiReadResult::Error { err: ZkClientError::NoNode }) => data.push(None),
+                Some(MultiReadResult::Error { err }) => return Err(op_error("get", &paths::node(id), err)),
+                _ => return Ok(None),
+            }
+            match it.next() {
+                Some(MultiReadResult::Children { children }) => locks.push(Some(children)),
+                Some(MultiReadResult::Error { err: ZkClientError::NoNode }) => locks.push(None),
+                Some(MultiReadResult::Error { err }) => {
+                    return Err(op_error("list", &paths::node_lock(id), err))
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+    Ok(Some((data, locks)))
+}
+
+/// Records (missing ones `None`) and lock contenders, in `ids`' order.
+type NodeReads = (Vec<Option<(Vec<u8>, Stat)>>, Vec<Option<Vec<String>>>);
+
 /// The given nodes (missing ones are left out), with their lock status.
 pub async fn nodes_by_id(zk: &Zk, ids: &[String]) -> Result<Vec<NodeRow>, ZkError> {
-    let data_paths: Vec<String> = ids.iter().map(|id| paths::node(id)).collect();
-    let lock_paths: Vec<String> = ids.iter().map(|id| paths::node_lock(id)).collect();
-    // Both flights go out before either is awaited.
-    let (data, locks) = futures::join!(get_many(zk, &data_paths), children_many(zk, &lock_paths));
-    let (data, locks) = (data?, locks?);
+    let (data, locks) = match nodes_multi_read(zk, ids).await? {
+        Some(reads) => reads,
+        None => {
+            let data_paths: Vec<String> = ids.iter().map(|id| paths::node(id)).collect();
+            let lock_paths: Vec<String> = ids.iter().map(|id| paths::node_lock(id)).collect();
+            // Both flights go out before either is awaited.
+            let (data, locks) = futures::join!(get_many(zk, &data_paths), children_many(zk, &lock_paths));
+            (data?, locks?)
+        }
+    };
     let mut out = Vec::with_capacity(ids.len());
     for ((id, data), lock) in ids.iter().zip(data).zip(locks) {
         let Some((bytes, _)) = data else { continue };
