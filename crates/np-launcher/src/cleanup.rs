@@ -12,10 +12,16 @@
 //! * clear `allocated_to` on unlocked ready nodes whose request is gone;
 //! * keep `min-ready` nodes: one ephemeral request at priority 900 per missing
 //!   node; fulfilled min-ready requests give their nodes back and are deleted.
+//!   A label is only asked for when what it boots is available in one of the
+//!   pools serving it (a ready upload of its diskimage, or a cloud image the
+//!   driver finds; upstream's `labelImageIsAvailable`), and a label whose
+//!   min-ready request failed waits [`MIN_READY_RECHECK`] before the next:
+//!   passes follow every request event, so without that a label no pool can
+//!   serve would be asked for again and again at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use np_core::{NodeRequest, NodeState, RequestState};
 use np_provider::Provider;
@@ -27,14 +33,47 @@ use tracing::{debug, info, warn};
 use crate::pool::SharedState;
 use crate::MIN_READY_REQUESTOR;
 
+/// How long min-ready leaves a label alone after finding its image missing
+/// or its request failed (upstream looks again on each pass of its main
+/// loop, every 10 s by default).
+pub const MIN_READY_RECHECK: Duration = Duration::from_secs(10);
+
+/// A label `min-ready` keeps ready nodes of.
+#[derive(Debug, Clone)]
+pub struct MinReadyLabel {
+    /// Its `min-ready`.
+    pub want: u32,
+    /// The pools of this launcher that serve it.
+    pub sources: Vec<LabelSource>,
+}
+
+/// One pool serving a min-ready label.
+#[derive(Debug, Clone)]
+pub struct LabelSource {
+    pub provider: String,
+    pub pool: String,
+    /// The diskimage the label boots in this pool (`None`: a cloud image,
+    /// or a driver without images).
+    pub diskimage: Option<String>,
+}
+
+/// What min-ready remembers between passes: labels left alone until a
+/// moment, and those whose missing image was already reported.
+#[derive(Default)]
+struct MinReadyState {
+    held_back: HashMap<String, Instant>,
+    reported: HashSet<String>,
+}
+
 /// Runs the cleanup and min-ready work until `cancel` fires.
 pub async fn run(
     shared: SharedState,
     providers: HashMap<String, Arc<dyn Provider>>,
-    min_ready: BTreeMap<String, u32>,
+    min_ready: BTreeMap<String, MinReadyLabel>,
     cancel: CancellationToken,
 ) {
     let deleting: InFlight = Arc::default();
+    let mut min_ready_state = MinReadyState::default();
     let mut node_events = shared.nodes.subscribe();
     let mut req_events = shared.requests.subscribe();
     let mut sweep = tokio::time::interval(Duration::from_secs(30));
@@ -99,7 +138,7 @@ pub async fn run(
         }
         let requests_gone = !requests_gone.is_empty();
         if !min_ready.is_empty() && (full || requests_changed || requests_gone || !dirty.is_empty()) {
-            min_ready_pass(&shared, &min_ready).await;
+            min_ready_pass(&shared, &providers, &min_ready, &mut min_ready_state).await;
         }
     }
 }
@@ -296,7 +335,12 @@ async fn deallocate_orphans(shared: &SharedState, only: Option<&HashSet<String>>
     }
 }
 
-async fn min_ready_pass(shared: &SharedState, min_ready: &BTreeMap<String, u32>) {
+async fn min_ready_pass(
+    shared: &SharedState,
+    providers: &HashMap<String, Arc<dyn Provider>>,
+    min_ready: &BTreeMap<String, MinReadyLabel>,
+    state: &mut MinReadyState,
+) {
     if min_ready.is_empty() {
         return;
     }
@@ -327,6 +371,10 @@ async fn min_ready_pass(shared: &SharedState, min_ready: &BTreeMap<String, u32>)
             }
             RequestState::Failed => {
                 let _ = zk.delete_request(&req.id).await;
+                for label in &req.node_types {
+                    debug!(request = %req.id, label, "min-ready request failed; asking again later");
+                    state.held_back.insert(label.clone(), Instant::now() + MIN_READY_RECHECK);
+                }
             }
             _ => {
                 for label in &req.node_types {
@@ -335,12 +383,30 @@ async fn min_ready_pass(shared: &SharedState, min_ready: &BTreeMap<String, u32>)
             }
         }
     }
-    for (label, want) in min_ready {
+    let now = Instant::now();
+    state.held_back.retain(|_, until| *until > now);
+    for (label, wanted) in min_ready {
         let ready = shared.nodes.index(|ix| ix.ready_unallocated(label));
         let have = u32::try_from(ready)
             .unwrap_or(u32::MAX)
             .saturating_add(outstanding.get(label).copied().unwrap_or(0));
-        for _ in have..*want {
+        if have >= wanted.want || state.held_back.contains_key(label) {
+            continue;
+        }
+        if !label_available(shared, providers, label, &wanted.sources).await {
+            if state.reported.insert(label.clone()) {
+                info!(
+                    label,
+                    "min-ready: what the label boots is in none of its pools yet; not asking for nodes"
+                );
+            }
+            state.held_back.insert(label.clone(), now + MIN_READY_RECHECK);
+            continue;
+        }
+        if state.reported.remove(label) {
+            info!(label, "min-ready: the label's image is available now");
+        }
+        for _ in have..wanted.want {
             let mut req = NodeRequest::new(vec![label.clone()]);
             req.requestor = Some(MIN_READY_REQUESTOR.into());
             req.reuse = false;
@@ -353,4 +419,43 @@ async fn min_ready_pass(shared: &SharedState, min_ready: &BTreeMap<String, u32>)
             }
         }
     }
+}
+
+/// Whether one of the pools serving `label` can boot it now (upstream's
+/// `labelImageIsAvailable`): a diskimage label needs a ready upload in the
+/// pool's provider, any other label the driver's `label_ready` (an
+/// OpenStack cloud image found in Glance; other drivers: always). A
+/// ZooKeeper or cloud that cannot answer counts as available: the request
+/// then says what is wrong. QUIRK not copied: upstream looks at every label
+/// of each pool serving the label, so another label's image counts too.
+async fn label_available(
+    shared: &SharedState,
+    providers: &HashMap<String, Arc<dyn Provider>>,
+    label: &str,
+    sources: &[LabelSource],
+) -> bool {
+    for source in sources {
+        match &source.diskimage {
+            Some(image) => match shared.zk.most_recent_upload(image, &source.provider).await {
+                Ok(Some(_)) => return true,
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(label, image, error = %e, "cannot read the diskimage's uploads");
+                    return true;
+                }
+            },
+            None => {
+                let Some(provider) = providers.get(&source.provider) else { return true };
+                let ready = tokio::time::timeout(
+                    crate::pool::QUOTA_READ_TIMEOUT,
+                    provider.label_ready(&source.pool, label),
+                )
+                .await;
+                if ready != Ok(false) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }

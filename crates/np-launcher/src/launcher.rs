@@ -182,13 +182,24 @@ impl Launcher {
     /// Cleanup and maintenance, which depend on the whole configuration.
     fn start_aux(&mut self) {
         let config = &self.config;
-        let served: std::collections::BTreeSet<String> =
-            pool_specs(config).into_iter().flat_map(|s| s.labels.into_iter()).collect();
-        let min_ready: BTreeMap<String, u32> = config
+        let specs = pool_specs(config);
+        let min_ready: BTreeMap<String, crate::cleanup::MinReadyLabel> = config
             .labels
             .iter()
-            .filter(|l| l.min_ready > 0 && served.contains(&l.name))
-            .map(|l| (l.name.clone(), l.min_ready))
+            .filter(|l| l.min_ready > 0)
+            .filter_map(|l| {
+                let sources: Vec<crate::cleanup::LabelSource> = specs
+                    .iter()
+                    .filter(|s| s.labels.contains(&l.name))
+                    .map(|s| crate::cleanup::LabelSource {
+                        provider: s.provider.clone(),
+                        pool: s.pool.clone(),
+                        diskimage: s.label_settings.get(&l.name).and_then(|ls| ls.diskimage.clone()),
+                    })
+                    .collect();
+                (!sources.is_empty())
+                    .then(|| (l.name.clone(), crate::cleanup::MinReadyLabel { want: l.min_ready, sources }))
+            })
             .collect();
         let upkeep = crate::maintenance::MaintenanceConfig {
             max_ready_age: config

@@ -87,3 +87,48 @@ async fn diskimage_labels_wait_for_an_upload_and_boot_the_newest() {
     assert_eq!(cloud.server_image(&servers[0]).as_deref(), Some("image-new"));
     launcher.stop().await;
 }
+
+/// min-ready asks only for labels whose image is available somewhere
+/// (upstream's `labelImageIsAvailable`): with no ready upload it makes no
+/// request (before, every failed min-ready request was deleted and made
+/// again at once, hundreds a second), and once an upload is ready it makes
+/// the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_ready_waits_for_the_label_image() {
+    let t = TestZk::new().await;
+    let yaml = CONFIG.replace("labels:\n  - name: built\n", "labels:\n  - name: built\n    min-ready: 1\n");
+    let config = np_config::load_str(&yaml, "test.yaml").unwrap();
+    let cloud = FakeCloud::new("fake-provider", FakeSettings::default());
+    let launcher = common::start_fake(&t, &config, &cloud, None).await;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Request ids are sequential: a probe's number counts the requests made
+    // before it.
+    let probe = request(&t).await;
+    let seq: u64 = probe.rsplit('-').next().unwrap().parse().unwrap();
+    assert!(seq <= 1, "min-ready made {seq} requests for a label with no image");
+    assert!(wait_state(&t, &probe, RequestState::Failed).await);
+    assert!(cloud.server_ids().is_empty());
+
+    // An upload appears: min-ready makes its node at the first pass after
+    // the label's recheck delay (a request's change starts a pass: the
+    // probe's, which gets a node of its own, allocated to it).
+    let build = t.zk.store_build("fake-image", None, &ImageBuild::new(BuildState::Ready)).await.unwrap();
+    upload(&t, &build, "image-1", UploadState::Ready).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let probe = request(&t).await;
+    assert!(wait_state(&t, &probe, RequestState::Fulfilled).await);
+    let made = np_testing::eventually(Duration::from_secs(15), || async {
+        for id in t.zk.node_ids().await.unwrap() {
+            if let Ok(Some((node, _))) = t.zk.get_node(&id).await {
+                if node.state == np_core::NodeState::Ready && node.allocated_to.is_none() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    assert!(made, "min-ready made no node once the image was uploaded");
+    launcher.stop().await;
+}

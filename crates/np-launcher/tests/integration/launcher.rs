@@ -257,3 +257,22 @@ async fn a_request_locked_elsewhere_is_taken_once_the_lock_is_released() {
     assert!(fulfilled, "the pool looked again after the lock was released");
     launcher.stop().await;
 }
+
+/// A min-ready request that fails (here: the cloud allows no instance, so
+/// every pool declines it) is asked for again only after a delay; before,
+/// it was deleted and made again at once, in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_min_ready_request_is_not_made_again_at_once() {
+    let cfg = config(10, 1);
+    let settings = FakeSettings { max_instances: Some(0), ..FakeSettings::default() };
+    let (t, cloud, launcher) = common::fake_launcher(&cfg, settings).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Request ids are sequential: a probe's number counts the requests made
+    // before it (the first min-ready request, which failed).
+    let probe = submit(&t, &["large"]).await;
+    let seq: u64 = probe.rsplit('-').next().unwrap().parse().unwrap();
+    assert!(seq <= 2, "min-ready made {seq} requests in 4 s for a label no pool can serve");
+    assert!(reaches(&t, &probe, RequestState::Failed, Duration::from_secs(10)).await);
+    assert_eq!(cloud.counts().0, 0);
+    launcher.stop().await;
+}
