@@ -14,10 +14,10 @@
 //!   node; fulfilled min-ready requests give their nodes back and are deleted.
 //!   A label is only asked for when what it boots is available in one of the
 //!   pools serving it (a ready upload of its diskimage, or a cloud image the
-//!   driver finds; upstream's `labelImageIsAvailable`), and a label whose
-//!   min-ready request failed waits [`MIN_READY_RECHECK`] before the next:
-//!   passes follow every request event, so without that a label no pool can
-//!   serve would be asked for again and again at once.
+//!   driver finds; upstream's `labelImageIsAvailable`, looked at once per
+//!   [`MIN_READY_RECHECK`]), and a label whose min-ready request failed waits
+//!   as long before the next: passes follow every request event, so without
+//!   that a label no pool can serve would be asked for again and again at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -30,12 +30,12 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::pool::SharedState;
+use crate::pool::{cloud_image_ready, PoolSpec, SharedState};
 use crate::MIN_READY_REQUESTOR;
 
-/// How long min-ready leaves a label alone after finding its image missing
-/// or its request failed (upstream looks again on each pass of its main
-/// loop, every 10 s by default).
+/// How long min-ready leaves a label alone after its request failed, and
+/// how long it trusts what it found about the label's image (upstream looks
+/// again on each pass of its main loop, every 10 s by default).
 pub const MIN_READY_RECHECK: Duration = Duration::from_secs(10);
 
 /// A label `min-ready` keeps ready nodes of.
@@ -57,12 +57,36 @@ pub struct LabelSource {
     pub diskimage: Option<String>,
 }
 
-/// What min-ready remembers between passes: labels left alone until a
-/// moment, and those whose missing image was already reported.
+/// The labels of `config` with a `min-ready` that `specs` (this launcher's
+/// pools) serve, with the pools serving each.
+pub fn min_ready_labels(config: &np_config::Config, specs: &[PoolSpec]) -> BTreeMap<String, MinReadyLabel> {
+    config
+        .labels
+        .iter()
+        .filter(|l| l.min_ready > 0)
+        .filter_map(|l| {
+            let sources: Vec<LabelSource> = specs
+                .iter()
+                .filter(|s| s.labels.contains(&l.name))
+                .map(|s| LabelSource {
+                    provider: s.provider.clone(),
+                    pool: s.pool.clone(),
+                    diskimage: s.label_settings.get(&l.name).and_then(|ls| ls.diskimage.clone()),
+                })
+                .collect();
+            (!sources.is_empty()).then(|| (l.name.clone(), MinReadyLabel { want: l.min_ready, sources }))
+        })
+        .collect()
+}
+
+/// What min-ready remembers between passes, per label: when its last
+/// request failed, and whether its image was available when last looked at
+/// (and when). Passes follow every request event, so neither is asked for
+/// more than once per [`MIN_READY_RECHECK`].
 #[derive(Default)]
 struct MinReadyState {
-    held_back: HashMap<String, Instant>,
-    reported: HashSet<String>,
+    failed: HashMap<String, Instant>,
+    image: HashMap<String, (bool, Instant)>,
 }
 
 /// Runs the cleanup and min-ready work until `cancel` fires.
@@ -345,6 +369,7 @@ async fn min_ready_pass(
         return;
     }
     let zk = &shared.zk;
+    let now = Instant::now();
     let mut outstanding: BTreeMap<String, u32> = BTreeMap::new();
     for req in shared.requests.values() {
         if req.requestor.as_deref() != Some(MIN_READY_REQUESTOR) {
@@ -373,7 +398,7 @@ async fn min_ready_pass(
                 let _ = zk.delete_request(&req.id).await;
                 for label in &req.node_types {
                     debug!(request = %req.id, label, "min-ready request failed; asking again later");
-                    state.held_back.insert(label.clone(), Instant::now() + MIN_READY_RECHECK);
+                    state.failed.insert(label.clone(), now);
                 }
             }
             _ => {
@@ -383,28 +408,33 @@ async fn min_ready_pass(
             }
         }
     }
-    let now = Instant::now();
-    state.held_back.retain(|_, until| *until > now);
+    state.failed.retain(|_, at| now.duration_since(*at) < MIN_READY_RECHECK);
     for (label, wanted) in min_ready {
         let ready = shared.nodes.index(|ix| ix.ready_unallocated(label));
         let have = u32::try_from(ready)
             .unwrap_or(u32::MAX)
             .saturating_add(outstanding.get(label).copied().unwrap_or(0));
-        if have >= wanted.want || state.held_back.contains_key(label) {
+        if have >= wanted.want || state.failed.contains_key(label) {
             continue;
         }
-        if !label_available(shared, providers, label, &wanted.sources).await {
-            if state.reported.insert(label.clone()) {
-                info!(
-                    label,
-                    "min-ready: what the label boots is in none of its pools yet; not asking for nodes"
-                );
+        let available = match state.image.get(label) {
+            Some(&(available, at)) if now.duration_since(at) < MIN_READY_RECHECK => available,
+            before => {
+                let available = label_available(shared, providers, label, &wanted.sources).await;
+                match (before.map(|b| b.0), available) {
+                    (None | Some(true), false) => info!(
+                        label,
+                        "min-ready: what the label boots is in none of its pools yet; not asking for nodes"
+                    ),
+                    (Some(false), true) => info!(label, "min-ready: the label's image is available now"),
+                    _ => {}
+                }
+                state.image.insert(label.clone(), (available, now));
+                available
             }
-            state.held_back.insert(label.clone(), now + MIN_READY_RECHECK);
+        };
+        if !available {
             continue;
-        }
-        if state.reported.remove(label) {
-            info!(label, "min-ready: the label's image is available now");
         }
         for _ in have..wanted.want {
             let mut req = NodeRequest::new(vec![label.clone()]);
@@ -423,10 +453,10 @@ async fn min_ready_pass(
 
 /// Whether one of the pools serving `label` can boot it now (upstream's
 /// `labelImageIsAvailable`): a diskimage label needs a ready upload in the
-/// pool's provider, any other label the driver's `label_ready` (an
-/// OpenStack cloud image found in Glance; other drivers: always). A
-/// ZooKeeper or cloud that cannot answer counts as available: the request
-/// then says what is wrong. QUIRK not copied: upstream looks at every label
+/// pool's provider, any other label [`cloud_image_ready`] (an OpenStack
+/// cloud image found in Glance; other drivers: always). A ZooKeeper or
+/// cloud that cannot answer counts as available: the request then says
+/// what is wrong. QUIRK not copied: upstream looks at every label
 /// of each pool serving the label, so another label's image counts too.
 async fn label_available(
     shared: &SharedState,
@@ -446,12 +476,7 @@ async fn label_available(
             },
             None => {
                 let Some(provider) = providers.get(&source.provider) else { return true };
-                let ready = tokio::time::timeout(
-                    crate::pool::QUOTA_READ_TIMEOUT,
-                    provider.label_ready(&source.pool, label),
-                )
-                .await;
-                if ready != Ok(false) {
+                if cloud_image_ready(provider.as_ref(), &source.pool, label).await {
                     return true;
                 }
             }

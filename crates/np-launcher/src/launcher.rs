@@ -1,7 +1,7 @@
 //! Wiring: providers and pool workers for one configuration, the shared
 //! caches, and orderly shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -182,25 +182,7 @@ impl Launcher {
     /// Cleanup and maintenance, which depend on the whole configuration.
     fn start_aux(&mut self) {
         let config = &self.config;
-        let specs = pool_specs(config);
-        let min_ready: BTreeMap<String, crate::cleanup::MinReadyLabel> = config
-            .labels
-            .iter()
-            .filter(|l| l.min_ready > 0)
-            .filter_map(|l| {
-                let sources: Vec<crate::cleanup::LabelSource> = specs
-                    .iter()
-                    .filter(|s| s.labels.contains(&l.name))
-                    .map(|s| crate::cleanup::LabelSource {
-                        provider: s.provider.clone(),
-                        pool: s.pool.clone(),
-                        diskimage: s.label_settings.get(&l.name).and_then(|ls| ls.diskimage.clone()),
-                    })
-                    .collect();
-                (!sources.is_empty())
-                    .then(|| (l.name.clone(), crate::cleanup::MinReadyLabel { want: l.min_ready, sources }))
-            })
-            .collect();
+        let min_ready = crate::cleanup::min_ready_labels(config, &pool_specs(config));
         let upkeep = crate::maintenance::MaintenanceConfig {
             max_ready_age: config
                 .labels

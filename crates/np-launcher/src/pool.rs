@@ -169,6 +169,14 @@ pub const QUOTA_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_s
 /// scenario: a hung `/limits` stalled an OpenStack pool for two minutes).
 pub const QUOTA_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Whether the driver says a label that boots no diskimage can be launched
+/// in `pool` (`Provider::label_ready`, upstream's `labelReady`). A driver
+/// that does not answer in [`QUOTA_READ_TIMEOUT`] counts as ready: the
+/// launch itself then fails or succeeds.
+pub(crate) async fn cloud_image_ready(provider: &dyn Provider, pool: &str, label: &str) -> bool {
+    tokio::time::timeout(QUOTA_READ_TIMEOUT, provider.label_ready(pool, label)).await != Ok(false)
+}
+
 /// After a failed limits read, how long the last limits stand before the
 /// cloud is asked again.
 pub const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
@@ -893,9 +901,7 @@ impl PoolWorker {
 
     /// Whether the driver can launch every label of the request that boots
     /// no diskimage (upstream's `labelReady` in `imagesAvailable`: an
-    /// OpenStack cloud image missing in Glance). A driver that does not
-    /// answer in [`QUOTA_READ_TIMEOUT`] counts as ready: the launch itself
-    /// then fails or succeeds.
+    /// OpenStack cloud image missing in Glance; [`cloud_image_ready`]).
     async fn labels_ready(&self, labels: &[String]) -> bool {
         let mut seen = HashSet::new();
         for label in labels {
@@ -905,10 +911,7 @@ impl PoolWorker {
             if self.spec.label_settings.get(label).is_some_and(|s| s.diskimage.is_some()) {
                 continue;
             }
-            let ready =
-                tokio::time::timeout(QUOTA_READ_TIMEOUT, self.provider.label_ready(&self.spec.pool, label))
-                    .await;
-            if ready == Ok(false) {
+            if !cloud_image_ready(self.provider.as_ref(), &self.spec.pool, label).await {
                 info!(label, "the label's cloud image is not available in this provider");
                 return false;
             }

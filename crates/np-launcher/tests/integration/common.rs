@@ -205,6 +205,25 @@ pub async fn pool_paused(launcher: &Launcher, timeout: Duration) -> bool {
     .await
 }
 
+/// How many requests were made before request `id` (ZooKeeper numbers the
+/// children of the requests znode in order).
+pub fn requests_before(id: &str) -> u64 {
+    id.rsplit('-').next().and_then(|n| n.parse().ok()).expect("a request id ends in its sequence number")
+}
+
+/// The ready nodes of `label` allocated to no request, as `launcher`'s node
+/// cache has them (min-ready's nodes).
+pub fn free_ready(launcher: &Launcher, label: &str) -> Vec<String> {
+    launcher
+        .shared()
+        .nodes
+        .values()
+        .iter()
+        .filter(|n| n.state == NodeState::Ready && n.has_label(label) && n.allocated_to.is_none())
+        .map(|n| n.id.clone())
+        .collect()
+}
+
 /// The state of request `id`.
 pub async fn state_of(t: &TestZk, id: &str) -> RequestState {
     t.zk.get_request(id).await.unwrap().unwrap().0.state

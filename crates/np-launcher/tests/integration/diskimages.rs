@@ -102,10 +102,8 @@ async fn min_ready_waits_for_the_label_image() {
     let launcher = common::start_fake(&t, &config, &cloud, None).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // Request ids are sequential: a probe's number counts the requests made
-    // before it.
     let probe = request(&t).await;
-    let seq: u64 = probe.rsplit('-').next().unwrap().parse().unwrap();
+    let seq = common::requests_before(&probe);
     assert!(seq <= 1, "min-ready made {seq} requests for a label with no image");
     assert!(wait_state(&t, &probe, RequestState::Failed).await);
     assert!(cloud.server_ids().is_empty());
@@ -119,14 +117,7 @@ async fn min_ready_waits_for_the_label_image() {
     let probe = request(&t).await;
     assert!(wait_state(&t, &probe, RequestState::Fulfilled).await);
     let made = np_testing::eventually(Duration::from_secs(15), || async {
-        for id in t.zk.node_ids().await.unwrap() {
-            if let Ok(Some((node, _))) = t.zk.get_node(&id).await {
-                if node.state == np_core::NodeState::Ready && node.allocated_to.is_none() {
-                    return true;
-                }
-            }
-        }
-        false
+        !common::free_ready(&launcher, "built").is_empty()
     })
     .await;
     assert!(made, "min-ready made no node once the image was uploaded");

@@ -270,7 +270,7 @@ async fn a_failed_min_ready_request_is_not_made_again_at_once() {
     // Request ids are sequential: a probe's number counts the requests made
     // before it (the first min-ready request, which failed).
     let probe = submit(&t, &["large"]).await;
-    let seq: u64 = probe.rsplit('-').next().unwrap().parse().unwrap();
+    let seq = common::requests_before(&probe);
     assert!(seq <= 2, "min-ready made {seq} requests in 4 s for a label no pool can serve");
     assert!(reaches(&t, &probe, RequestState::Failed, Duration::from_secs(10)).await);
     assert_eq!(cloud.counts().0, 0);

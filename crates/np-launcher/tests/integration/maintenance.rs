@@ -22,14 +22,7 @@ async fn start(t: &TestZk, cloud: &FakeCloud) -> Launcher {
 }
 
 fn ready_small(launcher: &Launcher) -> Vec<String> {
-    launcher
-        .shared()
-        .nodes
-        .values()
-        .iter()
-        .filter(|n| n.state == NodeState::Ready && n.has_label("small") && n.allocated_to.is_none())
-        .map(|n| n.id.clone())
-        .collect()
+    common::free_ready(launcher, "small")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
